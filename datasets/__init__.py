@@ -1,0 +1,1 @@
+"""Face datasets: label-file parsing, transforms, the demo generator and importers."""

@@ -1,0 +1,61 @@
+"""Image reading and the model's pre-processing, shared by train, evaluate and predict.
+
+Pre-processing follows the reference: bilinear resize to 112x112 (aspect not kept), BGR -> RGB,
+(x / 255 - 0.5) / 0.5, HWC -> CHW, float32.
+"""
+import os
+
+import cv2
+import numpy as np
+
+IMAGE_SIZE = 112
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm")
+
+
+class ImageReadError(Exception):
+    """An image file that is missing or does not decode."""
+
+
+def to_bgr(img):
+    """Any decoded image (grey, BGR, BGRA; uint8 or uint16) as 3-channel uint8 BGR."""
+    if img is None:
+        raise ImageReadError("no image data")
+    if img.dtype != np.uint8:
+        # 16-bit PNG/PGM: scale down instead of wrapping around
+        img = (img.astype(np.float32) * (255.0 / max(1.0, float(np.iinfo(img.dtype).max)))).astype(np.uint8) \
+            if np.issubdtype(img.dtype, np.integer) else np.clip(img, 0, 255).astype(np.uint8)
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    if img.ndim == 3 and img.shape[2] == 1:
+        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2BGR)
+    if img.ndim == 3 and img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    if img.ndim == 3 and img.shape[2] == 3:
+        return img
+    raise ImageReadError(f"unsupported image shape {img.shape}")
+
+
+def read_image(path):
+    """Decode `path` as 3-channel BGR uint8; raises ImageReadError naming the path."""
+    if not os.path.isfile(path):
+        raise ImageReadError(f"image file not found: {path}")
+    data = np.fromfile(path, dtype=np.uint8)  # fromfile + imdecode also handles non-ASCII paths
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        raise ImageReadError(f"cannot decode image: {path} (not an image, or a truncated/corrupt file)")
+    return to_bgr(img)
+
+
+def preprocess(img_bgr, size=IMAGE_SIZE):
+    """BGR uint8 HWC -> normalised RGB float32 CHW, ready for the model."""
+    img = to_bgr(img_bgr)
+    if img.shape[0] != size or img.shape[1] != size:
+        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
+    img = img[:, :, ::-1].astype(np.float32)
+    img = (img / 255.0 - 0.5) / 0.5
+    return np.ascontiguousarray(img.transpose(2, 0, 1))
+
+
+def hflip_chw(batch):
+    """Horizontal flip of a CHW image or an NCHW batch (the last axis is width)."""
+    return np.ascontiguousarray(batch[..., ::-1])

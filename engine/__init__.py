@@ -1,0 +1,31 @@
+"""Runners, one module per mode. Each exposes `run(cfg) -> int` (the process exit code).
+
+Modules are imported only when their mode runs, so `check_dataset` never pays for Paddle.
+"""
+import importlib
+
+MODES = {
+    "check_dataset": "engine.check_dataset",
+    "train": "engine.train",
+    "evaluate": "engine.evaluate",
+    "predict": "engine.predict",
+    "export": "engine.export",
+}
+
+
+def runner_for(mode):
+    """The `run` function of a mode's module; raises ConfigError for unknown modes."""
+    from engine.config import nearest
+    from engine.errors import ConfigError
+
+    if mode not in MODES:
+        close = nearest(str(mode), list(MODES))
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown mode '{mode}'. Modes: {', '.join(MODES)}.{hint}")
+    try:
+        module = importlib.import_module(MODES[mode])
+    except ModuleNotFoundError as e:
+        if e.name == MODES[mode]:
+            raise NotImplementedError(f"mode '{mode}' is not implemented yet") from None
+        raise
+    return module.run

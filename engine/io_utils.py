@@ -1,0 +1,72 @@
+"""Atomic file writes: write to a temporary name in the same folder, then rename.
+
+A reader (or a resumed run after a kill) sees either the old file or the new one, never half.
+"""
+import json
+import os
+import shutil
+import tempfile
+
+
+def _tmp_path(path):
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    os.close(fd)
+    return tmp
+
+
+def atomic_write_bytes(path, data):
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(path, text):
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path, obj):
+    atomic_write_text(path, json.dumps(obj, indent=4, ensure_ascii=False) + "\n")
+
+
+def atomic_save(save_fn, path):
+    """Run `save_fn(tmp_path)` (e.g. paddle.save) then rename the result to `path`."""
+    tmp = _tmp_path(path)
+    try:
+        save_fn(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_replace_dir(build_fn, path):
+    """Build a whole folder under a temporary name with `build_fn(tmp_dir)`, then swap it in.
+
+    The old folder stays whole until the new one is complete.
+    """
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
+    try:
+        build_fn(tmp)
+        old = None
+        if os.path.exists(path):
+            old = tmp + ".old"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
