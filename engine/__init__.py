@@ -29,3 +29,10 @@ def runner_for(mode):
             raise NotImplementedError(f"mode '{mode}' is not implemented yet") from None
         raise
     return module.run
+
+
+def create_model(model_name=None, model_dir=None, **kwargs):
+    """Python API: a face feature predictor (see engine.predict.create_model)."""
+    from engine.predict import create_model as _create_model
+
+    return _create_model(model_name, model_dir=model_dir, **kwargs)
