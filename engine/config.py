@@ -7,6 +7,7 @@ is an error that names the nearest valid keys instead of a silently ignored sett
 """
 import difflib
 import os
+import re
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -37,6 +38,9 @@ def nearest(word, choices, n=3):
     return close
 
 
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def parse_override(text):
     """'Key.sub=value' -> ('Key.sub', typed value)."""
     if "=" not in text:
@@ -49,6 +53,8 @@ def parse_override(text):
         value = yaml.safe_load(raw) if raw.strip() != "" else ""
     except yaml.YAMLError:
         value = raw  # not valid YAML on its own (e.g. an unbalanced bracket): keep the text
+    if isinstance(value, str) and _FLOAT_RE.match(value):
+        value = float(value)  # PyYAML (YAML 1.1) reads 1e-3 as text; users mean a number
     return key, value
 
 
