@@ -1,0 +1,93 @@
+"""MobileFaceNet (Chen et al., 2018): a 128-d face embedding network for 112x112 faces.
+
+About 1.0 M parameters and 0.22 G multiply-adds per 112x112 image. Layer table (input 112x112):
+
+    input      operator                          t    c    n   s
+    112x112x3  conv3x3 + BN + PReLU              -    64   1   2
+    56x56x64   depthwise conv3x3 + BN + PReLU    -    64   1   1
+    56x56x64   bottleneck                        2    64   5   2
+    28x28x64   bottleneck                        4    128  1   2
+    14x14x128  bottleneck                        2    128  6   1
+    14x14x128  bottleneck                        4    128  1   2
+    7x7x128    bottleneck                        2    128  2   1
+    7x7x128    conv1x1 + BN + PReLU              -    512  1   1
+    7x7x512    global depthwise conv7x7 + BN     -    512  1   1
+    1x1x512    conv1x1 + BN (linear)             -    128  1   1
+
+Parameter names match PaddleClas' MobileFaceNet (conv1, dw_conv1, blocks.i.conv.j, conv2,
+linear7, linear1), so its checkpoints load by name.
+"""
+import paddle
+import paddle.nn as nn
+
+from models.layers import ConvBN, ConvBNPReLU, make_batchnorm, make_conv, make_depthwise_conv, make_prelu
+
+# Inverted-residual stages: (expansion t, output channels c, repeats n, stride of the first s).
+BOTTLENECK_SETTINGS = [
+    (2, 64, 5, 2),
+    (4, 128, 1, 2),
+    (2, 128, 6, 1),
+    (4, 128, 1, 2),
+    (2, 128, 2, 1),
+]
+
+
+class Bottleneck(nn.Layer):
+    """Inverted residual: 1x1 expand + BN + PReLU, depthwise 3x3 + BN + PReLU, 1x1 project + BN.
+
+    The eight layers sit in one Sequential named `conv` (indices 0..7) because that is how
+    PaddleClas names them (blocks.i.conv.0.weight ...); the residual is added when the block
+    keeps both the resolution and the channel count.
+    """
+
+    def __init__(self, in_channels, out_channels, stride, expansion):
+        super().__init__()
+        hidden = in_channels * expansion
+        self.use_residual = stride == 1 and in_channels == out_channels
+        self.conv = nn.Sequential(
+            make_conv(in_channels, hidden, 1),                              # 0 expand
+            make_batchnorm(hidden),                                         # 1
+            make_prelu(hidden),                                             # 2
+            make_depthwise_conv(hidden, 3, stride=stride, padding=1),       # 3 depthwise
+            make_batchnorm(hidden),                                         # 4
+            make_prelu(hidden),                                             # 5
+            make_conv(hidden, out_channels, 1),                             # 6 project (linear)
+            make_batchnorm(out_channels),                                   # 7
+        )
+
+    def forward(self, x):
+        out = self.conv(x)
+        return x + out if self.use_residual else out
+
+
+class MobileFaceNet(nn.Layer):
+    """112x112x3 -> [N, embedding_size] raw (not normalised) face features."""
+
+    def __init__(self, embedding_size=128, settings=BOTTLENECK_SETTINGS):
+        super().__init__()
+        self.embedding_size = embedding_size
+        self.conv1 = ConvBNPReLU(3, 64, 3, stride=2, padding=1)
+        self.dw_conv1 = ConvBNPReLU(64, 64, 3, stride=1, padding=1, depthwise=True)
+
+        blocks = []
+        channels = 64
+        for t, c, n, s in settings:
+            for i in range(n):
+                blocks.append(Bottleneck(channels, c, stride=s if i == 0 else 1, expansion=t))
+                channels = c
+        self.blocks = nn.Sequential(*blocks)
+
+        self.conv2 = ConvBNPReLU(channels, 512, 1)
+        # Global depthwise conv: a learnt spatial weighting of the 7x7 map instead of average
+        # pooling (the face centre matters more than the corners). No padding: 7x7 -> 1x1.
+        self.linear7 = ConvBN(512, 512, 7, depthwise=True, act=None)
+        self.linear1 = ConvBN(512, embedding_size, 1, act=None)
+
+    def forward(self, x):
+        x = self.conv1(x)
+        x = self.dw_conv1(x)
+        x = self.blocks(x)
+        x = self.conv2(x)
+        x = self.linear7(x)
+        x = self.linear1(x)
+        return paddle.flatten(x, start_axis=1)

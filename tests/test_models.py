@@ -1,0 +1,226 @@
+"""Backbones (sizes, shapes), the ArcFace head, FaceRecModel and loading weights by name."""
+import math
+
+import numpy as np
+import pytest
+
+from engine.runtime import set_threads
+
+set_threads(2)
+paddle = pytest.importorskip("paddle")
+
+from engine.errors import ConfigError, UserError  # noqa: E402
+from models import (  # noqa: E402
+    ArcMargin, FaceRecModel, build_backbone, count_multiply_adds, count_parameters, load_backbone_weights,
+    load_weights_by_name,
+)
+
+# Exact sizes of our implementations (conv + BN + PReLU weights; BN running stats are buffers).
+MOBILEFACENET_PARAMS = 1_022_720
+RESNET50_FACE_PARAMS = 24_610_240
+
+
+@pytest.fixture(scope="module")
+def mobilefacenet():
+    paddle.seed(0)
+    model = build_backbone("MobileFaceNet")
+    model.eval()
+    return model
+
+
+def test_mobilefacenet_size_and_cost(mobilefacenet):
+    n = count_parameters(mobilefacenet)
+    assert n == MOBILEFACENET_PARAMS
+    assert 0.99e6 <= n <= 1.06e6  # the paper's "about 1.0 M"
+    madds = count_multiply_adds(mobilefacenet)
+    assert 0.21e9 <= madds <= 0.23e9  # "about 0.22 G multiply-adds" at 112x112
+    assert mobilefacenet.embedding_size == 128
+
+
+def test_resnet50_face_size_and_shape():
+    model = build_backbone("ResNet50_face")
+    n = count_parameters(model)
+    assert n == RESNET50_FACE_PARAMS
+    assert 24.4e6 <= n <= 24.8e6  # "about 24.6 M"
+    fc = model.fc.weight
+    assert list(fc.shape) == [2048, 512]
+    model.eval()
+    with paddle.no_grad():
+        out = model(paddle.rand([1, 3, 112, 112]) * 2 - 1)
+    assert list(out.shape) == [1, 512]
+    assert model.embedding_size == 512
+
+
+def test_output_shapes_and_total_stride(mobilefacenet):
+    x = paddle.rand([3, 3, 112, 112]) * 2 - 1
+    with paddle.no_grad():
+        out = mobilefacenet(x)
+        # the last map before the global depthwise conv is 7x7 (total stride 16)
+        m = mobilefacenet
+        h = m.conv2(m.blocks(m.dw_conv1(m.conv1(x))))
+    assert list(out.shape) == [3, 128]
+    assert list(h.shape) == [3, 512, 7, 7]
+    assert out.dtype == paddle.float32
+    assert np.isfinite(out.numpy()).all()
+
+
+def test_paddleclas_parameter_names(mobilefacenet):
+    """Names follow PaddleClas so its checkpoints load by name."""
+    keys = set(mobilefacenet.state_dict())
+    for k in ("conv1.conv.weight", "conv1.prelu._weight", "dw_conv1.conv.weight", "blocks.0.conv.0.weight",
+              "blocks.0.conv.3.weight", "blocks.14.conv.7._variance", "conv2.bn._mean", "linear7.conv.weight",
+              "linear1.bn.bias"):
+        assert k in keys, k
+    assert list(mobilefacenet.state_dict()["linear7.conv.weight"].shape) == [512, 1, 7, 7]
+    resnet_keys = set(build_backbone("ResNet50_face").state_dict())
+    for k in ("stem.0.conv.weight", "blocks.0.short.conv.weight", "blocks.3.short.bn._mean",
+              "blocks.15.conv2.conv.weight", "fc.weight", "fc.bias"):
+        assert k in resnet_keys, k
+    assert "blocks.1.short.conv.weight" not in resnet_keys  # identity shortcut inside a stage
+
+
+def test_unknown_backbone_lists_valid_names():
+    with pytest.raises(ConfigError) as e:
+        build_backbone("MobileFaceNet_v9")
+    assert "MobileFaceNet" in str(e.value) and "ResNet50_face" in str(e.value)
+
+
+def test_embedding_size_override():
+    model = build_backbone("MobileFaceNet", embedding_size=64)
+    model.eval()
+    with paddle.no_grad():
+        assert list(model(paddle.zeros([1, 3, 112, 112])).shape) == [1, 64]
+
+
+# ---------------------------------------------------------------- ArcMargin
+
+def _head_with_angles(cos_target, margin=0.5, scale=64.0, easy_margin=False):
+    """A 2-class, 2-d head and one feature at angle arccos(cos_target) from class 0."""
+    head = ArcMargin(2, 2, margin=margin, scale=scale, easy_margin=easy_margin)
+    head.weight.set_value(np.eye(2, dtype=np.float32))  # class 0 along x, class 1 along y
+    theta = math.acos(cos_target)
+    feat = paddle.to_tensor([[3.0 * math.cos(theta), 3.0 * math.sin(theta)]], dtype="float32")
+    return head, feat
+
+
+def test_arcmargin_adds_angular_margin_to_target_only():
+    head, feat = _head_with_angles(0.6)
+    logits = head(feat, paddle.to_tensor([0])).numpy()[0]
+    theta = math.acos(0.6)
+    assert logits[0] == pytest.approx(64.0 * math.cos(theta + 0.5), abs=1e-3)
+    assert logits[0] < 64.0 * 0.6  # the margin lowers the target logit
+    assert logits[1] == pytest.approx(64.0 * math.sin(theta), abs=1e-3)  # non-target: plain s*cos
+
+
+def test_arcmargin_eval_returns_cosine():
+    paddle.seed(1)
+    head = ArcMargin(128, 10)
+    feats = paddle.randn([6, 128]) * 10
+    cos = head(feats).numpy()
+    assert cos.shape == (6, 10)
+    assert np.all(cos <= 1.0 + 1e-5) and np.all(cos >= -1.0 - 1e-5)
+    f = feats.numpy() / np.linalg.norm(feats.numpy(), axis=1, keepdims=True)
+    w = head.weight.numpy() / np.linalg.norm(head.weight.numpy(), axis=0, keepdims=True)
+    np.testing.assert_allclose(cos, f @ w, atol=1e-5)
+    assert list(head.weight.shape) == [128, 10]
+
+
+def test_arcmargin_past_pi_minus_m_stays_monotonic():
+    """theta + m > pi: cos(theta + m) would rise again; the th/mm rule keeps it falling."""
+    m = 0.5
+    head, feat = _head_with_angles(-0.95, margin=m)  # theta = 2.82 > pi - m = 2.64
+    logit = head(feat, paddle.to_tensor([[0]])).numpy()[0, 0]  # label as [N, 1] also works
+    expected = 64.0 * (-0.95 - math.sin(math.pi - m) * m)
+    assert logit == pytest.approx(expected, abs=1e-3)
+    assert logit < 64.0 * math.cos(math.acos(-0.95) + m)  # not the wrapped-around value
+    # and the target logit decreases with the angle across the switch point
+    values = []
+    for c in (-0.80, -0.87, -0.88, -0.90, -0.99):
+        h, f = _head_with_angles(c, margin=m)
+        values.append(h(f, paddle.to_tensor([0])).numpy()[0, 0])
+    assert all(a > b for a, b in zip(values, values[1:]))
+
+
+def test_arcmargin_easy_margin_leaves_negative_cosines():
+    head, feat = _head_with_angles(-0.3, easy_margin=True)
+    assert head(feat, paddle.to_tensor([0])).numpy()[0, 0] == pytest.approx(64.0 * -0.3, abs=1e-3)
+
+
+def test_arcmargin_gradient_is_finite_at_extremes():
+    head = ArcMargin(2, 2)
+    head.weight.set_value(np.eye(2, dtype=np.float32))
+    feat = paddle.to_tensor([[1.0, 0.0], [-1.0, 0.0]], stop_gradient=False)  # cos exactly +-1
+    loss = paddle.nn.functional.cross_entropy(head(feat, paddle.to_tensor([0, 0])), paddle.to_tensor([0, 0]))
+    loss.backward()
+    assert np.isfinite(feat.grad.numpy()).all() and np.isfinite(head.weight.grad.numpy()).all()
+
+
+# ---------------------------------------------------------------- FaceRecModel and weights
+
+def test_facerecmodel_features_and_logits(mobilefacenet):
+    model = FaceRecModel(mobilefacenet, ArcMargin(128, 7))
+    keys = list(model.state_dict())
+    assert all(k.startswith("backbone.") or k.startswith("head.") for k in keys)
+    assert "head.weight" in keys
+    x = paddle.rand([2, 3, 112, 112])
+    with paddle.no_grad():
+        assert list(model(x).shape) == [2, 128]
+        assert list(model(x, paddle.to_tensor([1, 6])).shape) == [2, 7]
+
+
+def test_load_backbone_weights_from_full_checkpoint(tmp_path):
+    paddle.seed(2)
+    trained = FaceRecModel(build_backbone("MobileFaceNet"), ArcMargin(128, 10))
+    for name, t in trained.state_dict().items():  # make every tensor distinct from a fresh init
+        rng = np.random.default_rng(abs(hash(name)) % 2**32)
+        base = 1.0 if name.endswith("_variance") else 0.0
+        t.set_value((base + np.abs(rng.normal(0, 0.05, t.shape)) if base else rng.normal(0, 0.05, t.shape)).astype("float32"))
+    path = str(tmp_path / "model.pdparams")
+    paddle.save(trained.state_dict(), path)
+
+    fresh = build_backbone("MobileFaceNet")
+    report = load_backbone_weights(fresh, path)
+    assert len(report["loaded"]) == len(fresh.state_dict())
+    assert report["missing"] == [] and report["skipped"] == []
+    assert report["ignored"] == ["head.weight"]  # the head is not part of the backbone
+    x = paddle.rand([2, 3, 112, 112])
+    trained.eval()
+    fresh.eval()
+    with paddle.no_grad():
+        np.testing.assert_allclose(fresh(x).numpy(), trained.backbone(x).numpy(), rtol=1e-5, atol=1e-5)
+
+    # a bare backbone state dict (no "backbone." prefix) loads too
+    bare = build_backbone("MobileFaceNet")
+    report = load_backbone_weights(bare, trained.backbone.state_dict())
+    assert len(report["loaded"]) == len(bare.state_dict())
+
+
+def test_full_model_load_skips_mismatched_head():
+    src = FaceRecModel(build_backbone("MobileFaceNet"), ArcMargin(128, 10))
+    dst = FaceRecModel(build_backbone("MobileFaceNet"), ArcMargin(128, 4))
+    report = load_weights_by_name(dst, src.state_dict(), source="pretrained")
+    assert [name for name, _ in report["skipped"]] == ["head.weight"]
+    assert "[128, 10]" in report["skipped"][0][1] and "[128, 4]" in report["skipped"][0][1]
+    assert len(report["loaded"]) == len(dst.state_dict()) - 1
+    np.testing.assert_array_equal(dst.backbone.conv1.conv.weight.numpy(), src.backbone.conv1.conv.weight.numpy())
+
+
+def test_load_backbone_weights_errors(tmp_path):
+    backbone = build_backbone("MobileFaceNet")
+    with pytest.raises(UserError, match="not found"):
+        load_backbone_weights(backbone, str(tmp_path / "missing.pdparams"))
+    junk = tmp_path / "junk.pdparams"
+    junk.write_bytes(b"not a pickle at all")
+    with pytest.raises(UserError, match="junk.pdparams"):
+        load_backbone_weights(backbone, str(junk))
+    # a checkpoint of another architecture shares no tensor name+shape
+    other = {"stem.0.conv.weight": np.zeros((64, 3, 7, 7), np.float32)}
+    with pytest.raises(UserError, match="no tensor that fits"):
+        load_backbone_weights(backbone, other)
+    # strict: a different embedding size is refused and the message says what differs
+    small = build_backbone("MobileFaceNet", embedding_size=64).state_dict()
+    with pytest.raises(UserError, match=r"linear1\.conv\.weight.*\[64, 512, 1, 1\]"):
+        load_backbone_weights(backbone, small, strict=True)
+    report = load_backbone_weights(backbone, small)  # non-strict: loads the rest, reports the rest
+    assert {n for n, _ in report["skipped"]} == {"linear1.conv.weight", "linear1.bn.weight", "linear1.bn.bias",
+                                                 "linear1.bn._mean", "linear1.bn._variance"}
