@@ -90,6 +90,10 @@ def _compile_and_load():
     build_dir = os.path.join(cache_root(), f"fast_cpu_ops_{key}")
     os.makedirs(build_dir, exist_ok=True)
     log_path = os.path.join(build_dir, "build.log")
+    if not any(name.endswith(".so") for _, _, files in os.walk(build_dir) for name in files):
+        from engine.logger import get_logger
+
+        get_logger().info(f"Compiling the fused CPU kernels (first use only, about 30 s) in {build_dir}")
     # One build at a time: data-parallel ranks start together and share the cache folder.
     with open(os.path.join(build_dir, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

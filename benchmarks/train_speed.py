@@ -1,0 +1,228 @@
+"""Training speed of one configuration, in images/s, with a loss check against plain eager mode.
+
+    python benchmarks/train_speed.py --model MobileFaceNet --batch-size 64 --threads 1
+    python benchmarks/train_speed.py --plain            # Paddle as shipped: no shim, no fused kernels
+    python benchmarks/train_speed.py --data demo --num-workers 1 --demo-dir /tmp/face_demo
+
+Protocol: face model + ArcMargin head (m 0.5, s 64) + cross-entropy + AdamW (lr 1e-3, weight decay
+0.05 on 2+-D parameters), 112x112 inputs, fp32 eager (dygraph) training. `--data synthetic` cycles
+over 4 fixed random batches (no input cost); `--data demo` reads the synthetic demo face dataset
+(datasets/demo.py, generated if missing) through the training data loader, decoding and flipping
+included. Timing starts after `--warmup` steps and covers `--steps` full steps (forward, backward,
+optimizer, reading the loss). Besides wall-clock images/s it prints CPU-time images/s: on a machine
+shared with other jobs wall time is meaningless, and for one thread CPU time approximates an idle
+machine.
+
+`--check-loss K` (default 5) first trains K steps on the synthetic batches in this configuration,
+then the same K steps in plain eager mode in a fresh process (same seed, same weights, same
+batches), and compares the two loss curves (relative tolerance --loss-rtol). A speed-up that
+changes the curve beyond float rounding fails the check (exit code 1).
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="MobileFaceNet", choices=("MobileFaceNet", "ResNet50_face"))
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--classes", type=int, default=1000, help="ArcMargin classes for synthetic data")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for Paddle/MKL/OpenMP")
+    p.add_argument("--steps", type=int, default=8, help="timed steps")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--data", choices=("synthetic", "demo", "both"), default="both")
+    p.add_argument("--demo-dir", default=os.path.join(ROOT, "dataset", "face_demo"))
+    p.add_argument("--num-workers", type=int, default=1, help="data loader processes for --data demo")
+    p.add_argument("--plain", action="store_true", help="plain Paddle: no MKL shim, no fused kernels, no allocator change")
+    p.add_argument("--no-mkl-shim", action="store_true")
+    p.add_argument("--no-fast-ops", action="store_true")
+    p.add_argument("--no-allocator", action="store_true")
+    p.add_argument("--check-loss", type=int, default=5, metavar="K", help="steps of the loss check (0: skip)")
+    p.add_argument("--loss-rtol", type=float, default=1e-3)
+    p.add_argument("--profile", action="store_true", help="print Paddle's operator time table for the timed steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--losses-json", help=argparse.SUPPRESS)  # internal: the plain-eager reference run
+    return p.parse_args(argv)
+
+
+def setup(args):
+    """Threads and speed settings; may re-execute the process (MKL shim) before anything else."""
+    from engine.runtime import set_threads
+
+    set_threads(args.threads)
+    if args.plain:
+        os.environ["FACEFEAT_CPU_SPEEDUP"] = "0"
+    if args.no_mkl_shim:
+        os.environ["FACEFEAT_NO_MKL_SHIM"] = "1"
+    if args.no_fast_ops:
+        os.environ["FACEFEAT_NO_FAST_OPS"] = "1"
+    from engine.cpu_speed import setup_cpu_speed
+
+    report = setup_cpu_speed(enabled=not args.plain, allocator=not args.no_allocator)
+    return report
+
+
+def build(args, num_classes):
+    import paddle
+
+    from models import ArcMargin, FaceRecModel, build_backbone
+
+    paddle.seed(args.seed)
+    backbone = build_backbone(args.model)
+    model = FaceRecModel(backbone, ArcMargin(backbone.embedding_size, num_classes))
+    model.train()
+    decay = {p.name for p in model.parameters() if len(p.shape) > 1}
+    opt = paddle.optimizer.AdamW(learning_rate=1e-3, parameters=model.parameters(), weight_decay=0.05,
+                                 apply_decay_param_fun=lambda name: name in decay)
+    return model, opt
+
+
+def train_step(model, opt, images, labels):
+    import paddle.nn.functional as F
+
+    loss = F.cross_entropy(model(images, labels), labels)
+    loss.backward()
+    opt.step()
+    opt.clear_grad()
+    return float(loss)
+
+
+def synthetic_batches(args, num_classes):
+    import numpy as np
+
+    rng = np.random.RandomState(args.seed)
+    batches = [(rng.uniform(-1, 1, (args.batch_size, 3, 112, 112)).astype("float32"),
+                rng.randint(0, num_classes, (args.batch_size,)).astype("int64")) for _ in range(4)]
+    while True:
+        yield from batches
+
+
+def demo_batches(args):
+    from datasets.demo import generate_demo
+    from datasets.face_dataset import BatchLoader, FaceTrainDataset, SeededBatchSampler
+    from datasets.label_files import load_train_list
+
+    if not os.path.isdir(args.demo_dir):
+        generate_demo(args.demo_dir)
+    samples = load_train_list(args.demo_dir)
+    dataset = FaceTrainDataset(samples, flip_prob=0.5, seed=args.seed)
+    sampler = SeededBatchSampler(len(samples), args.batch_size, seed=args.seed)
+    loader = BatchLoader(dataset, sampler, num_workers=args.num_workers)
+
+    def gen():
+        epoch = 0
+        while True:
+            loader.set_epoch(epoch)
+            yield from loader
+            epoch += 1
+
+    return gen(), dataset.num_classes, loader
+
+
+def run(args, batches, model, opt, profile=False):
+    """Train warmup + steps; returns (wall img/s, cpu img/s, losses)."""
+    import paddle
+
+    prof = None
+    if profile:
+        import paddle.profiler as profiler
+
+        # on_trace_ready: no chrome trace files in the working folder, only the printed table
+        prof = profiler.Profiler(targets=[profiler.ProfilerTarget.CPU], scheduler=(args.warmup, args.warmup + args.steps),
+                                 on_trace_ready=lambda p: None)
+        prof.start()
+    losses = []
+    t0 = c0 = None
+    for i in range(args.warmup + args.steps):
+        if i == args.warmup:
+            t0, c0 = time.perf_counter(), time.process_time()
+        images, labels = next(batches)
+        losses.append(train_step(model, opt, paddle.to_tensor(images), paddle.to_tensor(labels)))
+        if prof is not None:
+            prof.step()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if prof is not None:
+        import paddle.profiler as profiler
+
+        prof.stop()
+        prof.summary(sorted_by=profiler.SortedKeys.CPUTotal, op_detail=False, thread_sep=False, time_unit="ms")
+    n = args.batch_size * args.steps
+    return n / wall, n / cpu, losses
+
+
+def reference_losses(args):
+    """The plain-eager loss curve of the same K steps, from a fresh process without any speed-up."""
+    import tempfile
+
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FACEFEAT_MKL_SHIM_REEXEC")}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "losses.json")
+        cmd = [sys.executable, os.path.abspath(__file__), "--plain", "--model", args.model, "--batch-size",
+               str(args.batch_size), "--classes", str(args.classes), "--threads", str(args.threads),
+               "--seed", str(args.seed), "--steps", str(args.check_loss), "--losses-json", out]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"the plain-eager reference run failed:\n{proc.stderr[-2000:]}")
+        with open(out) as f:
+            return json.load(f)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    report = setup(args)
+    import paddle
+
+    if args.losses_json:  # reference run for --check-loss
+        model, opt = build(args, args.classes)
+        batches = synthetic_batches(args, args.classes)
+        losses = [train_step(model, opt, *map(paddle.to_tensor, next(batches))) for _ in range(args.steps)]
+        with open(args.losses_json, "w") as f:
+            json.dump(losses, f)
+        return 0
+
+    options = "plain Paddle eager" if args.plain else "; ".join(report.values())
+    print(f"model {args.model}, batch {args.batch_size}, threads {args.threads}, fp32 eager, Paddle {paddle.__version__}")
+    print(f"options: {options}")
+    status = 0
+    if args.check_loss > 0:
+        model, opt = build(args, args.classes)
+        batches = synthetic_batches(args, args.classes)
+        mine = [train_step(model, opt, *map(paddle.to_tensor, next(batches))) for _ in range(args.check_loss)]
+        ref = mine if args.plain else reference_losses(args)
+        worst = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(mine, ref))
+        ok = worst <= args.loss_rtol
+        print(f"loss check ({args.check_loss} steps vs plain eager): max relative difference {worst:.2e} "
+              f"({'PASS' if ok else 'FAIL'}, tolerance {args.loss_rtol:g})")
+        print("  this run : " + " ".join(f"{v:.5f}" for v in mine))
+        print("  plain    : " + " ".join(f"{v:.5f}" for v in ref))
+        status = 0 if ok else 1
+
+    if args.data in ("synthetic", "both"):
+        model, opt = build(args, args.classes)
+        wall, cpu, _ = run(args, synthetic_batches(args, args.classes), model, opt, profile=args.profile)
+        print(f"synthetic tensors : {wall:6.2f} img/s wall, {cpu:6.2f} img/s of CPU time "
+              f"({args.steps} steps after {args.warmup} warm-up, load average {os.getloadavg()[0]:.1f})")
+    if args.data in ("demo", "both"):
+        batches, num_classes, loader = demo_batches(args)
+        try:
+            model, opt = build(args, num_classes)
+            wall, cpu, _ = run(args, batches, model, opt)
+        finally:
+            loader.close()
+        print(f"demo dataset      : {wall:6.2f} img/s wall, {cpu:6.2f} img/s of main-process CPU time "
+              f"({num_classes} classes, {args.num_workers} loader workers, load average {os.getloadavg()[0]:.1f})")
+    print(f"peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
