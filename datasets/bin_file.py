@@ -1,0 +1,173 @@
+"""insightface verification `.bin` files (lfw.bin, cfp_fp.bin, agedb_30.bin, ...).
+
+Format: a pickle of `(bins, issame)`: `bins` a list of encoded images (JPEG/PNG bytes),
+`issame` one boolean per pair; pair i is images 2i and 2i+1. The files were written by
+Python 2 (so they are read with `encoding="bytes"`, as insightface does) and some tools store
+`issame` as a numpy bool array.
+
+A pickle can name any importable callable, so loading an untrusted file with `pickle.load`
+can run code. The loader here admits only the globals such a file needs (numpy array
+reconstruction with a non-object dtype, and latin-1 `_codecs.encode` that Python 3 uses for
+bytes in old protocols); anything else stops the load before it is called.
+"""
+import io
+import os
+import pickle
+
+import cv2
+import numpy as np
+
+from engine.errors import DatasetError
+
+try:  # numpy >= 2 moved the pickling helpers to numpy._core
+    from numpy._core.multiarray import _reconstruct as _np_reconstruct
+    from numpy._core.multiarray import scalar as _np_scalar
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core.multiarray import _reconstruct as _np_reconstruct
+    from numpy.core.multiarray import scalar as _np_scalar
+
+
+class UnsafePickleError(DatasetError):
+    """A .bin file that asks the unpickler for something a verification file never holds."""
+
+
+class _Refused(pickle.UnpicklingError):
+    """Raised inside the unpickler for a global or argument outside the allowed set."""
+
+
+def _safe_dtype(*args):
+    dtype = np.dtype(*args)
+    if dtype.hasobject:
+        raise _Refused(f"numpy dtype {dtype} holds Python objects")
+    return dtype
+
+
+def _safe_reconstruct(cls, *args):
+    if cls is not np.ndarray:
+        raise _Refused(f"array class {cls!r} is not numpy.ndarray")
+    return _np_reconstruct(cls, *args)
+
+
+def _safe_scalar(dtype, *args):
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise _Refused(f"numpy scalar of dtype {dtype!r}")
+    return _np_scalar(dtype, *args)
+
+
+def _latin1_encode(text, encoding="latin1"):
+    # Python 3 pickles bytes with protocol < 3 as _codecs.encode(str, "latin1")
+    if not isinstance(text, str) or encoding.lower().replace("-", "") not in ("latin1", "iso88591"):
+        raise _Refused(f"_codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+_ALLOWED_GLOBALS = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _safe_dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _safe_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _safe_reconstruct,
+    ("numpy.core.multiarray", "scalar"): _safe_scalar,
+    ("numpy._core.multiarray", "scalar"): _safe_scalar,
+    ("_codecs", "encode"): _latin1_encode,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise _Refused(f"'{module}.{name}' is not allowed in a verification .bin file") from None
+
+
+def _restricted_load(data):
+    return _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+
+
+def read_bin(path):
+    """(images: list of encoded image bytes, issame: bool array) of an insightface .bin file.
+
+    Raises DatasetError naming the file when it is missing, not such a pickle, or unsafe.
+    """
+    if not os.path.isfile(path):
+        raise DatasetError(f"verification .bin file not found: {path} (check Evaluate.bin_paths)")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        obj = _restricted_load(data)
+    except _Refused as e:
+        raise UnsafePickleError(
+            f"{path}: refused to load: {e}. insightface .bin files hold only image bytes and "
+            "booleans; this file may have been crafted to run code. Use a .bin from a trusted source."
+        ) from None
+    except pickle.UnpicklingError as e:
+        raise DatasetError(f"{path}: not a readable pickle ({e}); expected an insightface verification .bin") from None
+    except Exception as e:  # noqa: BLE001 - a malformed pickle can fail in many ways
+        raise DatasetError(f"{path}: not a readable pickle ({type(e).__name__}: {e}); "
+                           "expected an insightface verification .bin (truncated download?)") from None
+    return _validate(obj, path)
+
+
+def _validate(obj, path):
+    if not isinstance(obj, (tuple, list)) or len(obj) != 2:
+        raise DatasetError(f"{path}: expected a pickled pair (images, issame), got {type(obj).__name__}")
+    bins, issame = obj
+    if isinstance(bins, np.ndarray):
+        bins = list(bins)
+    if not isinstance(bins, (list, tuple)):
+        raise DatasetError(f"{path}: the image list is a {type(bins).__name__}, expected a list of encoded images")
+    images = []
+    for i, b in enumerate(bins):
+        if isinstance(b, np.ndarray) and b.dtype == np.uint8 and b.ndim == 1:
+            b = b.tobytes()
+        if isinstance(b, bytearray):
+            b = bytes(b)
+        if not isinstance(b, bytes):
+            raise DatasetError(f"{path}: image #{i} is a {type(b).__name__}, expected encoded image bytes")
+        images.append(b)
+    try:
+        same = np.asarray(issame)
+    except Exception:  # noqa: BLE001 - anything odd is reported the same way
+        same = None
+    if same is None or same.ndim != 1 or not (same.dtype == bool or np.isin(same, (0, 1)).all()):
+        raise DatasetError(f"{path}: the same/different list must be one boolean per pair")
+    same = same.astype(bool)
+    if len(images) < 2 * len(same):
+        raise DatasetError(f"{path}: {len(same)} pairs need {2 * len(same)} images, the file has {len(images)}")
+    if len(same) == 0:
+        raise DatasetError(f"{path}: the file holds no pairs")
+    return images[: 2 * len(same)], same
+
+
+def decode_image(data, where):
+    """Encoded bytes -> BGR uint8 image; DatasetError naming `where` if it does not decode."""
+    from datasets.transforms import ImageReadError, to_bgr
+
+    arr = np.frombuffer(data, dtype=np.uint8)
+    img = cv2.imdecode(arr, cv2.IMREAD_UNCHANGED) if arr.size else None
+    if img is None:
+        raise DatasetError(f"{where}: the encoded image does not decode (corrupt .bin file?)")
+    try:
+        return to_bgr(img)
+    except ImageReadError as e:
+        raise DatasetError(f"{where}: {e}") from None
+
+
+def write_bin(path, images, issame, ext=".jpg"):
+    """Write an insightface-style .bin: `images` are encoded bytes or BGR uint8 arrays, pairs interleaved."""
+    from engine.io_utils import atomic_write_bytes
+
+    issame = [bool(s) for s in issame]
+    if len(images) != 2 * len(issame):
+        raise ValueError(f"{len(issame)} pairs need {2 * len(issame)} images, got {len(images)}")
+    bins = []
+    for i, img in enumerate(images):
+        if isinstance(img, (bytes, bytearray)):
+            bins.append(bytes(img))
+            continue
+        ok, buf = cv2.imencode(ext, img)
+        if not ok:
+            raise ValueError(f"image #{i} could not be encoded as {ext}")
+        bins.append(buf.tobytes())
+    atomic_write_bytes(path, pickle.dumps((bins, issame), protocol=pickle.HIGHEST_PROTOCOL))
+    return path

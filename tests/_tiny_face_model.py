@@ -1,0 +1,70 @@
+"""Shared by tests/test_evaluate.py and tests/test_predict.py: an untrained model and tiny data.
+
+A random-init MobileFaceNet (fixed paddle.seed) is enough to check plumbing and numbers that
+must agree between code paths; nothing here trains.
+"""
+import os
+
+import cv2
+import numpy as np
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO_ROOT, "configs", "face_recognition", "MobileFaceNet.yaml")
+
+
+def save_random_checkpoint(path, num_classes=5, seed=0):
+    """paddle.save of a FaceRecModel(MobileFaceNet, ArcMargin) state dict; returns path."""
+    import paddle
+
+    from models import ArcMargin, FaceRecModel, build_backbone
+
+    paddle.seed(seed)
+    backbone = build_backbone("MobileFaceNet")
+    model = FaceRecModel(backbone, ArcMargin(backbone.embedding_size, num_classes))
+    model.eval()
+    paddle.save(model.state_dict(), path)
+    return path
+
+
+def make_face_images(n_people=4, per_person=3, seed=0, size=112):
+    """{(person, k): BGR uint8}: per person a random base picture plus small noise per photo."""
+    rng = np.random.default_rng(seed)
+    images = {}
+    for p in range(n_people):
+        base = cv2.GaussianBlur(rng.integers(0, 256, (size, size, 3)).astype(np.uint8), (7, 7), 0)
+        for k in range(per_person):
+            noise = rng.integers(-25, 26, (size, size, 3))
+            images[(p, k)] = np.clip(base.astype(int) + noise, 0, 255).astype(np.uint8)
+    return images
+
+
+def make_pair_dataset(root, n_people=4, per_person=3, seed=0):
+    """<root>/val/images/*.png and val/pair_label.txt with every same pair and as many different pairs.
+
+    Returns (pairs as (rel_a, rel_b, label), {rel_path: image}).
+    """
+    images = make_face_images(n_people, per_person, seed)
+    os.makedirs(os.path.join(root, "val", "images"), exist_ok=True)
+    rel = {}
+    for (p, k), img in images.items():
+        r = f"images/p{p}_{k}.png"
+        cv2.imwrite(os.path.join(root, "val", r), img)
+        rel[(p, k)] = r
+    same = [(rel[(p, a)], rel[(p, b)], 1) for p in range(n_people) for a in range(per_person) for b in range(a + 1, per_person)]
+    diff = []
+    for i in range(len(same)):
+        p, q = i % n_people, (i + 1 + i // n_people) % n_people
+        if p == q:
+            q = (q + 1) % n_people
+        diff.append((rel[(p, i % per_person)], rel[(q, (i + 1) % per_person)], 0))
+    pairs = [x for pair in zip(same, diff) for x in pair]  # interleave so every fold has both labels
+    with open(os.path.join(root, "val", "pair_label.txt"), "w") as f:
+        f.write("# a b label\n" + "".join(f"{a} {b} {y}\n" for a, b, y in pairs))
+    return pairs, {rel[k]: img for k, img in images.items()}
+
+
+def config(**overrides):
+    """The MobileFaceNet config with -o style overrides given as keyword 'A__b' -> 'A.b'."""
+    from engine.config import load_config
+
+    return load_config(CONFIG, [f"{k.replace('__', '.')}={v}" for k, v in overrides.items()])
