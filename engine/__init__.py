@@ -10,6 +10,10 @@ MODES = {
     "evaluate": "engine.evaluate",
     "predict": "engine.predict",
     "export": "engine.export",
+    "build_index": "engine.build_index",
+    "append_index": "engine.build_index",
+    "remove_index": "engine.build_index",
+    "recognize": "engine.recognize",
 }
 
 

@@ -1,0 +1,287 @@
+"""Recognition pipeline end to end: detector, alignment, build/append/remove/recognize from Python and
+the CLI, with a random-init MobileFaceNet exported to a temporary folder (no training)."""
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PIPELINE = os.path.join(REPO_ROOT, "configs", "face_recognition", "pipeline.yaml")
+ORL = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "data", "orl_faces"))
+needs_orl = pytest.mark.skipif(not os.path.isdir(ORL), reason="ORL faces not available at ../shared/data/orl_faces")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    import paddle
+
+    from engine.export import export_inference
+    from models import build_backbone
+
+    paddle.seed(0)
+    out = str(tmp_path_factory.mktemp("model") / "inference")
+    export_inference(build_backbone("MobileFaceNet"), out, "MobileFaceNet")
+    return out
+
+
+def make_crops(n_people=4, per_person=3, seed=3, size=112):
+    """{(person, k): BGR crop}: a smooth random picture per person plus light noise per photo, so even
+    an untrained network maps a person's photos close together and different people apart."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for p in range(n_people):
+        base = cv2.resize(rng.integers(0, 256, (8, 8, 3)).astype(np.uint8), (size, size),
+                          interpolation=cv2.INTER_CUBIC).astype(int)
+        for k in range(per_person):
+            out[(p, k)] = np.clip(base + rng.integers(-6, 7, base.shape), 0, 255).astype(np.uint8)
+    return out
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory):
+    """person_<p>/<k>.png for 4 people x 3 crops (near-duplicates per person, distinct across)."""
+    root = tmp_path_factory.mktemp("faces")
+    for (p, k), img in make_crops().items():
+        folder = root / "all" / f"person_{p}"
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"{k}.png"), img)
+        if k < 2:  # enrolment set: two per person; the third is the query
+            (root / "gallery" / f"person_{p}").mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / "gallery" / f"person_{p}" / f"{k}.png"), img)
+        else:
+            (root / "queries").mkdir(exist_ok=True)
+            cv2.imwrite(str(root / "queries" / f"q{p}.png"), img)
+    return root
+
+
+def _cli(*overrides):
+    from main import main
+
+    return main(["-c", PIPELINE, *[x for o in overrides for x in ("-o", o)]])
+
+
+# --------------------------------------------------------------------------- detector / alignment
+def test_similarity_transform_maps_eyes_onto_the_template():
+    from models.face_detector import ARCFACE_TEMPLATE, Face, align_face, similarity_transform
+
+    angle, scale, shift = np.deg2rad(12), 1.7, np.array([30.0, 12.0])
+    rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    eyes = ARCFACE_TEMPLATE[:2] @ rot.T + shift
+    m = similarity_transform(eyes, ARCFACE_TEMPLATE[:2])
+    mapped = eyes @ m[:, :2].T + m[:, 2]
+    np.testing.assert_allclose(mapped, ARCFACE_TEMPLATE[:2], atol=1e-4)
+    five = ARCFACE_TEMPLATE @ rot.T + shift
+    m5 = similarity_transform(five, ARCFACE_TEMPLATE)
+    np.testing.assert_allclose(five @ m5[:, :2].T + m5[:, 2], ARCFACE_TEMPLATE, atol=1e-3)
+    img = np.zeros((200, 200, 3), np.uint8)
+    assert align_face(img, Face([10, 10, 90, 90], 1.0, eyes.astype(np.float32))).shape == (112, 112, 3)
+    assert align_face(img, Face([10, 10, 90, 90], 1.0)).shape == (112, 112, 3)
+
+
+def test_group_rectangles_merges_neighbours_and_drops_lonely_boxes():
+    from models.face_detector import group_rectangles
+
+    cluster = [(100 + d, 50 + d, 40, 40) for d in (-1, 0, 1, 2)]
+    lonely = [(10, 10, 30, 30)]
+    out = group_rectangles(cluster + lonely, min_neighbors=2)
+    assert len(out) == 1
+    x, y, w, h, n = out[0]
+    assert (abs(x - 100.5) <= 1 and abs(y - 50.5) <= 1 and w == 40 and n == 4)
+    assert group_rectangles(cluster, min_neighbors=4) == []
+
+
+def test_haar_finds_no_face_in_a_flat_image():
+    from models.face_detector import HaarFaceDetector
+
+    det = HaarFaceDetector()
+    assert det.detect(np.full((120, 160, 3), 127, np.uint8)) == []
+
+
+@needs_orl
+def test_haar_detector_on_orl_faces_pasted_into_a_scene():
+    from models.face_detector import HaarFaceDetector, align_face
+
+    a = cv2.imread(os.path.join(ORL, "s1", "1.pgm"))
+    b = cv2.imread(os.path.join(ORL, "s2", "1.pgm"))
+    scene = np.full((240, 320, 3), 128, np.uint8)
+    scene[40:152, 20:112] = a
+    scene[100:212, 200:292] = b
+    faces = HaarFaceDetector(threshold=0.6).detect(scene)
+    assert len(faces) == 2
+    centres = sorted(((f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2) for f in faces)
+    assert abs(centres[0][0] - 66) < 20 and abs(centres[0][1] - 96) < 25   # inside the first pasted face
+    assert abs(centres[1][0] - 246) < 20 and abs(centres[1][1] - 156) < 25
+    for f in faces:
+        assert 0.6 <= f.score <= 1.0
+        assert align_face(scene, f).shape == (112, 112, 3)
+
+
+# --------------------------------------------------------------------------- pipeline (Python API)
+def test_pipeline_python_api_build_recognize_append_remove(model_dir, gallery, tmp_path):
+    from engine.errors import UserError
+    from engine.recognize import RecognitionPipeline
+
+    pipe = RecognitionPipeline(model_dir, det={"enable": False}, batch_size=4, top_k=3, rec_threshold=0.4)
+    summary = pipe.build_index(str(gallery / "gallery"), index_dir=str(tmp_path / "ix"))
+    assert summary["enrolled"] == 8 and summary["skipped"] == 0 and summary["labels"] == 4
+    results = list(pipe.recognize(str(gallery / "queries")))
+    assert [os.path.basename(r["input_path"]) for r in results] == ["q0.png", "q1.png", "q2.png", "q3.png"]
+    for p, res in enumerate(results):
+        (face,) = res["faces"]
+        assert face["label"] == f"person_{p}" and face["labels"][0] == f"person_{p}"
+        assert face["score"] >= 0.4 and face["scores"] == sorted(face["scores"], reverse=True)
+        assert face["box"] == [0.0, 0.0, 112.0, 112.0]
+    # a threshold above every score: the decision is the explicit "unknown" label
+    pipe.rec_threshold = 1.01
+    face = next(iter(pipe.recognize(str(gallery / "queries" / "q0.png"))))["faces"][0]
+    assert face["label"] == "unknown" and face["labels"][0] == "person_0"
+    pipe.rec_threshold = 0.4
+    # remove a person; the query of that person no longer returns it
+    assert pipe.remove(labels=["person_1"]) == 2
+    face = next(iter(pipe.recognize(str(gallery / "queries" / "q1.png"))))["faces"][0]
+    assert "person_1" not in face["labels"]
+    # append it back from a list file, reload from disk, and it is found again
+    lst = tmp_path / "list.txt"
+    lst.write_text("person_1/0.png person_1\n")
+    assert pipe.append(str(gallery / "gallery"), str(lst))["enrolled"] == 1
+    again = RecognitionPipeline(model_dir, index_dir=str(tmp_path / "ix"), det={"enable": False})
+    assert len(again.index) == 7
+    res = next(iter(again.recognize(np.ascontiguousarray(cv2.imread(str(gallery / "queries" / "q1.png"))))))
+    assert res["input_path"] is None and res["faces"][0]["label"] == "person_1"
+    out = res.save_to_json(str(tmp_path / "res"))
+    assert json.loads(open(out).read())["faces"][0]["label"] == "person_1"
+    img_path = res.save_to_img(str(tmp_path / "res"))
+    assert cv2.imread(img_path).shape == (112, 112, 3)
+    # an empty gallery folder is a clear error and writes nothing
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="holds no images"):
+        pipe.build_index(str(tmp_path / "empty"), index_dir=str(tmp_path / "ix2"))
+    assert not (tmp_path / "ix2").exists()
+
+
+# --------------------------------------------------------------------------- CLI
+def test_cli_build_recognize_remove_and_reload(model_dir, gallery, tmp_path, capsys):
+    ix, out = str(tmp_path / "ix"), str(tmp_path / "out")
+    common = [f"Rec.model_dir={model_dir}", f"Index.dir={ix}", f"Global.output={out}", "Det.enable=False"]
+    assert _cli("Global.mode=build_index", f"Index.gallery={gallery / 'gallery'}", *common) == 0
+    assert "8 of 8 gallery image(s) enrolled" in capsys.readouterr().out
+    assert _cli("Global.mode=recognize", f"Predict.input={gallery / 'queries'}", *common) == 0
+    res = json.loads(open(os.path.join(out, "q2_res.json")).read())
+    assert res["input_path"].endswith("q2.png") and res["faces"][0]["label"] == "person_2"
+    assert os.path.isfile(os.path.join(out, "q2_res.jpg"))
+    assert _cli("Global.mode=remove_index", "Index.remove_labels=[person_2]", *common) == 0
+    assert _cli("Global.mode=recognize", f"Predict.input={gallery / 'queries' / 'q2.png'}", *common) == 0
+    res = json.loads(open(os.path.join(out, "q2_res.json")).read())
+    assert "person_2" not in res["faces"][0]["labels"]
+    assert _cli("Global.mode=append_index", f"Index.gallery={gallery / 'gallery'}", *common) == 0
+    assert json.loads(open(os.path.join(ix, "meta.json")).read())["num_vectors"] == 14
+    capsys.readouterr()
+    # removing a label that is not there: exit 1 and a message
+    assert _cli("Global.mode=remove_index", "Index.remove_labels=[nobody]", *common) == 1
+    assert "nothing removed" in capsys.readouterr().err
+
+
+def test_cli_refuses_missing_index_and_index_of_another_model(model_dir, gallery, tmp_path, capsys):
+    ix = tmp_path / "ix"
+    common = [f"Rec.model_dir={model_dir}", f"Index.dir={ix}", f"Global.output={tmp_path / 'out'}", "Det.enable=False"]
+    assert _cli("Global.mode=recognize", f"Predict.input={gallery / 'queries'}", *common) == 1
+    assert "does not exist: build it first" in capsys.readouterr().err
+    assert _cli("Global.mode=build_index", f"Index.gallery={gallery / 'gallery'}", *common) == 0
+    # a corrupt file inside a query folder: skipped and reported (exit 1), the good image still answered
+    q = tmp_path / "q"
+    q.mkdir()
+    (q / "broken.png").write_bytes(b"not a png")
+    (q / "good.png").write_bytes((gallery / "queries" / "q0.png").read_bytes())
+    capsys.readouterr()
+    assert _cli("Global.mode=recognize", f"Predict.input={q}", *common) == 1
+    assert "1 image(s) could not be read" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "good_res.json").read_text())["faces"][0]["label"] == "person_0"
+    meta = json.loads((ix / "meta.json").read_text())
+    meta["model_fingerprint"] = "0" * 40  # as if another training run had built it
+    (ix / "meta.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert _cli("Global.mode=recognize", f"Predict.input={gallery / 'queries'}", *common) == 1
+    assert "different model than the gallery index" in capsys.readouterr().err
+
+
+def test_cli_gallery_without_faces_is_reported_and_counted(model_dir, gallery, tmp_path, capsys):
+    """Haar detection on: a flat grey gallery image has no face and is skipped with a count; the
+    synthetic crops have none either, so nothing is enrolled -> exit 1 and no index written."""
+    g = tmp_path / "g" / "nobody"
+    g.mkdir(parents=True)
+    cv2.imwrite(str(g / "grey.png"), np.full((120, 120, 3), 128, np.uint8))
+    ix = tmp_path / "ix"
+    common = [f"Rec.model_dir={model_dir}", f"Index.dir={ix}", f"Global.output={tmp_path / 'out'}"]
+    assert _cli("Global.mode=build_index", f"Index.gallery={tmp_path / 'g'}", *common) == 1
+    err = capsys.readouterr().err
+    assert "no face found in any of the 1 gallery images" in err and "Det.enable=False" in err
+    assert not ix.exists()
+
+
+@needs_orl
+def test_cli_haar_gallery_on_orl_and_query_without_face(model_dir, tmp_path, capsys):
+    g = tmp_path / "g"
+    for person in ("s1", "s2"):
+        (g / person).mkdir(parents=True)
+        for k in (1, 2):
+            img = cv2.imread(os.path.join(ORL, person, f"{k}.pgm"))
+            scene = cv2.copyMakeBorder(img, 40, 40, 60, 60, cv2.BORDER_CONSTANT, value=(128, 128, 128))
+            cv2.imwrite(str(g / person / f"{k}.png"), scene)
+    cv2.imwrite(str(g / "s2" / "blank.png"), np.full((150, 150, 3), 90, np.uint8))
+    q = tmp_path / "q"
+    q.mkdir()
+    cv2.imwrite(str(q / "blank.png"), np.full((150, 150, 3), 90, np.uint8))
+    ix, out = tmp_path / "ix", tmp_path / "out"
+    common = [f"Rec.model_dir={model_dir}", f"Index.dir={ix}", f"Global.output={out}"]
+    assert _cli("Global.mode=build_index", f"Index.gallery={g}", *common) == 0
+    assert "4 of 5 gallery image(s) enrolled, 1 skipped" in capsys.readouterr().out
+    assert _cli("Global.mode=recognize", f"Predict.input={q}", *common) == 0
+    assert json.loads((out / "blank_res.json").read_text())["faces"] == []
+
+
+def test_paddle_detector_adapter_runs_an_exported_detection_model(tmp_path):
+    """A stand-in detection model with PaddleDetection's inputs (image, im_shape, scale_factor) and
+    output rows [class, score, x1, y1, x2, y2] in original pixels: the adapter feeds it, scales and
+    thresholds the boxes, and the pipeline's Det.type=paddle builds it from a folder."""
+    import paddle
+    import yaml
+
+    from engine.errors import UserError
+    from models.face_detector import PaddleFaceDetector, build_detector
+
+    class FakeFaceDet(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()  # one weight, so the export has an inference.pdiparams like a real model
+            self.gain = self.create_parameter([1], default_initializer=paddle.nn.initializer.Constant(1.0))
+
+        def forward(self, image, im_shape, scale_factor):
+            hw = im_shape / scale_factor  # original image height, width
+            h, w = hw[:, 0:1], hw[:, 1:2]
+            bright = image.mean() * 0 + self.gain  # uses the image so the input is kept
+            one = paddle.ones_like(h)
+            good = paddle.concat([0 * one, 0.9 * one * bright, 0.1 * w, 0.2 * h, 0.6 * w, 0.7 * h], axis=1)
+            weak = paddle.concat([0 * one, 0.3 * one, 0 * w, 0 * h, 0.2 * w, 0.2 * h], axis=1)
+            return paddle.concat([good, weak], axis=0)
+
+    folder = tmp_path / "det"
+    spec = [paddle.static.InputSpec([1, 3, 64, 64], "float32", "image"),
+            paddle.static.InputSpec([1, 2], "float32", "im_shape"),
+            paddle.static.InputSpec([1, 2], "float32", "scale_factor")]
+    paddle.jit.save(FakeFaceDet(), str(folder / "inference"), input_spec=spec)
+    (folder / "inference.yml").write_text(yaml.safe_dump({"Preprocess": [
+        {"type": "Resize", "target_size": [64, 64], "keep_ratio": False},
+        {"type": "NormalizeImage", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "is_scale": True},
+        {"type": "Permute"}]}))
+    det = build_detector(enable=True, type="paddle", model_dir=str(folder), threshold=0.6)
+    assert isinstance(det, PaddleFaceDetector) and det.target_size == (64, 64)
+    faces = det.detect(np.zeros((200, 100, 3), np.uint8))
+    assert len(faces) == 1
+    np.testing.assert_allclose(faces[0].box, [10, 40, 60, 140], atol=0.5)
+    assert faces[0].score == pytest.approx(0.9)
+    with pytest.raises(UserError, match="no inference.json"):
+        PaddleFaceDetector(str(tmp_path))
+    with pytest.raises(UserError, match="not one of haar, paddle"):
+        build_detector(type="yunet")
