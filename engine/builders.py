@@ -1,0 +1,179 @@
+"""Builders shared by the runners: the model, the training data loader, the optimizer and schedule.
+
+Each reads its part of the config and fails with a ConfigError / DatasetError that names the
+setting and the fix, before any long work starts.
+"""
+import math
+from dataclasses import dataclass
+
+from engine.config import get
+from engine.errors import ConfigError, DatasetError
+from engine.logger import get_logger
+
+
+# --------------------------------------------------------------------------- model
+def model_name_of(cfg):
+    return str(get(cfg, "Global.model") or get(cfg, "Arch.backbone"))
+
+
+def build_model(cfg, num_classes):
+    """FaceRecModel: the Arch.backbone network + an ArcMargin head over `num_classes` identities."""
+    from models import ArcMargin, FaceRecModel, build_backbone
+
+    backbone_name = get(cfg, "Arch.backbone") or get(cfg, "Global.model")
+    backbone = build_backbone(backbone_name, embedding_size=get(cfg, "Arch.embedding_size"))
+    head_name = get(cfg, "Arch.head.name", "ArcMargin")
+    if head_name != "ArcMargin":
+        raise ConfigError(f"Arch.head.name '{head_name}' is not supported: the only margin head is ArcMargin")
+    loss_name = get(cfg, "Arch.loss", "CELoss")
+    if loss_name != "CELoss":
+        raise ConfigError(f"Arch.loss '{loss_name}' is not supported: the only loss is CELoss (cross-entropy)")
+    if int(num_classes) < 2:
+        raise DatasetError(f"training needs at least 2 identities, the training list has {num_classes}: "
+                           "add images of more people to train/label.txt")
+    head = ArcMargin(
+        backbone.embedding_size,
+        int(num_classes),
+        margin=float(get(cfg, "Arch.head.margin", 0.5)),
+        scale=float(get(cfg, "Arch.head.scale", 64.0)),
+        easy_margin=bool(get(cfg, "Arch.head.easy_margin", False)),
+    )
+    return FaceRecModel(backbone, head)
+
+
+# --------------------------------------------------------------------------- data
+@dataclass
+class TrainData:
+    loader: object  # datasets.face_dataset.BatchLoader
+    dataset: object  # datasets.face_dataset.FaceTrainDataset
+    num_classes: int
+    num_samples: int
+    batch_size: int  # per process
+    world_size: int
+    steps_per_epoch: int
+
+
+def check_num_classes(cfg, num_classes, label_file="train/label.txt"):
+    """Train.num_classes, when set, must equal the class count of the data (max id + 1)."""
+    configured = get(cfg, "Train.num_classes")
+    if configured is not None and int(configured) != int(num_classes):
+        raise ConfigError(
+            f"Train.num_classes={configured} but {label_file} has {num_classes} classes (ids 0..{num_classes - 1}): "
+            f"set -o Train.num_classes={num_classes}, or leave it null to take the count from the data")
+    return int(num_classes)
+
+
+def check_batch_size(batch_size, num_samples, world_size=1):
+    """Refuse a batch that no process can fill: with drop_last it would train zero steps.
+
+    An error rather than a silent clamp, because the learning rate is tuned to the batch size
+    and a smaller batch changes the recipe.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"Train.batch_size must be at least 1, got {batch_size}")
+    per_process = num_samples // world_size
+    if batch_size > per_process:
+        where = f" per process ({num_samples} images over {world_size} processes)" if world_size > 1 else ""
+        raise ConfigError(
+            f"Train.batch_size={batch_size} is larger than the training set: {per_process} images{where}, so "
+            f"no full batch can be formed. Use -o Train.batch_size={max(1, per_process)} or less, or add images")
+
+
+def build_train_loader(cfg, dataset_dir, rank=0, world_size=1):
+    """The training data: seeded shuffle and flip, drop_last, sharded by rank when world_size > 1."""
+    from datasets.face_dataset import BatchLoader, FaceTrainDataset, SeededBatchSampler
+    from datasets.label_files import load_train_list
+
+    samples = load_train_list(dataset_dir)
+    if not samples:
+        raise DatasetError(f"{dataset_dir}/train/label.txt lists no images: add lines '<image path> <identity id>'")
+    num_classes = check_num_classes(cfg, max(label for _, label in samples) + 1)
+    batch_size = int(get(cfg, "Train.batch_size", 128))
+    check_batch_size(batch_size, len(samples), world_size)
+    seed = int(get(cfg, "Global.seed", 42))
+    dataset = FaceTrainDataset(samples, flip_prob=float(get(cfg, "Train.transforms.random_flip", 0.5)), seed=seed,
+                               image_size=int(get(cfg, "Arch.image_size", 112)))
+    sampler = SeededBatchSampler(len(samples), batch_size, seed=seed, rank=rank, world_size=world_size,
+                                 shuffle=True, drop_last=True)
+    loader = BatchLoader(dataset, sampler, num_workers=int(get(cfg, "Train.num_workers", 0)))
+    steps = len(sampler)
+    dropped = sampler.per_rank - steps * batch_size
+    if dropped and rank == 0:
+        where = " per process" if world_size > 1 else ""
+        get_logger().info(f"{dropped} of {sampler.per_rank} images{where} are left out of each epoch "
+                          f"(incomplete last batch; the shuffle changes which ones every epoch)")
+    return TrainData(loader, dataset, num_classes, len(samples), batch_size, world_size, steps)
+
+
+# --------------------------------------------------------------------------- optimizer and schedule
+def _lr_scheduler_base():
+    from paddle.optimizer.lr import LRScheduler
+
+    return LRScheduler
+
+
+class WarmupCosineLR(_lr_scheduler_base()):
+    """Linear warm-up from 0 to `learning_rate` over `warmup_iters`, then cosine decay to `eta_min`
+    at `total_iters`; stepped once per iteration.
+
+    The same curve as PaddleClas' LinearWarmup + CosineAnnealingDecay, but computed in closed
+    form from the iteration count, so the state to save for a resume is just `last_epoch`
+    (iterations done) and a resumed run reproduces the rate exactly.
+    """
+
+    def __init__(self, learning_rate, total_iters, warmup_iters=0, eta_min=0.0, last_epoch=-1):
+        self.total_iters = max(1, int(total_iters))
+        self.warmup_iters = min(max(0, int(warmup_iters)), self.total_iters)
+        self.eta_min = float(eta_min)
+        super().__init__(learning_rate=float(learning_rate), last_epoch=last_epoch)
+
+    def lr_at(self, it):
+        base = self.base_lr
+        if it < self.warmup_iters:
+            return base * it / self.warmup_iters
+        decay_iters = self.total_iters - self.warmup_iters
+        if decay_iters <= 0:
+            return base
+        t = min(it - self.warmup_iters, decay_iters) / decay_iters
+        return self.eta_min + (base - self.eta_min) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    def get_lr(self):
+        return self.lr_at(self.last_epoch)
+
+
+def no_decay_param_names(model):
+    """Names of 1-D parameters (BN scale/shift, PReLU slopes, biases): no weight decay on them."""
+    return {p.name for p in model.parameters() if len(p.shape) <= 1 and not p.stop_gradient}
+
+
+def build_optimizer(cfg, model, steps_per_epoch):
+    """(AdamW, WarmupCosineLR) from Train.*; weight decay only on parameters with 2+ dimensions."""
+    import paddle
+
+    name = get(cfg, "Train.optimizer.name", "AdamW")
+    if name != "AdamW":
+        raise ConfigError(f"Train.optimizer.name '{name}' is not supported: use AdamW")
+    epochs = int(get(cfg, "Train.epochs_iters", 25))
+    if epochs < 1:
+        raise ConfigError(f"Train.epochs_iters must be at least 1, got {epochs}")
+    lr = float(get(cfg, "Train.learning_rate", 0.002))
+    if not lr > 0:
+        raise ConfigError(f"Train.learning_rate must be positive, got {lr}")
+    warmup_epochs = float(get(cfg, "Train.warmup_steps", 0))
+    scheduler = WarmupCosineLR(
+        lr,
+        total_iters=epochs * steps_per_epoch,
+        warmup_iters=int(round(warmup_epochs * steps_per_epoch)),
+        eta_min=float(get(cfg, "Train.eta_min", 0.0)),
+    )
+    no_decay = no_decay_param_names(model)
+    optimizer = paddle.optimizer.AdamW(
+        learning_rate=scheduler,
+        parameters=model.parameters(),
+        beta1=float(get(cfg, "Train.optimizer.beta1", 0.9)),
+        beta2=float(get(cfg, "Train.optimizer.beta2", 0.999)),
+        epsilon=float(get(cfg, "Train.optimizer.epsilon", 1e-8)),
+        weight_decay=float(get(cfg, "Train.optimizer.weight_decay", 0.05)),
+        apply_decay_param_fun=lambda param_name: param_name not in no_decay,
+    )
+    return optimizer, scheduler
