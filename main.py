@@ -10,7 +10,8 @@ import sys
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="main.py",
-        description="Face feature toolkit: check_dataset, train, evaluate, predict, export.",
+        description="Face feature toolkit. Modes (Global.mode): check_dataset, train, evaluate, export, predict; "
+                    "with configs/face_recognition/pipeline.yaml: build_index, append_index, remove_index, recognize.",
     )
     parser.add_argument("-c", "--config", required=True, help="YAML config, e.g. configs/face_recognition/MobileFaceNet.yaml")
     parser.add_argument(

@@ -16,7 +16,6 @@ pipeline's Haar detector and alignment, falling back to the whole image when it 
     python benchmarks/orl_identification.py --model-dir output/best_model/inference --heldout-from dataset/orl
 """
 import argparse
-import json
 import os
 import sys
 import time

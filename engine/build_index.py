@@ -12,7 +12,6 @@ import os
 
 from engine.config import get
 from engine.errors import ConfigError, UserError
-from engine.logger import get_logger
 
 ACTIONS = ("build_index", "append_index", "remove_index")
 

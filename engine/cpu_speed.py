@@ -27,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 
+from engine.runtime import cache_root, cpuinfo_field
+
 SHIM_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "mkl_intel_shim.c")
 ALL_OFF_ENV = "FACEFEAT_CPU_SPEEDUP"
 NO_SHIM_ENV = "FACEFEAT_NO_MKL_SHIM"
@@ -46,21 +48,8 @@ def _env_on(name):
 
 
 def cpu_vendor():
-    """The CPU vendor id from /proc/cpuinfo (GenuineIntel, AuthenticAMD, ...) or '' when unknown."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-def cache_root():
-    """Where compiled helpers are kept (the same folder models/fast_cpu_ops.py uses)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "paddle_face_feature")
+    """The CPU vendor id (GenuineIntel, AuthenticAMD, ...) or '' when unknown."""
+    return cpuinfo_field("vendor_id")
 
 
 def shim_cache_path():

@@ -263,9 +263,8 @@ def run(cfg):
         dataset_dir = resolve_dataset_dir(dataset_dir)
         pairs = load_pair_list(dataset_dir)
 
-    import paddle  # noqa: F401 - imported after set_threads so Paddle starts with the right count
-
     set_threads(num_threads_from(get(cfg, "Global.num_threads", 0)))
+    import paddle  # noqa: F401 - imported after set_threads so Paddle starts with the right count
     sets, curves = {}, []
     with tempfile.TemporaryDirectory(prefix="facefeat_eval_") as tmp_dir:
         model = load_inference_model(cfg, weight_path, tmp_dir)

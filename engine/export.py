@@ -11,7 +11,7 @@ import yaml
 
 from engine.config import get
 from engine.errors import ConfigError, UserError
-from engine.io_utils import atomic_replace_dir
+from engine.io_utils import atomic_replace_dir, file_digest
 from engine.logger import get_logger
 
 MODEL_FILE_NAMES = ("inference.json", "inference.pdmodel")
@@ -60,16 +60,6 @@ paddle.jit.save(backbone, out, input_spec=spec)
 """
 
 
-def _file_digest(path):
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _add_program_format(backbone_name, embedding_size, image_size, state, tmp_dir):
     """Also write inference.pdmodel (old ProgramDesc) next to inference.json, sharing
     inference.pdiparams. Returns None on success, else why it was left out (export still succeeds).
@@ -103,7 +93,7 @@ def _add_program_format(backbone_name, embedding_size, image_size, state, tmp_di
         if proc.returncode != 0 or not os.path.isfile(out + ".pdmodel"):
             tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
             return f"old-format export failed: {tail[0]}"
-        if _file_digest(out + ".pdiparams") != _file_digest(os.path.join(tmp_dir, PARAMS_FILE_NAME)):
+        if file_digest(out + ".pdiparams") != file_digest(os.path.join(tmp_dir, PARAMS_FILE_NAME)):
             return "old-format parameters differ from the PIR ones"
         os.replace(out + ".pdmodel", os.path.join(tmp_dir, "inference.pdmodel"))
     return None

@@ -2,6 +2,7 @@
 
 A reader (or a resumed run after a kill) sees either the old file or the new one, never half.
 """
+import hashlib
 import json
 import os
 import shutil
@@ -70,3 +71,12 @@ def atomic_replace_dir(build_fn, path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def file_digest(path):
+    """sha256 of a file's bytes, read in chunks (weights files can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()

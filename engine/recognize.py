@@ -17,7 +17,6 @@ is empty). An image without a face gives an empty face list.
 Gallery images: each contributes its most prominent face (highest detection score, then largest);
 an unreadable image or one without a face is reported, skipped and counted.
 """
-import hashlib
 import json
 import os
 
@@ -26,17 +25,8 @@ import numpy as np
 from engine.config import get
 from engine.errors import UserError
 from engine.gallery_index import UNKNOWN_LABEL, GalleryIndex, apply_threshold, list_gallery
-from engine.io_utils import atomic_write_bytes, atomic_write_json
+from engine.io_utils import atomic_write_bytes, atomic_write_json, file_digest
 from engine.logger import get_logger
-
-
-def weights_fingerprint(params_file):
-    """sha1 of the weights file: two exports of different weights never share an index."""
-    h = hashlib.sha1()
-    with open(params_file, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class RecognitionResult(dict):
@@ -108,7 +98,7 @@ class RecognitionPipeline:
         self.margin = float(det.pop("margin", 0.2))
         self.detector = build_detector(num_threads=threads, **det)
         self.model = InferenceModel(model_dir, device=device, num_threads=threads, run_mode=run_mode)
-        self.fingerprint = weights_fingerprint(self.model.params_file)
+        self.fingerprint = file_digest(self.model.params_file)  # different weights never share an index
         self.batch_size = max(1, int(batch_size))
         self.top_k = int(top_k)
         self.rec_threshold = float(rec_threshold)

@@ -9,6 +9,24 @@ import random
 import numpy as np
 
 
+def cpuinfo_field(key):
+    """A field of the first CPU in /proc/cpuinfo ('vendor_id', 'model name', ...) or '' when unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.split(":", 1)[0].strip() == key:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def cache_root():
+    """Where compiled helpers (fused kernels, MKL shim) are kept between runs."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "paddle_face_feature")
+
+
 def num_threads_from(cfg_value):
     n = int(cfg_value or 0)
     return n if n > 0 else (os.cpu_count() or 1)

@@ -21,6 +21,8 @@ import shutil
 import sys
 import warnings
 
+from engine.runtime import cache_root, cpuinfo_field
+
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "fast_cpu_ops.cc")
 # -march=native: the build happens on the machine that runs it, and the cache key holds the CPU model.
 CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
@@ -32,20 +34,8 @@ _enabled = False
 _status = "not requested"
 
 
-def cache_root():
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "paddle_face_feature")
-
-
 def cpu_model_name():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def build_key():
