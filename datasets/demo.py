@@ -351,7 +351,10 @@ def _build(out_dir, train_identities, images_per_identity, val_identities, val_p
     else:
         import multiprocessing
 
-        ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        # spawn, not fork: a process that has run OpenCV or Paddle holds thread pools that do
+        # not survive fork, and a forked worker touching them hangs (seen inside the recognize
+        # runner). A fresh interpreter per worker costs well under a second.
+        ctx = multiprocessing.get_context("spawn")
         pool = ctx.Pool(workers)
         results = pool.imap_unordered(_render_identities, tasks)
     try:

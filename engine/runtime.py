@@ -45,7 +45,10 @@ def set_threads(n):
     try:
         import cv2
 
-        cv2.setNumThreads(n)
+        # OpenCV's own thread pool does not survive fork: a forked data-loader worker that
+        # touches it hangs. Images are processed in parallel at the image level instead (thread
+        # and process pools), so OpenCV runs its functions sequentially (0 = no threading).
+        cv2.setNumThreads(0)
     except ImportError:
         pass
 

@@ -157,3 +157,24 @@ def test_command_line(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Wrote 10 images" in proc.stdout
     assert len(load_train_list(out)) == 6 and len(load_pair_list(out)) == 2
+
+
+def test_generation_does_not_hang_after_opencv_started_its_threads(tmp_path):
+    """Generation with worker processes from a process that already ran OpenCV with threads, as
+    the recognize runner does before it generates the demo. (Forked workers once hung there in a
+    full test run; the pool now spawns fresh interpreters. This smoke test did not reproduce that
+    hang on its own, so the clean-clone CI run is what covers it.)"""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (
+        "import sys, cv2, numpy as np\n"
+        f"sys.path.insert(0, {repo!r})\n"
+        "cv2.setNumThreads(2)\n"
+        "cv2.GaussianBlur(np.zeros((1500, 1500, 3), np.uint8), (31, 31), 5)  # starts OpenCV's pool\n"
+        "from datasets.demo import generate_demo\n"
+        f"generate_demo({str(tmp_path / 'demo')!r}, train_identities=4, images_per_identity=2,\n"
+        "              val_identities=4, val_pairs=8, workers=2)\n"
+        "print('generated')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "generated" in res.stdout
