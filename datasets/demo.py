@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from engine.errors import DatasetError
+from engine.io_utils import move_dir_into_place
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_DIR = os.path.join(REPO_ROOT, "dataset", "face_demo")
@@ -420,14 +421,9 @@ def generate_demo(out_dir, train_identities=200, images_per_identity=8, val_iden
         if os.path.exists(out_dir) and not overwrite and os.path.isfile(complete):
             # another process finished the same dataset while this one was drawing: keep theirs
             shutil.rmtree(tmp, ignore_errors=True)
-        elif os.path.exists(out_dir):
-            old = tmp + ".old"
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
         else:
             try:
-                os.rename(tmp, out_dir)
+                move_dir_into_place(tmp, out_dir)
             except OSError:
                 # another process finished the same dataset first: keep theirs
                 if os.path.isfile(os.path.join(out_dir, "train", "label.txt")):

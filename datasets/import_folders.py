@@ -26,6 +26,7 @@ import numpy as np
 
 from datasets.transforms import IMAGE_EXTENSIONS
 from engine.errors import DatasetError
+from engine.io_utils import move_dir_into_place
 
 
 def scan_identities(src):
@@ -199,13 +200,7 @@ def import_folders(src, dst, val_identities=10, pairs=None, seed=0, mode="copy",
             lines.append(f"{rel_name(na, people[na][a])} {rel_name(nb, people[nb][b])} {label}")
         with open(os.path.join(tmp, "val", "pair_label.txt"), "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
-        if os.path.exists(dst):
-            old = tmp + ".old"
-            os.replace(dst, old)
-            os.replace(tmp, dst)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, dst)
+        move_dir_into_place(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -51,6 +51,18 @@ def atomic_save(save_fn, path):
         raise
 
 
+def move_dir_into_place(tmp, path):
+    """Rename the finished folder `tmp` to `path`; an existing `path` is swapped out first and
+    deleted after, so `path` is always either the old folder or the new one."""
+    if os.path.exists(path):
+        old = tmp + ".old"
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, path)
+
+
 def atomic_replace_dir(build_fn, path):
     """Build a whole folder under a temporary name with `build_fn(tmp_dir)`, then swap it in.
 
@@ -61,13 +73,7 @@ def atomic_replace_dir(build_fn, path):
     tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
     try:
         build_fn(tmp)
-        old = None
-        if os.path.exists(path):
-            old = tmp + ".old"
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
+        move_dir_into_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
