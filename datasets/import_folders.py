@@ -24,7 +24,7 @@ import tempfile
 
 import numpy as np
 
-from datasets.transforms import IMAGE_EXTENSIONS
+from datasets.transforms import IMAGE_EXTENSIONS, list_images
 from engine.errors import DatasetError
 from engine.io_utils import move_dir_into_place
 
@@ -38,13 +38,7 @@ def scan_identities(src):
         folder = os.path.join(src, name)
         if not os.path.isdir(folder) or name.startswith("."):
             continue
-        images = []
-        for dirpath, dirnames, filenames in os.walk(folder):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for f in sorted(filenames):
-                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
-                    images.append(os.path.join(dirpath, f))
-        people[name] = images
+        people[name] = list_images(folder)
     return people
 
 

@@ -327,7 +327,7 @@ def read_meta(index_dir):
         return json.load(f)
 
 
-def list_gallery(gallery, label_file=None, extensions=None):
+def list_gallery(gallery, label_file=None):
     """Gallery images as [(abs_path, label)], sorted.
 
     With `label_file`: lines `<path> <label>` (path relative to `gallery`, or to the list file's folder
@@ -335,9 +335,8 @@ def list_gallery(gallery, label_file=None, extensions=None):
     Without: `gallery` holds one folder per identity, the folder name is the label; images directly in
     `gallery` take their file stem as the label.
     """
-    from datasets.transforms import IMAGE_EXTENSIONS
+    from datasets.transforms import IMAGE_EXTENSIONS, list_images
 
-    exts = tuple(e.lower() for e in (extensions or IMAGE_EXTENSIONS))
     items = []
     if label_file:
         if not os.path.isfile(label_file):
@@ -364,12 +363,8 @@ def list_gallery(gallery, label_file=None, extensions=None):
         )
     for name in sorted(os.listdir(gallery)):
         full = os.path.join(gallery, name)
-        if os.path.isdir(full):
-            for root, dirs, files in os.walk(full):
-                dirs.sort()
-                for fname in sorted(files):
-                    if fname.lower().endswith(exts):
-                        items.append((os.path.abspath(os.path.join(root, fname)), name))
-        elif name.lower().endswith(exts):
+        if os.path.isdir(full) and not name.startswith("."):
+            items.extend((os.path.abspath(path), name) for path in list_images(full))
+        elif name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
             items.append((os.path.abspath(full), os.path.splitext(name)[0]))
     return items

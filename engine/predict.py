@@ -121,23 +121,10 @@ def download(url, timeout=30):
     return tmp
 
 
-def list_images(folder):
-    """Image files under `folder`, recursively, sorted by path."""
-    from datasets.transforms import IMAGE_EXTENSIONS
-
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        for f in files:
-            if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
-                found.append(os.path.join(root, f))
-    return sorted(found)
-
-
 def expand_inputs(inputs):
     """[_Item] for a path, folder, URL, numpy array or a list of these. UserError on a missing
     path, an empty folder or an unsupported value, before any image is processed."""
-    from datasets.transforms import IMAGE_EXTENSIONS
+    from datasets.transforms import IMAGE_EXTENSIONS, list_images
 
     if isinstance(inputs, (str, os.PathLike, np.ndarray)):
         inputs = [inputs]
