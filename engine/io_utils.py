@@ -86,3 +86,16 @@ def file_digest(path):
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def download_file(url, path, timeout=60):
+    """Fetch `url` to `path` atomically. Raises OSError (URLError, HTTPError, timeouts) and
+    ValueError (malformed URL); callers turn them into a one-line message for their setting."""
+    import urllib.request
+
+    def fetch(tmp):
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:  # noqa: S310 - user-given URL
+            shutil.copyfileobj(response, f, length=1 << 20)
+
+    atomic_save(fetch, path)
+    return path

@@ -15,14 +15,12 @@ size (the reference normalises only the first feature of a batch).
 import json
 import os
 import tempfile
-import urllib.error
-import urllib.request
 
 import numpy as np
 
 from engine.config import get
 from engine.errors import UserError
-from engine.io_utils import atomic_write_json
+from engine.io_utils import atomic_write_json, download_file
 from engine.logger import get_logger
 
 _ARRAY_PREFIX = "array_"
@@ -111,11 +109,12 @@ def download(url, timeout=30):
     """Fetch `url` into a temporary file; UserError (one line) when it cannot be reached."""
     suffix = os.path.splitext(url.split("?", 1)[0])[1][:5] or ".jpg"
     fd, tmp = tempfile.mkstemp(prefix="facefeat_url_", suffix=suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - user-given URL
-            f.write(r.read())
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        os.remove(tmp)
+        download_file(url, tmp, timeout=timeout)
+    except (OSError, ValueError) as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
         reason = getattr(e, "reason", e)
         raise UserError(f"cannot download {url}: {reason} (no network? download the image and pass its path)") from None
     return tmp

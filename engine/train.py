@@ -25,13 +25,12 @@ import sys
 import tempfile
 import time
 import urllib.parse
-import urllib.request
 
 import numpy as np
 
 from engine.config import REPO_ROOT, get, save_config
 from engine.errors import ConfigError, DatasetError, UserError
-from engine.io_utils import atomic_replace_dir, atomic_save, atomic_write_json
+from engine.io_utils import atomic_replace_dir, atomic_write_json, download_file
 from engine.logger import get_logger, log_to_file
 from engine.progress import Progress, format_seconds
 
@@ -158,12 +157,8 @@ def fetch_weights(path_or_url, cache_dir=WEIGHTS_CACHE):
         return target
     get_logger().info(f"downloading pretrained weights {text} -> {target}")
 
-    def download(tmp):
-        with urllib.request.urlopen(text, timeout=60) as response, open(tmp, "wb") as f:
-            shutil.copyfileobj(response, f, length=1 << 20)
-
     try:
-        atomic_save(download, target)
+        download_file(text, target, timeout=60)
     except OSError as e:  # URLError, HTTPError, timeouts and socket errors are all OSErrors
         reason = getattr(e, "reason", None) or e
         raise UserError(f"cannot download Train.pretrain_weight_path {text}: {reason}. Without network access, "
