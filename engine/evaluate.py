@@ -264,7 +264,6 @@ def run(cfg):
         pairs = load_pair_list(dataset_dir)
 
     set_threads(num_threads_from(get(cfg, "Global.num_threads", 0)))
-    import paddle  # noqa: F401 - imported after set_threads so Paddle starts with the right count
     sets, curves = {}, []
     with tempfile.TemporaryDirectory(prefix="facefeat_eval_") as tmp_dir:
         model = load_inference_model(cfg, weight_path, tmp_dir)
