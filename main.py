@@ -27,7 +27,7 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from engine import runner_for
     from engine.config import load_config
-    from engine.errors import UserError
+    from foundation.errors import UserError
 
     try:
         cfg = load_config(args.config, args.override)

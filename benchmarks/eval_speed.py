@@ -63,7 +63,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     from engine.config import load_config
-    from engine.runtime import set_threads
+    from foundation.runtime import set_threads
 
     set_threads(args.threads)
     t0 = time.perf_counter()

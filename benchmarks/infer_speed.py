@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from engine.runtime import set_threads  # noqa: E402
+from foundation.runtime import set_threads  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -151,7 +151,7 @@ def main(argv=None):
           f"(mean +- std over 10 enrolment choices, {rows[0]['queries']} queries each; chance "
           f"{100 / len(people):.1f} %)")
     if args.json:
-        from engine.io_utils import atomic_write_json
+        from foundation.atomic_io import atomic_write_json
 
         atomic_write_json(args.json, summary)
     return summary

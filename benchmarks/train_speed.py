@@ -56,7 +56,7 @@ def parse_args(argv=None):
 
 def setup(args):
     """Threads and speed settings; may re-execute the process (MKL shim) before anything else."""
-    from engine.runtime import set_threads
+    from foundation.runtime import set_threads
 
     set_threads(args.threads)
     if args.plain:

@@ -17,7 +17,7 @@ import pickle
 import cv2
 import numpy as np
 
-from engine.errors import DatasetError
+from foundation.errors import DatasetError
 
 try:  # numpy >= 2 moved the pickling helpers to numpy._core
     from numpy._core.multiarray import _reconstruct as _np_reconstruct
@@ -155,7 +155,7 @@ def decode_image(data, where):
 
 def write_bin(path, images, issame, ext=".jpg"):
     """Write an insightface-style .bin: `images` are encoded bytes or BGR uint8 arrays, pairs interleaved."""
-    from engine.io_utils import atomic_write_bytes
+    from foundation.atomic_io import atomic_write_bytes
 
     issame = [bool(s) for s in issame]
     if len(images) != 2 * len(issame):

@@ -26,8 +26,8 @@ import time
 import cv2
 import numpy as np
 
-from engine.errors import DatasetError
-from engine.io_utils import move_dir_into_place
+from foundation.errors import DatasetError
+from foundation.atomic_io import move_dir_into_place
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_DIR = os.path.join(REPO_ROOT, "dataset", "face_demo")
@@ -334,7 +334,7 @@ def make_pairs(num_identities, per_identity, num_pairs, seed):
 
 
 def _build(out_dir, train_identities, images_per_identity, val_identities, val_pairs, seed, workers, image_format, log):
-    from engine.progress import Progress
+    from foundation.progress import Progress
 
     tasks = []
     chunk = 25
@@ -448,7 +448,7 @@ def resolve_dataset_dir(path):
     abs_path = os.path.abspath(os.path.expanduser(str(path)))
     if os.path.normcase(os.path.realpath(abs_path)) == os.path.normcase(os.path.realpath(DEMO_DIR)) and \
             not os.path.isfile(os.path.join(abs_path, "train", "label.txt")):
-        from engine.logger import get_logger
+        from foundation.logger import get_logger
 
         log = get_logger()
         d = DEFAULTS

@@ -25,8 +25,8 @@ import tempfile
 import numpy as np
 
 from datasets.transforms import IMAGE_EXTENSIONS, list_images
-from engine.errors import DatasetError
-from engine.io_utils import move_dir_into_place
+from foundation.errors import DatasetError
+from foundation.atomic_io import move_dir_into_place
 
 
 def scan_identities(src):

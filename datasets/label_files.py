@@ -14,7 +14,7 @@ path cannot contain spaces (the reference format has the same limit).
 import os
 from collections import Counter, namedtuple
 
-from engine.errors import DatasetError
+from foundation.errors import DatasetError
 
 TRAIN_LABEL = os.path.join("train", "label.txt")
 PAIR_LABEL = os.path.join("val", "pair_label.txt")

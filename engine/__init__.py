@@ -20,7 +20,7 @@ MODES = {
 def runner_for(mode):
     """The `run` function of a mode's module; raises ConfigError for unknown modes."""
     from engine.config import nearest
-    from engine.errors import ConfigError
+    from foundation.errors import ConfigError
 
     if mode not in MODES:
         close = nearest(str(mode), list(MODES))

@@ -70,7 +70,7 @@ def prefetch_batches(items, load_fn, batch_size=64, num_workers=2, skip_errors=F
 def extract_features(items, load_fn, extract_fn, batch_size=64, flip=True, num_workers=2, progress=None):
     """Raw features [N, D] float32 of every item; with flip, feature(x) + feature(flipped x).
 
-    `extract_fn(nchw float32) -> [n, D]`; `progress` (engine.progress.Progress) is advanced by
+    `extract_fn(nchw float32) -> [n, D]`; `progress` (foundation.progress.Progress) is advanced by
     images done. Errors from load_fn propagate (the caller names the item).
     """
     feats = None

@@ -11,7 +11,7 @@ still written when at least one face was enrolled.
 import os
 
 from engine.config import get
-from engine.errors import ConfigError, UserError
+from foundation.errors import ConfigError, UserError
 
 ACTIONS = ("build_index", "append_index", "remove_index")
 
@@ -46,7 +46,7 @@ def _report(summary, index_dir, action, log):
 
 
 def run(cfg):
-    from engine.logger import log_to_file
+    from foundation.logger import log_to_file
     from engine.recognize import RecognitionPipeline
 
     action = str(get(cfg, "Global.mode"))

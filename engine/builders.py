@@ -7,8 +7,8 @@ import math
 from dataclasses import dataclass
 
 from engine.config import get
-from engine.errors import ConfigError, DatasetError
-from engine.logger import get_logger
+from foundation.errors import ConfigError, DatasetError
+from foundation.logger import get_logger
 
 
 # --------------------------------------------------------------------------- model

@@ -22,8 +22,8 @@ import numpy as np
 
 from datasets.label_files import ERROR, WARNING, ProblemList, format_problem, parse_pair_labels, parse_train_labels
 from engine.config import get
-from engine.errors import ConfigError
-from engine.logger import get_logger, log_to_file
+from foundation.errors import ConfigError
+from foundation.logger import get_logger, log_to_file
 
 RESULT_NAME = "check_dataset_result.json"
 NUM_DEMO = 10
@@ -45,7 +45,7 @@ def check_images(refs, problems, decode_sample=2000, decode_all=False, workers=2
     """
     from datasets.image_headers import HeaderError, image_header
     from datasets.transforms import ImageReadError, read_image
-    from engine.progress import Progress
+    from foundation.progress import Progress
 
     paths = list(refs)
     sizes = {}
@@ -218,7 +218,7 @@ def check(dataset_dir, output_dir, max_errors=50, expected_num_classes=None, dec
     The result dict is what goes to check_dataset_result.json; the caller writes it.
     """
     from datasets.demo import DEMO_DIR, resolve_dataset_dir
-    from engine.io_utils import atomic_replace_dir
+    from foundation.atomic_io import atomic_replace_dir
 
     log = log or get_logger()
     shown_root = str(dataset_dir)
@@ -369,8 +369,8 @@ def failure_message(problems):
 
 
 def run(cfg):
-    from engine.io_utils import atomic_write_json
-    from engine.runtime import num_threads_from
+    from foundation.atomic_io import atomic_write_json
+    from foundation.runtime import num_threads_from
 
     for part in ("convert", "split"):
         if get(cfg, f"CheckDataset.{part}.enable", False):

@@ -12,7 +12,7 @@ import re
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from engine.errors import ConfigError
+from foundation.errors import ConfigError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -108,6 +108,6 @@ def get(cfg, key, default=None):
 
 def save_config(cfg, path):
     """Write the full merged config (atomically) so a run can be reproduced."""
-    from engine.io_utils import atomic_write_text
+    from foundation.atomic_io import atomic_write_text
 
     atomic_write_text(path, OmegaConf.to_yaml(cfg))

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 
-from engine.runtime import cache_root, cpuinfo_field
+from foundation.runtime import cache_dir, cpuinfo_field
 
 SHIM_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "mkl_intel_shim.c")
 ALL_OFF_ENV = "FACEFEAT_CPU_SPEEDUP"
@@ -55,7 +55,7 @@ def cpu_vendor():
 def shim_cache_path():
     with open(SHIM_SOURCE, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()[:12]
-    return os.path.join(cache_root(), f"libmkl_intel_shim_{digest}.so")
+    return os.path.join(cache_dir(), f"libmkl_intel_shim_{digest}.so")
 
 
 def build_mkl_shim():
@@ -119,7 +119,7 @@ def apply_mkl_shim(reexec=True):
     env = dict(os.environ)
     env["LD_PRELOAD"] = " ".join([path] + env.get("LD_PRELOAD", "").replace(":", " ").split())
     env[REEXEC_MARK_ENV] = "1"
-    from engine.logger import get_logger
+    from foundation.logger import get_logger
 
     get_logger().info(f"Restarting with the MKL vendor shim preloaded ({reason}; {NO_SHIM_ENV}=1 turns this off)")
     for stream in (sys.stdout, sys.stderr):

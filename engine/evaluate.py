@@ -19,10 +19,10 @@ import numpy as np
 from engine import metrics as M
 from engine.batch_pipeline import extract_features
 from engine.config import get
-from engine.errors import DatasetError, UserError
-from engine.io_utils import atomic_save, atomic_write_json, atomic_write_text
-from engine.logger import get_logger, log_to_file
-from engine.progress import Progress
+from foundation.errors import DatasetError, UserError
+from foundation.atomic_io import atomic_save, atomic_write_json, atomic_write_text
+from foundation.logger import get_logger, log_to_file
+from foundation.progress import Progress
 
 MODEL_FILE_NAMES = ("inference.json", "inference.pdmodel")
 
@@ -148,7 +148,7 @@ def resolve_model_source(weight_path):
 def load_inference_model(cfg, weight_path, tmp_dir):
     """An engine.inference.InferenceModel for a checkpoint (exported into tmp_dir) or an inference dir."""
     from engine.inference import InferenceModel
-    from engine.runtime import num_threads_from
+    from foundation.runtime import num_threads_from
 
     logger = get_logger()
     kind, path = resolve_model_source(weight_path)
@@ -237,7 +237,7 @@ def _bin_paths(cfg):
 
 # --------------------------------------------------------------------------- runner
 def run(cfg):
-    from engine.runtime import num_threads_from, set_threads
+    from foundation.runtime import num_threads_from, set_threads
 
     flip = bool(get(cfg, "Evaluate.flip", True))
     folds = int(get(cfg, "Evaluate.folds", 10))

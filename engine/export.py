@@ -10,9 +10,9 @@ import os
 import yaml
 
 from engine.config import get
-from engine.errors import ConfigError, UserError
-from engine.io_utils import atomic_replace_dir, file_digest
-from engine.logger import get_logger
+from foundation.errors import ConfigError, UserError
+from foundation.atomic_io import atomic_replace_dir, file_digest
+from foundation.logger import get_logger
 
 MODEL_FILE_NAMES = ("inference.json", "inference.pdmodel")
 PARAMS_FILE_NAME = "inference.pdiparams"
@@ -109,7 +109,7 @@ def export_inference(backbone, save_dir, model_name, image_size=112, program_for
     """
     import paddle
 
-    from engine.logger import get_logger
+    from foundation.logger import get_logger
 
     embedding_size = int(getattr(backbone, "embedding_size", 0) or 0)
     backbone_name = getattr(backbone, "model_name", None)
@@ -190,10 +190,10 @@ def export_checkpoint(cfg, weight_path, save_dir=None):
 
 def run(cfg):
     """Global.mode=export: Export.weight_path (.pdparams) -> Export.save_dir (default <weights dir>/inference)."""
-    from engine.runtime import setup_paddle
+    from foundation.runtime import setup_paddle
 
     logger = get_logger()
-    setup_paddle(cfg)
+    setup_paddle(get(cfg, "Global.device", "cpu"), get(cfg, "Global.num_threads", 0), get(cfg, "Global.seed", 42))
     weight_path = get(cfg, "Export.weight_path")
     save_dir = get(cfg, "Export.save_dir")
     paths = export_checkpoint(cfg, weight_path, save_dir)

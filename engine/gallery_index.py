@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from engine.errors import UserError
+from foundation.errors import UserError
 
 INDEX_TYPES = ("Flat", "IVF", "HNSW")
 UNKNOWN_LABEL = "unknown"
@@ -257,7 +257,7 @@ class GalleryIndex:
 
     def save(self, index_dir):
         """Write the folder atomically: readers see the old index or the new one, never a mix."""
-        from engine.io_utils import atomic_replace_dir
+        from foundation.atomic_io import atomic_replace_dir
 
         if self.index is None:
             raise UserError(f"refusing to save an empty gallery index to {index_dir}: add at least one face")

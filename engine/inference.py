@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from engine.errors import ConfigError, UserError
+from foundation.errors import ConfigError, UserError
 
 RUN_MODES = ("paddle", "mkldnn", "mkldnn_bf16")
 
@@ -97,7 +97,7 @@ class InferenceModel:
                  prefer_format=None):
         from paddle import inference as paddle_infer
 
-        from engine.runtime import parse_device
+        from foundation.runtime import parse_device
 
         if run_mode not in RUN_MODES:
             raise ConfigError(f"run_mode '{run_mode}' is not one of {', '.join(RUN_MODES)}")
@@ -148,7 +148,7 @@ class InferenceModel:
         (bf16 for the convolutions only: cosine 0.9993 to fp32); the PIR executor ignores the list
         and converts every op, so a PIR model with PReLU stays in fp32 with a warning.
         """
-        from engine.logger import get_logger
+        from foundation.logger import get_logger
 
         if not cpu_supports_bf16():
             get_logger().warning("run_mode mkldnn_bf16: this CPU has no native bf16 (avx512_bf16/amx); running fp32")

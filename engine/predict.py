@@ -19,9 +19,9 @@ import tempfile
 import numpy as np
 
 from engine.config import get
-from engine.errors import UserError
-from engine.io_utils import atomic_write_json, download_file
-from engine.logger import get_logger
+from foundation.errors import UserError
+from foundation.atomic_io import atomic_write_json, download_file
+from foundation.logger import get_logger
 
 _ARRAY_PREFIX = "array_"
 
@@ -188,7 +188,7 @@ class FaceFeaturePredictor:
 
     def __init__(self, model_dir, device="cpu", num_threads=None, run_mode="paddle", model_name=None):
         from engine.inference import InferenceModel
-        from engine.runtime import num_threads_from, set_threads
+        from foundation.runtime import num_threads_from, set_threads
 
         threads = num_threads_from(num_threads or 0)
         set_threads(threads)
@@ -283,7 +283,7 @@ def _unique_name(name, taken):
 
 def run(cfg):
     """Global.mode=predict: print and save <Global.output>/<stem>_res.json per image."""
-    from engine.logger import log_to_file
+    from foundation.logger import log_to_file
 
     output = str(get(cfg, "Global.output", "output"))
     inputs = get(cfg, "Predict.input")

@@ -23,10 +23,10 @@ import os
 import numpy as np
 
 from engine.config import get
-from engine.errors import UserError
+from foundation.errors import UserError
 from engine.gallery_index import UNKNOWN_LABEL, GalleryIndex, apply_threshold, list_gallery
-from engine.io_utils import atomic_write_bytes, atomic_write_json, file_digest
-from engine.logger import get_logger
+from foundation.atomic_io import atomic_write_bytes, atomic_write_json, file_digest
+from foundation.logger import get_logger
 
 
 class RecognitionResult(dict):
@@ -86,7 +86,7 @@ class RecognitionPipeline:
     def __init__(self, model_dir, index_dir=None, det=None, device="cpu", num_threads=2, batch_size=16,
                  run_mode="paddle", top_k=5, rec_threshold=0.4, index_type="Flat", nprobe=32):
         from engine.inference import InferenceModel
-        from engine.runtime import num_threads_from, set_threads
+        from foundation.runtime import num_threads_from, set_threads
         from models.face_detector import build_detector
 
         threads = num_threads_from(num_threads)
@@ -159,7 +159,7 @@ class RecognitionPipeline:
     def _enroll(self, items, desc):
         """Embed the main face of each (path, label); returns (features, labels, paths, skipped)."""
         from datasets.transforms import ImageReadError, read_image
-        from engine.progress import Progress
+        from foundation.progress import Progress
 
         log = get_logger()
         feats, labels, paths, skipped = [], [], [], []
@@ -325,9 +325,9 @@ class RecognitionPipeline:
 
 def run(cfg):
     """Global.mode=recognize: print, and save <stem>_res.json (+ <stem>_res.jpg) per image."""
-    from engine.logger import log_to_file
+    from foundation.logger import log_to_file
     from engine.predict import expand_inputs
-    from engine.progress import Progress
+    from foundation.progress import Progress
 
     inputs = get(cfg, "Predict.input")
     if inputs is None or (isinstance(inputs, str) and not inputs.strip()):

@@ -29,14 +29,15 @@ import urllib.parse
 import numpy as np
 
 from engine.config import REPO_ROOT, get, save_config
-from engine.errors import ConfigError, DatasetError, UserError
-from engine.io_utils import atomic_replace_dir, atomic_write_json, download_file
-from engine.logger import get_logger, log_to_file
-from engine.progress import Progress, format_seconds
+from foundation.errors import ConfigError, DatasetError, UserError
+from foundation.atomic_io import atomic_replace_dir, atomic_write_json, download_file
+from foundation.logger import get_logger, log_to_file
+from foundation.progress import Progress, format_seconds
+from foundation.runtime import cache_dir
 
 KEEP_EPOCH_DIRS = 5  # matches train_result.json's last_1..last_5
 LAUNCHED_ENV = "FACEFEAT_LAUNCHED"  # set by the parent of a multi-process run
-WEIGHTS_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "facefeat", "weights")
+WEIGHTS_CACHE = cache_dir("weights")
 # What a training run writes; only these count as "an older run" and only these are removed
 # by Train.overwrite_output (other files in the folder, e.g. check_dataset results, stay).
 RUN_ARTIFACTS = ("train_result.json", "train.log", "config.yaml", "latest", "best_model", "vdl", "dist_logs")
@@ -55,7 +56,7 @@ def world_info():
 
 def requested_processes(cfg):
     """How many training processes Global.device / Train.cpu_processes ask for."""
-    from engine.runtime import parse_device
+    from foundation.runtime import parse_device
 
     kind, ids = parse_device(get(cfg, "Global.device", "cpu"))
     if kind == "gpu":
@@ -217,7 +218,7 @@ class Trainer:
         import paddle
 
         from engine.builders import build_model, build_optimizer, build_train_loader
-        from engine.runtime import setup_paddle
+        from foundation.runtime import setup_paddle
 
         cfg, log = self.cfg, self.log
         if self.epochs < 1:
@@ -234,7 +235,7 @@ class Trainer:
             save_config(cfg, os.path.join(self.output_dir, "config.yaml"))
             for note in self.speed_notes:
                 log.info(f"CPU speed: {note}")
-        self.device = setup_paddle(cfg)
+        self.device = setup_paddle(get(cfg, "Global.device", "cpu"), get(cfg, "Global.num_threads", 0), get(cfg, "Global.seed", 42))
         if self.world_size > 1:
             import paddle.distributed as dist
 
@@ -766,7 +767,7 @@ def run(cfg):
     if kind == "cpu":
         # First, before any output exists: the MKL shim may restart this process once.
         from engine.cpu_speed import setup_cpu_speed
-        from engine.runtime import num_threads_from, set_threads
+        from foundation.runtime import num_threads_from, set_threads
 
         set_threads(num_threads_from(get(cfg, "Global.num_threads", 0)))  # before the fused kernels load
         speed_notes = list(setup_cpu_speed(enabled=bool(get(cfg, "Global.cpu_speedup", True))).values())

@@ -30,7 +30,7 @@ __all__ = [
 
 def build_backbone(name, embedding_size=None):
     """A backbone by its config name; `embedding_size` overrides the model's default (128 / 512)."""
-    from engine.errors import ConfigError
+    from foundation.errors import ConfigError
 
     if name not in BACKBONES:
         raise ConfigError(f"unknown backbone '{name}'. Valid names: {', '.join(BACKBONES)}")
@@ -98,7 +98,7 @@ def count_multiply_adds(layer, image_size=112):
 
 def read_state_dict(path_or_state_dict):
     """A state dict from a .pdparams file (or a dict passed through); UserError when unreadable."""
-    from engine.errors import UserError
+    from foundation.errors import UserError
 
     if isinstance(path_or_state_dict, dict):
         return path_or_state_dict
@@ -176,7 +176,7 @@ def load_backbone_weights(backbone, path_or_state_dict, strict=False):
     backbone tensor missing or mismatched raises UserError saying what differs; in any mode a
     checkpoint sharing no tensor with the backbone raises UserError (it is for another model).
     """
-    from engine.errors import UserError
+    from foundation.errors import UserError
 
     source = path_or_state_dict if isinstance(path_or_state_dict, str) else "state dict"
     state = read_state_dict(path_or_state_dict)

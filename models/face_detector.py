@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from engine.errors import UserError
+from foundation.errors import UserError
 
 CASCADE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cascades")
 DEFAULT_FACE_CASCADE = "haarcascade_frontalface_alt2.xml"
@@ -407,7 +407,7 @@ class PaddleFaceDetector(FaceDetector):
     """
 
     def __init__(self, model_dir, threshold=0.6, min_size=0, num_threads=2):
-        from engine.logger import get_logger
+        from foundation.logger import get_logger
 
         self.model_dir = model_dir
         self.threshold = float(threshold)

@@ -21,7 +21,7 @@ import shutil
 import sys
 import warnings
 
-from engine.runtime import cache_root, cpuinfo_field
+from foundation.runtime import cache_dir, cpuinfo_field
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "fast_cpu_ops.cc")
 # -march=native: the build happens on the machine that runs it, and the cache key holds the CPU model.
@@ -77,11 +77,11 @@ def _compile_and_load():
     if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
         raise RuntimeError("no C++ compiler (c++, g++ or clang++) on PATH")
     key = build_key()
-    build_dir = os.path.join(cache_root(), f"fast_cpu_ops_{key}")
+    build_dir = os.path.join(cache_dir(), f"fast_cpu_ops_{key}")
     os.makedirs(build_dir, exist_ok=True)
     log_path = os.path.join(build_dir, "build.log")
     if not any(name.endswith(".so") for _, _, files in os.walk(build_dir) for name in files):
-        from engine.logger import get_logger
+        from foundation.logger import get_logger
 
         get_logger().info(f"Compiling the fused CPU kernels (first use only, about 30 s) in {build_dir}")
     # One build at a time: data-parallel ranks start together and share the cache folder.

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from datasets.bin_file import UnsafePickleError, decode_image, read_bin, write_bin
-from engine.errors import DatasetError
+from foundation.errors import DatasetError
 
 
 def _faces(n, seed=0):

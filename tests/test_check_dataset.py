@@ -10,7 +10,7 @@ import pytest
 from datasets.demo import generate_demo
 from datasets.label_files import load_pair_list, load_train_list
 from engine.config import load_config
-from engine.errors import ConfigError, DatasetError
+from foundation.errors import ConfigError, DatasetError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "face_recognition", "MobileFaceNet.yaml")

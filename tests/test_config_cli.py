@@ -7,7 +7,7 @@ import pytest
 
 import engine
 from engine.config import get, load_config, parse_override
-from engine.errors import ConfigError
+from foundation.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = [os.path.join(REPO, "configs", "face_recognition", n) for n in ("MobileFaceNet.yaml", "ResNet50_face.yaml")]

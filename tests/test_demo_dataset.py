@@ -9,7 +9,7 @@ import pytest
 
 import datasets.demo as demo
 from datasets.label_files import load_pair_list, load_train_list
-from engine.errors import DatasetError
+from foundation.errors import DatasetError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(train_identities=4, images_per_identity=3, val_identities=3, val_pairs=6)
@@ -122,7 +122,7 @@ def test_resolve_generates_the_demo_on_first_use(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "DEMO_DIR", target)
     monkeypatch.setattr(demo, "DEFAULTS", dict(TINY, seed=0))
     messages = []
-    from engine.logger import get_logger
+    from foundation.logger import get_logger
 
     monkeypatch.setattr(get_logger(), "info", lambda msg, *a, **k: messages.append(msg))
     assert demo.resolve_dataset_dir(target) == target

@@ -13,7 +13,7 @@ import pytest
 from _tiny_face_model import config, make_pair_dataset, save_random_checkpoint
 from engine import evaluate as E
 from engine import metrics as M
-from engine.errors import DatasetError, UserError
+from foundation.errors import DatasetError, UserError
 
 METRIC_KEYS = ("acc", "acc_std", "best_threshold", "best_threshold_cosine", "tar_at_far", "roc_auc", "eer",
                "num_pairs", "folds", "protocol")

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import yaml
 
-from engine.runtime import set_threads
+from foundation.runtime import set_threads
 
 set_threads(2)
 paddle = pytest.importorskip("paddle")
 
-from engine.errors import UserError  # noqa: E402
+from foundation.errors import UserError  # noqa: E402
 from engine.export import export_inference  # noqa: E402
 from engine.inference import InferenceModel, cpu_supports_bf16, program_has_op  # noqa: E402
 from models import ArcMargin, FaceRecModel, build_backbone  # noqa: E402

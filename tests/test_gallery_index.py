@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from engine.errors import UserError
+from foundation.errors import UserError
 from engine.gallery_index import (
     INDEX_TYPES, UNKNOWN_LABEL, GalleryIndex, IndexMismatchError, apply_threshold, choose_nlist, list_gallery,
     normalize_index_type,

@@ -9,7 +9,7 @@ import pytest
 
 from datasets.import_folders import import_folders
 from datasets.label_files import load_pair_list, load_train_list
-from engine.errors import DatasetError
+from foundation.errors import DatasetError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ORL = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "orl_faces"))

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from engine.io_utils import download_file, file_digest, move_dir_into_place
+from foundation.atomic_io import download_file, file_digest, move_dir_into_place
 
 
 @pytest.fixture

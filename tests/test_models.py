@@ -4,12 +4,12 @@ import math
 import numpy as np
 import pytest
 
-from engine.runtime import set_threads
+from foundation.runtime import set_threads
 
 set_threads(2)
 paddle = pytest.importorskip("paddle")
 
-from engine.errors import ConfigError, UserError  # noqa: E402
+from foundation.errors import ConfigError, UserError  # noqa: E402
 from models import (  # noqa: E402
     ArcMargin, FaceRecModel, build_backbone, count_multiply_adds, count_parameters, load_backbone_weights,
     load_weights_by_name,

@@ -12,7 +12,7 @@ import pytest
 from _tiny_face_model import REPO_ROOT, config, make_face_images, save_random_checkpoint
 from engine import create_model
 from engine import predict as P
-from engine.errors import UserError
+from foundation.errors import UserError
 
 
 @pytest.fixture(scope="module")

@@ -121,7 +121,7 @@ def test_haar_detector_on_orl_faces_pasted_into_a_scene():
 
 # --------------------------------------------------------------------------- pipeline (Python API)
 def test_pipeline_python_api_build_recognize_append_remove(model_dir, gallery, tmp_path):
-    from engine.errors import UserError
+    from foundation.errors import UserError
     from engine.recognize import RecognitionPipeline
 
     pipe = RecognitionPipeline(model_dir, det={"enable": False}, batch_size=4, top_k=3, rec_threshold=0.4)
@@ -249,7 +249,7 @@ def test_paddle_detector_adapter_runs_an_exported_detection_model(tmp_path):
     import paddle
     import yaml
 
-    from engine.errors import UserError
+    from foundation.errors import UserError
     from models.face_detector import PaddleFaceDetector, build_detector
 
     class FakeFaceDet(paddle.nn.Layer):

@@ -22,7 +22,7 @@ from datasets.demo import generate_demo  # noqa: E402
 from datasets.face_dataset import (BatchLoader, FaceTrainDataset, ImageReadError, LoaderWorkerError,  # noqa: E402
                                    SeededBatchSampler, flip_decision)
 from engine.config import load_config  # noqa: E402
-from engine.errors import ConfigError, DatasetError, UserError  # noqa: E402
+from foundation.errors import ConfigError, DatasetError, UserError  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO_ROOT, "configs", "face_recognition", "MobileFaceNet.yaml")

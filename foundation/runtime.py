@@ -1,0 +1,101 @@
+"""Process set-up shared by every layer: CPU facts, threads, device, seeds and the cache folder.
+
+Paddle forces OMP_NUM_THREADS=1 when it is unset, so the thread count is set here
+deliberately, before Paddle is imported where possible and through Paddle's own call after.
+Nothing here reads a config: callers pass plain values.
+"""
+import os
+import random
+import sys
+
+import numpy as np
+
+from foundation.errors import ConfigError
+
+
+def cpuinfo_field(key):
+    """A field of the first CPU in /proc/cpuinfo ('vendor_id', 'model name', 'flags', ...) or ''."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.split(":", 1)[0].strip() == key:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def cpu_flags():
+    """The CPU feature flags (avx2, avx512f, avx512_bf16, amx_bf16, ...) as a set."""
+    return set(cpuinfo_field("flags").split())
+
+
+def cache_dir(*parts):
+    """The project's one cache folder ($XDG_CACHE_HOME/facefeat or ~/.cache/facefeat), or a
+    sub-folder of it: compiled helpers, downloaded weights and models."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "facefeat", *parts)
+
+
+def num_threads_from(value):
+    """Global.num_threads: a positive count, or 0/None for every core."""
+    n = int(value or 0)
+    return n if n > 0 else (os.cpu_count() or 1)
+
+
+def set_threads(n):
+    """Use `n` CPU threads for OpenMP/MKL/OpenBLAS (and Paddle, if imported)."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+    if "paddle" in sys.modules:
+        from paddle.base import core  # only when Paddle is loaded already: never load it here
+
+        core.set_num_threads(n)
+    try:
+        import cv2  # optional at this layer; every mode that reads images has it
+    except ImportError:
+        return
+    # OpenCV's own thread pool does not survive fork: a forked data-loader worker that touches
+    # it hangs. Images are processed in parallel at the image level instead (thread and process
+    # pools), so OpenCV runs its functions sequentially (0 = no threading).
+    cv2.setNumThreads(0)
+
+
+def parse_device(device):
+    """'cpu' | 'gpu' | 'gpu:0' | 'gpu:0,1' -> ('cpu'|'gpu', [ids])."""
+    device = str(device or "cpu").strip().lower()
+    kind, _, ids = device.partition(":")
+    if kind not in ("cpu", "gpu"):
+        raise ConfigError(f"Global.device '{device}' is not one of cpu, gpu, gpu:0, gpu:0,1,...")
+    try:
+        id_list = [int(i) for i in ids.split(",") if i.strip() != ""] if ids else ([0] if kind == "gpu" else [])
+    except ValueError:
+        raise ConfigError(f"Global.device '{device}': device ids must be integers, e.g. gpu:0,1") from None
+    return kind, id_list
+
+
+def seed_everything(seed):
+    import paddle  # lazy: this module is imported by modes that never load Paddle
+
+    random.seed(seed)
+    np.random.seed(seed)
+    paddle.seed(seed)
+
+
+def setup_paddle(device="cpu", num_threads=0, seed=42, single_device=True):
+    """Threads, device and seed; returns the paddle device string in use ('cpu', 'gpu:1')."""
+    set_threads(num_threads_from(num_threads))
+    import paddle  # lazy: see seed_everything
+
+    kind, ids = parse_device(device)
+    if kind == "gpu":
+        if not paddle.is_compiled_with_cuda():
+            raise ConfigError(f"Global.device={device} but this Paddle build has no CUDA: "
+                              "install paddlepaddle-gpu or use -o Global.device=cpu")
+        local_rank = int(os.environ.get("PADDLE_LOCAL_RANK", os.environ.get("FLAGS_selected_gpus", "0").split(",")[0] or 0))
+        dev = f"gpu:{ids[local_rank] if single_device and local_rank < len(ids) else ids[0]}"
+    else:
+        dev = "cpu"
+    paddle.set_device(dev)
+    seed_everything(int(seed))
+    return dev
