@@ -78,7 +78,7 @@ def main(argv=None):
         if model_dir is None:
             import paddle
 
-            from engine.export import export_inference
+            from engine.inference_folder import export_inference
             from models import build_backbone
 
             paddle.seed(0)

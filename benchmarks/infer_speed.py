@@ -81,7 +81,7 @@ def onnx_predictor(model_dir, threads, workdir, spin=True):
         import paddle2onnx
     except ImportError as e:
         return None, f"skipped: {e.name} not installed (pip install paddle2onnx onnxruntime)"
-    from engine.inference import find_model_files
+    from engine.inference_folder import find_model_files
 
     model_file, params_file, _ = find_model_files(model_dir)
     onnx_path = os.path.join(workdir, "model.onnx")
@@ -106,8 +106,8 @@ def cosine_rows(a, b):
 def main(argv=None):
     args = parse_args(argv)
     set_threads(args.threads)
-    from engine.export import export_inference
-    from engine.inference import InferenceModel, cpu_supports_bf16
+    from engine.inference_folder import export_inference
+    from engine.inference_model import InferenceModel, cpu_supports_bf16
 
     batches = [int(b) for b in args.batches.split(",")]
     rng = np.random.default_rng(1)

@@ -93,7 +93,7 @@ def main(argv=None):
         raise SystemExit(f"ORL folder {args.orl_dir} does not exist (--orl-dir)")
 
     from datasets.transforms import read_image
-    from engine.recognize import RecognitionPipeline
+    from engine.recognition import RecognitionPipeline
 
     people = parse_people(args.people, args.orl_dir)
     if args.heldout_from:

@@ -26,11 +26,14 @@ import time
 import cv2
 import numpy as np
 
-from foundation.errors import DatasetError
 from foundation.atomic_io import move_dir_into_place
+from foundation.errors import DatasetError
+from foundation.logger import get_logger
+from foundation.progress import Progress
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_DIR = os.path.join(REPO_ROOT, "dataset", "face_demo")
+# The configs' default Global.dataset_dir: relative to the current folder (the repository root
+# when run as the README says), generated there on first use.
+DEMO_DIR = os.path.join("dataset", "face_demo")
 
 DEFAULTS = dict(train_identities=200, images_per_identity=8, val_identities=50, val_pairs=600, seed=0)
 IMAGE_SIZE = 112
@@ -334,8 +337,6 @@ def make_pairs(num_identities, per_identity, num_pairs, seed):
 
 
 def _build(out_dir, train_identities, images_per_identity, val_identities, val_pairs, seed, workers, image_format, log):
-    from foundation.progress import Progress
-
     tasks = []
     chunk = 25
     for split, count in ((TRAIN, train_identities), (VAL, val_identities)):
@@ -437,19 +438,35 @@ def generate_demo(out_dir, train_identities=200, images_per_identity=8, val_iden
     return info
 
 
+def _real(path):
+    return os.path.normcase(os.path.realpath(os.path.abspath(os.path.expanduser(str(path)))))
+
+
+def is_demo_path(path):
+    """Whether `path` is the built-in demo dataset's folder (./dataset/face_demo) or inside it."""
+    if path is None or str(path).strip() == "":
+        return False
+    real, root = _real(path), _real(DEMO_DIR)
+    return real == root or real.startswith(root + os.sep)
+
+
+def ensure_demo(path):
+    """Generate the demo dataset when `path` lies inside it and it is not there yet (so the default
+    config runs out of the box); any other path is left for the caller to check and report."""
+    if is_demo_path(path) and not os.path.isfile(os.path.join(os.path.abspath(DEMO_DIR), "train", "label.txt")):
+        resolve_dataset_dir(os.path.abspath(DEMO_DIR))
+
+
 def resolve_dataset_dir(path):
     """Absolute dataset folder for `path`; generates the built-in demo on first use.
 
-    Only the demo location (<repo>/dataset/face_demo) is generated; any other missing folder is
+    Only the demo location (./dataset/face_demo) is generated; any other missing folder is
     an error, so a typo in Global.dataset_dir never silently trains on synthetic faces.
     """
     if path is None or str(path).strip() == "":
         raise DatasetError("Global.dataset_dir is empty: pass -o Global.dataset_dir=DIR (a folder with train/ and val/)")
     abs_path = os.path.abspath(os.path.expanduser(str(path)))
-    if os.path.normcase(os.path.realpath(abs_path)) == os.path.normcase(os.path.realpath(DEMO_DIR)) and \
-            not os.path.isfile(os.path.join(abs_path, "train", "label.txt")):
-        from foundation.logger import get_logger
-
+    if _real(abs_path) == _real(DEMO_DIR) and not os.path.isfile(os.path.join(abs_path, "train", "label.txt")):
         log = get_logger()
         d = DEFAULTS
         log.info(f"Demo dataset not found: generating synthetic faces in {abs_path} "

@@ -4,6 +4,9 @@ Modules are imported only when their mode runs, so `check_dataset` never pays fo
 """
 import importlib
 
+from engine.config import nearest
+from foundation.errors import ConfigError
+
 MODES = {
     "check_dataset": "engine.check_dataset",
     "train": "engine.train",
@@ -19,9 +22,6 @@ MODES = {
 
 def runner_for(mode):
     """The `run` function of a mode's module; raises ConfigError for unknown modes."""
-    from engine.config import nearest
-    from foundation.errors import ConfigError
-
     if mode not in MODES:
         close = nearest(str(mode), list(MODES))
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
@@ -37,6 +37,8 @@ def runner_for(mode):
 
 def create_model(model_name=None, model_dir=None, **kwargs):
     """Python API: a face feature predictor (see engine.predict.create_model)."""
-    from engine.predict import create_model as _create_model
+    # imported here, not at the top: the package stays free of Paddle so that main.py can
+    # reject a bad config before Paddle loads
+    from engine.predictor import create_model as _create_model
 
     return _create_model(model_name, model_dir=model_dir, **kwargs)

@@ -10,8 +10,12 @@ still written when at least one face was enrolled.
 """
 import os
 
+from datasets.demo import ensure_demo
 from engine.config import get
+from engine.gallery_index import list_gallery
+from engine.recognition import RecognitionPipeline
 from foundation.errors import ConfigError, UserError
+from foundation.logger import log_to_file
 
 ACTIONS = ("build_index", "append_index", "remove_index")
 
@@ -24,18 +28,6 @@ def _as_list(value):
     return list(value)
 
 
-def ensure_demo(path):
-    """If `path` lies inside the built-in demo dataset and that is not generated yet, generate it (so the
-    default config runs out of the box); any other missing path is left for the caller to report."""
-    if not path or os.path.exists(str(path)):
-        return
-    from datasets.demo import DEMO_DIR, resolve_dataset_dir
-
-    real = os.path.realpath(os.path.abspath(str(path)))
-    if real == os.path.realpath(DEMO_DIR) or real.startswith(os.path.realpath(DEMO_DIR) + os.sep):
-        resolve_dataset_dir(DEMO_DIR)
-
-
 def _report(summary, index_dir, action, log):
     if summary["skipped"]:
         log.warning(f"{summary['skipped']} gallery image(s) skipped (listed above); with face crops instead of "
@@ -46,9 +38,6 @@ def _report(summary, index_dir, action, log):
 
 
 def run(cfg):
-    from foundation.logger import log_to_file
-    from engine.recognize import RecognitionPipeline
-
     action = str(get(cfg, "Global.mode"))
     if action not in ACTIONS:
         raise ConfigError(f"engine.build_index runs {', '.join(ACTIONS)}, not '{action}'")
@@ -64,8 +53,6 @@ def run(cfg):
                         f"-o Global.mode=build_index -o Index.gallery=DIR -o Index.dir={index_dir}")
     ensure_demo(gallery)
     if action == "build_index":
-        from engine.gallery_index import list_gallery
-
         list_gallery(gallery, label_file)  # bad gallery path or list line: fail before the model loads
     log_dir = index_dir if action != "build_index" else os.path.dirname(os.path.abspath(index_dir))
     log = log_to_file(os.path.join(log_dir, "build_index.log"))

@@ -6,9 +6,15 @@ setting and the fix, before any long work starts.
 import math
 from dataclasses import dataclass
 
+import paddle
+from paddle.optimizer.lr import LRScheduler
+
+from datasets.face_dataset import BatchLoader, FaceTrainDataset, SeededBatchSampler
+from datasets.label_files import load_train_list
 from engine.config import get
 from foundation.errors import ConfigError, DatasetError
 from foundation.logger import get_logger
+from models import ArcMargin, FaceRecModel, build_backbone
 
 
 # --------------------------------------------------------------------------- model
@@ -18,8 +24,6 @@ def model_name_of(cfg):
 
 def build_model(cfg, num_classes):
     """FaceRecModel: the Arch.backbone network + an ArcMargin head over `num_classes` identities."""
-    from models import ArcMargin, FaceRecModel, build_backbone
-
     backbone_name = get(cfg, "Arch.backbone") or get(cfg, "Global.model")
     backbone = build_backbone(backbone_name, embedding_size=get(cfg, "Arch.embedding_size"))
     head_name = get(cfg, "Arch.head.name", "ArcMargin")
@@ -81,9 +85,6 @@ def check_batch_size(batch_size, num_samples, world_size=1):
 
 def build_train_loader(cfg, dataset_dir, rank=0, world_size=1):
     """The training data: seeded shuffle and flip, drop_last, sharded by rank when world_size > 1."""
-    from datasets.face_dataset import BatchLoader, FaceTrainDataset, SeededBatchSampler
-    from datasets.label_files import load_train_list
-
     samples = load_train_list(dataset_dir)
     if not samples:
         raise DatasetError(f"{dataset_dir}/train/label.txt lists no images: add lines '<image path> <identity id>'")
@@ -106,13 +107,7 @@ def build_train_loader(cfg, dataset_dir, rank=0, world_size=1):
 
 
 # --------------------------------------------------------------------------- optimizer and schedule
-def _lr_scheduler_base():
-    from paddle.optimizer.lr import LRScheduler
-
-    return LRScheduler
-
-
-class WarmupCosineLR(_lr_scheduler_base()):
+class WarmupCosineLR(LRScheduler):
     """Linear warm-up from 0 to `learning_rate` over `warmup_iters`, then cosine decay to `eta_min`
     at `total_iters`; stepped once per iteration.
 
@@ -148,8 +143,6 @@ def no_decay_param_names(model):
 
 def build_optimizer(cfg, model, steps_per_epoch):
     """(AdamW, WarmupCosineLR) from Train.*; weight decay only on parameters with 2+ dimensions."""
-    import paddle
-
     name = get(cfg, "Train.optimizer.name", "AdamW")
     if name != "AdamW":
         raise ConfigError(f"Train.optimizer.name '{name}' is not supported: use AdamW")

@@ -18,12 +18,24 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import cv2
+import matplotlib
 import numpy as np
 
+from datasets.demo import ensure_demo
+from datasets.image_headers import HeaderError, image_header
 from datasets.label_files import ERROR, WARNING, ProblemList, format_problem, parse_pair_labels, parse_train_labels
+from datasets.transforms import ImageReadError, read_image
 from engine.config import get
+from foundation.atomic_io import atomic_replace_dir, atomic_write_json
 from foundation.errors import ConfigError
 from foundation.logger import get_logger, log_to_file
+from foundation.progress import Progress
+from foundation.runtime import num_threads_from
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 RESULT_NAME = "check_dataset_result.json"
 NUM_DEMO = 10
@@ -43,10 +55,6 @@ def check_images(refs, problems, decode_sample=2000, decode_all=False, workers=2
 
     refs: {abs_path: (label file shown, line, rel path)} for the first line naming each file.
     """
-    from datasets.image_headers import HeaderError, image_header
-    from datasets.transforms import ImageReadError, read_image
-    from foundation.progress import Progress
-
     paths = list(refs)
     sizes = {}
     to_decode = []
@@ -123,16 +131,12 @@ def check_images(refs, problems, decode_sample=2000, decode_all=False, workers=2
 
 # --------------------------------------------------------------------------- pictures
 def _fit(img, height):
-    import cv2
-
     scale = height / img.shape[0]
     return cv2.resize(img, (max(1, int(round(img.shape[1] * scale))), height),
                       interpolation=cv2.INTER_LINEAR if scale > 1 else cv2.INTER_AREA)
 
 
 def _banner(img, text, color):
-    import cv2
-
     out = np.full((img.shape[0] + 26, img.shape[1], 3), 255, np.uint8)
     out[:img.shape[0]] = img
     out[img.shape[0]:] = color
@@ -142,10 +146,6 @@ def _banner(img, text, color):
 
 def save_demo_images(train_entries, pair_entries, bad, demo_dir):
     """10 train images with their id and 10 val pairs with their label; returns the file names."""
-    import cv2
-
-    from datasets.transforms import read_image
-
     os.makedirs(demo_dir, exist_ok=True)
     rng = np.random.default_rng(0)
     train = [e for e in train_entries if e.abs_path not in bad]
@@ -180,17 +180,10 @@ def save_demo_images(train_entries, pair_entries, bad, demo_dir):
 
 
 def save_histogram(counts, path, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     lo, hi = int(counts.min()), int(counts.max())
     bins = np.arange(lo, hi + 2) - 0.5 if hi - lo <= 60 else 60
     ax.hist(counts, bins=bins, color="#3a7bd5", edgecolor="white")
-    from matplotlib.ticker import MaxNLocator
-
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if hi - lo < 4:
         ax.set_xlim(lo - 2.5, hi + 2.5)
@@ -217,15 +210,12 @@ def check(dataset_dir, output_dir, max_errors=50, expected_num_classes=None, dec
 
     The result dict is what goes to check_dataset_result.json; the caller writes it.
     """
-    from datasets.demo import DEMO_DIR, resolve_dataset_dir
-    from foundation.atomic_io import atomic_replace_dir
 
     log = log or get_logger()
     shown_root = str(dataset_dir)
     root = os.path.abspath(os.path.expanduser(shown_root))
     output_dir = os.path.abspath(output_dir)
-    if os.path.realpath(root) == os.path.realpath(DEMO_DIR):
-        resolve_dataset_dir(root)  # generates the demo dataset on first use
+    ensure_demo(root)  # generates the demo dataset on first use
     problems = ProblemList(max_errors)
     train_entries, pair_entries = [], []
     result = {
@@ -369,9 +359,6 @@ def failure_message(problems):
 
 
 def run(cfg):
-    from foundation.atomic_io import atomic_write_json
-    from foundation.runtime import num_threads_from
-
     for part in ("convert", "split"):
         if get(cfg, f"CheckDataset.{part}.enable", False):
             raise ConfigError(f"CheckDataset.{part}.enable=True is not supported for face features: the face "

@@ -1,31 +1,44 @@
-"""Config loading: a YAML file merged with `-o Key.sub=value` overrides.
+"""Config loading: a YAML file and `-o Key.sub=value` overrides, merged into the typed schema.
 
-Override values are typed the way YAML types them (`10` is an int, `gpu:0,1` a string,
-`null` is None, `[a,b]` a list), so a value from the command line behaves exactly as the
-same value written in the file. Only keys that exist in the file may be overridden: a typo
-is an error that names the nearest valid keys instead of a silently ignored setting.
+Both are read with one YAML reader, so `1e-3` is a number in the file as on the command line
+(PyYAML alone reads it as text in the file). Every key must exist in the schema
+(engine/config_schema.py): a typo is an error naming the nearest valid keys. Every value is
+checked against its field's type and limits: a wrong one is one line naming the key, the value,
+where it came from (file and line, or the -o) and what is allowed. Nothing here imports Paddle,
+so a bad config exits (code 2) before Paddle loads.
+
+The result is an OmegaConf DictConfig backed by the schema: runners read typed attributes
+(`cfg.Train.batch_size`), and an unknown attribute is an error rather than a silent None.
 """
 import difflib
 import os
 import re
+from typing import Any, get_args, get_origin
 
 import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import OmegaConf
 
+from engine.config_schema import allowed_text, default_of, leaf_fields, schema_for, section_keys, type_name
+from foundation.atomic_io import atomic_write_text
 from foundation.errors import ConfigError
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGES_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(PACKAGES_ROOT, "configs", "face_recognition")
 
 
-def flat_keys(node, prefix=""):
-    """All dotted key paths in a config, leaves and sections alike."""
-    keys = []
-    if isinstance(node, DictConfig):
-        for k in node.keys():
-            path = f"{prefix}.{k}" if prefix else str(k)
-            keys.append(path)
-            keys.extend(flat_keys(node._get_node(k), path))
-    return keys
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads YAML 1.2 floats (1e-3, 5E+2) as numbers, as users mean them."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
 
 
 def nearest(word, choices, n=3):
@@ -38,65 +51,193 @@ def nearest(word, choices, n=3):
     return close
 
 
-_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+def _did_you_mean(word, choices):
+    close = nearest(str(word), [str(c) for c in choices])
+    return f" Did you mean: {', '.join(close)}?" if close else ""
 
 
+# --------------------------------------------------------------------------- reading
 def parse_override(text):
-    """'Key.sub=value' -> ('Key.sub', typed value)."""
+    """'Key.sub=value' -> ('Key.sub', value typed the way the YAML file types it)."""
     if "=" not in text:
         raise ConfigError(f"override '{text}' is not of the form Key.sub=value (e.g. -o Global.mode=train)")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
         raise ConfigError(f"override '{text}' has an empty key (e.g. -o Global.mode=train)")
+    if raw.strip() == "":
+        return key, ""
     try:
-        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+        return key, yaml.load(raw, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError:
-        value = raw  # not valid YAML on its own (e.g. an unbalanced bracket): keep the text
-    if isinstance(value, str) and _FLOAT_RE.match(value):
-        value = float(value)  # PyYAML (YAML 1.1) reads 1e-3 as text; users mean a number
-    return key, value
+        return key, raw  # not valid YAML on its own (e.g. an unbalanced bracket): keep the text
 
 
-def load_config(path, overrides=()):
-    """Read `path` and apply overrides; returns a DictConfig."""
+def _key_lines(node, prefix=""):
+    """{dotted key: 1-based line} for every mapping key of a composed YAML node."""
+    lines = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+            lines[key] = key_node.start_mark.line + 1
+            lines.update(_key_lines(value_node, key))
+    return lines
+
+
+def read_yaml(path):
+    """(mapping, {dotted key: line}) of a config file; ConfigError when it cannot be used."""
     if not path:
         raise ConfigError("no config file given: pass -c configs/face_recognition/MobileFaceNet.yaml")
     if not os.path.isfile(path):
-        hint = ""
-        folder = os.path.join(REPO_ROOT, "configs", "face_recognition")
-        if os.path.isdir(folder):
-            names = sorted(f for f in os.listdir(folder) if f.endswith(".yaml"))
-            hint = " Available configs: " + ", ".join(f"configs/face_recognition/{n}" for n in names)
-        raise ConfigError(f"config file '{path}' does not exist.{hint}")
+        what = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
+        names = sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml")) if os.path.isdir(CONFIG_DIR) else []
+        hint = (" Available configs: " + ", ".join(os.path.join(CONFIG_DIR, n) for n in names)) if names else ""
+        raise ConfigError(f"config file '{path}' {what}.{hint}")
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            text = f.read()
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        lines = _key_lines(yaml.compose(text, Loader=_Loader))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text ({e.reason} at byte {e.start})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file '{path}'{where} is not valid YAML: {getattr(e, 'problem', e)}")
+        raise ConfigError(f"config file '{path}'{where} is not valid YAML: {getattr(e, 'problem', e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of sections (Global, Train, ...)")
-    cfg = OmegaConf.create(data)
-    apply_overrides(cfg, overrides, source=path)
-    return cfg
+    return data, lines
 
 
-def apply_overrides(cfg, overrides, source="config"):
-    valid = flat_keys(cfg)
+# --------------------------------------------------------------------------- checking one value
+def _coerce(value, tp):
+    """`value` as type `tp`, or raise ValueError saying why not. Strict: 16.5 is no int, 1 no bool."""
+    if tp is Any:  # Predict.input: a string or a list of strings
+        if isinstance(value, (list, tuple)):
+            return [_coerce(v, str) for v in value]
+        return _coerce(value, str)
+    origin = get_origin(tp)
+    if origin is list:
+        (inner,) = get_args(tp)
+        items = value if isinstance(value, (list, tuple)) else ([] if value in (None, "") else [value])
+        return [_coerce(v, inner) for v in items]
+    if origin is not None and type(None) in get_args(tp):  # Optional[X]
+        if value is None:
+            return None
+        return _coerce(value, [a for a in get_args(tp) if a is not type(None)][0])
+    if value is None:
+        raise ValueError("null is not allowed")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError("not True or False")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError("not a whole number")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError("not a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # a folder called 2024
+        raise ValueError("not text")
+    raise TypeError(f"unsupported schema type {tp}")
+
+
+def _check_limits(value, meta):
+    """'' when `value` is within the field's limits, else what is allowed."""
+    if value is None:
+        return ""
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        return "one of " + ", ".join(str(c) for c in choices)
+    lo, hi, gt = meta.get("min"), meta.get("max"), meta.get("greater_than")
+    numbers = value if isinstance(value, list) else [value]
+    for v in numbers:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        if v != v:  # NaN is never within limits
+            return "a number (not NaN)"
+        if gt is not None and not v > gt:
+            return f"greater than {gt:g}"
+        if lo is not None and v < lo:
+            return f"at least {lo:g}" if hi is None else f"from {lo:g} to {hi:g}"
+        if hi is not None and v > hi:
+            return f"at most {hi:g}" if lo is None else f"from {lo:g} to {hi:g}"
+    return ""
+
+
+def _checked(key, f, value, where):
+    """`value` typed and within the limits of field `f`, or a one-line ConfigError."""
+    try:
+        typed = _coerce(value, f.type)
+    except ValueError as e:
+        allowed = allowed_text(f)
+        detail = f" ({e})" if isinstance(value, (list, tuple)) else ""
+        raise ConfigError(f"{where}: {key} must be {type_name(f.type)}" + (f" ({allowed})" if allowed else "")
+                          + f", got {value!r}{detail}") from None
+    problem = _check_limits(typed, f.metadata)
+    if problem:
+        choices = f.metadata.get("choices")
+        hint = _did_you_mean(typed, choices) if choices and isinstance(typed, str) else ""
+        raise ConfigError(f"{where}: {key} must be {problem}, got {typed!r}.{hint}".rstrip("."))
+    return typed
+
+
+# --------------------------------------------------------------------------- merging
+def _flatten(data, prefix=""):
+    """{dotted key: value} of a nested mapping (leaves only; sections recurse)."""
+    out = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def load_config(path, overrides=()):
+    """Read `path`, apply `overrides` ('Key.sub=value' strings), check every value; a DictConfig."""
+    data, lines = read_yaml(path)
+    schema = schema_for(data)
+    leaves = dict(leaf_fields(schema))
+    sections = set(section_keys(schema))
+    known = list(leaves) + sorted(sections)
+
+    values = {}  # dotted key -> (value, where it came from)
+    for key, value in _flatten(data).items():
+        where = f"config file '{path}' line {lines.get(key, '?')}"
+        if key in sections:  # an empty section ('Export:' with nothing under it)
+            if value is not None:
+                raise ConfigError(f"{where}: '{key}' is a section; give its fields, not a value")
+            continue
+        if key not in leaves:
+            raise ConfigError(f"{where}: unknown config key '{key}'.{_did_you_mean(key, known)}")
+        values[key] = (value, where)
     for text in overrides:
         key, value = parse_override(text)
-        if key not in valid:
-            close = nearest(key, valid)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise ConfigError(f"unknown config key '{key}' (not in {source}).{hint}")
-        parent_key, _, leaf = key.rpartition(".")
-        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
-        current = parent._get_node(leaf)
-        if isinstance(current, (DictConfig, ListConfig)) and not isinstance(value, (dict, list)) and value is not None:
+        where = f"-o {text}"
+        if key in sections:
+            if isinstance(value, dict):
+                for sub, v in _flatten(value, key).items():
+                    if sub not in leaves:
+                        raise ConfigError(f"{where}: unknown config key '{sub}'.{_did_you_mean(sub, known)}")
+                    values[sub] = (v, where)
+                continue
             raise ConfigError(f"config key '{key}' is a section; set one of its fields, e.g. '{key}.<field>=...'")
-        OmegaConf.update(cfg, key, value, merge=False)
+        if key not in leaves:
+            raise ConfigError(f"unknown config key '{key}' (not in {path}).{_did_you_mean(key, known)}")
+        values[key] = (value, where)
+
+    cfg = OmegaConf.structured(schema)
+    for key, f in leaves.items():
+        value, where = values.get(key, (default_of(f), "default"))
+        OmegaConf.update(cfg, key, _checked(key, f, value, where), merge=False)
     return cfg
 
 
@@ -108,6 +249,4 @@ def get(cfg, key, default=None):
 
 def save_config(cfg, path):
     """Write the full merged config (atomically) so a run can be reproduced."""
-    from foundation.atomic_io import atomic_write_text
-
     atomic_write_text(path, OmegaConf.to_yaml(cfg))

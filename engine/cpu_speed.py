@@ -1,38 +1,47 @@
 """Process-level speed settings for CPU training, applied once at the start of a run.
 
 `setup_cpu_speed(enabled)` does three independent things, each optional and each falling back
-to plain Paddle when it cannot be done (the returned dict says what happened, for the log):
+to plain Paddle when it cannot be done. It never restarts or re-executes the process; the
+returned dict holds one status line per item, saying whether it is on or off and why, for the log.
 
-1. MKL vendor shim (non-Intel CPUs only). Paddle's bundled MKL takes slow generic paths when the
-   CPU vendor is not Intel (sgemm 38-58 GFLOP/s instead of 169-195 on this AMD EPYC). A one-line
-   C library (engine/csrc/mkl_intel_shim.c), compiled with the machine's `cc` into a cache folder,
-   overrides MKL's vendor test when loaded with LD_PRELOAD. LD_PRELOAD only acts at process start,
-   so the process re-executes itself (same PID, same arguments) with it set. It is skipped when
-   there is no C compiler, when the build fails, inside pytest, and when FACEFEAT_NO_MKL_SHIM=1.
+1. MKL vendor shim (non-Intel CPUs only; opt-in). Paddle's bundled MKL takes slow generic paths
+   when the CPU vendor is not Intel (sgemm 38-58 GFLOP/s instead of 169-195 on an AMD EPYC). A
+   one-line C library (engine/csrc/mkl_intel_shim.c), compiled with the machine's `cc` into the
+   cache folder, overrides MKL's vendor test when it is loaded with LD_PRELOAD. LD_PRELOAD only
+   acts when a process starts, so this module cannot switch it on for the running process: on a
+   non-Intel CPU it builds the library (once, cached) and its status line gives the exact command
+   that runs the same program with it, `LD_PRELOAD=<cache>/libmkl_intel_shim_<hash>.so python ...`.
+   When the process already runs with the shim preloaded the line says it is active.
+   FACEFEAT_NO_MKL_SHIM=1 skips it (not even built).
 2. Allocator: glibc returns every large block (a batch-64 activation is 50-100 MB) to the kernel
    on free and page-faults it back in on the next allocation; that was ~15% of training time in
    system calls. mallopt keeps freed memory in the heap instead (glibc only).
-3. Fused C++ PReLU and depthwise-conv kernels (models/fast_cpu_ops.py), compiled once and cached.
+3. Fused C++ PReLU and depthwise-conv kernels (models/fast_cpu_ops.py), compiled once and cached;
+   without a C++ compiler training runs Paddle's own operators and the status line says why.
 
-Call it FIRST in a runner, before the runner creates files or logs: the re-execution starts the
-process again from the beginning. FACEFEAT_CPU_SPEEDUP=0 (or Global.cpu_speedup: False) turns all
-three off; FACEFEAT_NO_MKL_SHIM=1 / FACEFEAT_NO_FAST_OPS=1 turn off one each.
+FACEFEAT_CPU_SPEEDUP=0 (or Global.cpu_speedup: False) turns all three off;
+FACEFEAT_NO_MKL_SHIM=1 / FACEFEAT_NO_FAST_OPS=1 turn off one each. A GPU run should not call it.
 """
 import ctypes
+import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 
 from foundation.runtime import cache_dir, cpuinfo_field
+from models import fast_cpu_ops
 
 SHIM_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "mkl_intel_shim.c")
+SHIM_PREFIX = "libmkl_intel_shim_"
+SHIM_CFLAGS = ["-shared", "-fPIC", "-O2"]
 ALL_OFF_ENV = "FACEFEAT_CPU_SPEEDUP"
 NO_SHIM_ENV = "FACEFEAT_NO_MKL_SHIM"
-REEXEC_MARK_ENV = "FACEFEAT_MKL_SHIM_REEXEC"  # set in the re-executed process: never re-exec twice
+VENDOR_NAMES = {"AuthenticAMD": "AMD", "HygonGenuine": "Hygon", "CentaurHauls": "Centaur", "Shanghai": "Zhaoxin"}
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -52,26 +61,57 @@ def cpu_vendor():
     return cpuinfo_field("vendor_id")
 
 
-def shim_cache_path():
+def c_compiler():
+    """Absolute path of the C compiler used for the shim ($CC, else cc, gcc or clang on PATH), or None."""
+    cc = os.environ.get("CC", "").strip()
+    if cc:
+        words = shlex.split(cc)
+        return shutil.which(words[0]) if words else None
+    for name in ("cc", "gcc", "clang"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def compiler_version(path):
+    """The first line of `path --version` ('' when it cannot be run)."""
+    try:
+        proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    lines = (proc.stdout or proc.stderr).strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def shim_cache_path(cc=None):
+    """Where the shim built from this source with compiler `cc` (default: c_compiler()) is cached."""
+    cc = cc or c_compiler()
+    h = hashlib.sha256()
     with open(SHIM_SOURCE, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()[:12]
-    return os.path.join(cache_dir(), f"libmkl_intel_shim_{digest}.so")
+        h.update(f.read())
+    for part in (cc or "no compiler", os.path.realpath(cc) if cc else "", compiler_version(cc) if cc else "",
+                 " ".join(SHIM_CFLAGS)):
+        h.update(b"\0" + part.encode())
+    return os.path.join(cache_dir(), f"{SHIM_PREFIX}{h.hexdigest()[:12]}.so")
 
 
 def build_mkl_shim():
     """Compile the shim (once; cached) and return its path. Raises RuntimeError when it cannot."""
-    out = shim_cache_path()
+    cc = c_compiler()
+    if not cc:
+        if os.environ.get("CC", "").strip():
+            raise RuntimeError(f"CC={os.environ['CC']!r} is not an executable")
+        raise RuntimeError("no C compiler (CC unset, no cc, gcc or clang on PATH)")
+    out = shim_cache_path(cc)
     if os.path.isfile(out):
         return out
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if not cc:
-        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".shim.", suffix=".so", dir=os.path.dirname(out))
     os.close(fd)
     try:
-        proc = subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", tmp, SHIM_SOURCE],
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run([cc, *SHIM_CFLAGS, "-o", tmp, SHIM_SOURCE], capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             raise RuntimeError(f"{cc} failed on {SHIM_SOURCE}: {proc.stderr.strip()[:300]}")
         os.replace(tmp, out)  # atomic: a concurrent rank sees either no file or a whole one
@@ -81,8 +121,36 @@ def build_mkl_shim():
     return out
 
 
-def _preloaded(path):
-    return path in os.environ.get("LD_PRELOAD", "").replace(":", " ").split()
+def _ld_preload_entries():
+    return os.environ.get("LD_PRELOAD", "").replace(":", " ").split()
+
+
+def _mapped_files():
+    """Files mapped into this process (/proc/self/maps), or None when that cannot be read."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            return {line.split(None, 5)[5].strip() for line in f if len(line.split(None, 5)) == 6}
+    except OSError:
+        return None
+
+
+def preloaded_shim():
+    """The path of an MKL vendor shim this process was started with (LD_PRELOAD), or ''."""
+    mapped = _mapped_files()
+    for entry in _ld_preload_entries():
+        if not os.path.basename(entry).startswith(SHIM_PREFIX) or not os.path.isfile(entry):
+            continue
+        if mapped is None or os.path.realpath(entry) in mapped:  # set at start, not later in os.environ
+            return entry
+    return ""
+
+
+def run_command_with(path):
+    """The shell command that runs this process's program again with `path` preloaded."""
+    preload = " ".join([path] + [e for e in _ld_preload_entries() if e != path])
+    argv = list(getattr(sys, "orig_argv", None) or [])
+    command = shlex.join(argv) if argv else "python your_script.py"
+    return f"LD_PRELOAD={shlex.quote(preload)} {command}"
 
 
 def mkl_shim_decision():
@@ -90,45 +158,29 @@ def mkl_shim_decision():
     if platform.system() != "Linux":
         return False, "not Linux"
     if _env_on(NO_SHIM_ENV):
-        return False, f"disabled by {NO_SHIM_ENV}"
+        return False, f"disabled by {NO_SHIM_ENV}={os.environ.get(NO_SHIM_ENV)}; not built"
     vendor = cpu_vendor()
     if vendor == "GenuineIntel" or not vendor:
-        return False, f"not needed (CPU vendor {vendor or 'unknown'})"
+        return False, f"not needed, CPU vendor {vendor or 'unknown'}"
     return True, f"CPU vendor {vendor}"
 
 
-def apply_mkl_shim(reexec=True):
-    """Make sure the process runs with the shim preloaded, re-executing it if need be.
-
-    Returns a status line; does not return at all when it re-executes.
-    """
+def apply_mkl_shim():
+    """One status line about the MKL vendor shim; builds it when it would help. Never re-executes."""
     wanted, reason = mkl_shim_decision()
     if not wanted:
-        return f"MKL vendor shim: {reason}"
+        return f"MKL vendor shim: off ({reason})"
+    active = preloaded_shim()
+    if active:
+        return f"MKL vendor shim: on (preloaded with LD_PRELOAD={active}; {reason})"
     try:
         path = build_mkl_shim()
     except Exception as e:
-        return f"MKL vendor shim: unavailable ({e}); MKL keeps its slow non-Intel paths"
-    if _preloaded(path):
-        return f"MKL vendor shim: active ({reason}, {path})"
-    if os.environ.get(REEXEC_MARK_ENV):
-        return "MKL vendor shim: re-execution did not preload it; continuing without"
-    argv = list(getattr(sys, "orig_argv", []) or [])
-    if not reexec or "pytest" in sys.modules or len(argv) < 2 or argv[1] == "-c" or not sys.executable:
-        return "MKL vendor shim: built but not applied (this process cannot be re-executed)"
-    env = dict(os.environ)
-    env["LD_PRELOAD"] = " ".join([path] + env.get("LD_PRELOAD", "").replace(":", " ").split())
-    env[REEXEC_MARK_ENV] = "1"
-    from foundation.logger import get_logger
-
-    get_logger().info(f"Restarting with the MKL vendor shim preloaded ({reason}; {NO_SHIM_ENV}=1 turns this off)")
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    try:
-        os.execve(sys.executable, [sys.executable] + argv[1:], env)
-    except OSError as e:
-        return f"MKL vendor shim: built but the process could not restart with it ({e})"
-    return "unreachable"
+        return f"MKL vendor shim: off (cannot build it: {e}); MKL keeps its slow non-Intel code paths"
+    vendor = cpu_vendor()
+    name = VENDOR_NAMES.get(vendor, vendor)
+    return (f"MKL vendor shim: not active; for about 1.4x faster training on this {name} CPU run: "
+            f"{run_command_with(path)}")
 
 
 def tune_allocator():
@@ -140,26 +192,26 @@ def tune_allocator():
         ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
     except (OSError, AttributeError) as e:
         return f"allocator: unchanged ({e})"
-    return "allocator: large blocks kept in the heap (mallopt)" if ok else "allocator: mallopt refused; unchanged"
+    if not ok:
+        return "allocator: unchanged (mallopt refused)"
+    return "allocator: on (large blocks kept in the glibc heap, mallopt)"
 
 
-def setup_cpu_speed(enabled=True, fast_ops=True, reexec=True, allocator=True):
+def setup_cpu_speed(enabled=True, fast_ops=True, allocator=True):
     """Apply the CPU speed settings; returns {"mkl_shim", "allocator", "fast_ops"} status lines.
 
-    `enabled` is Global.cpu_speedup; FACEFEAT_CPU_SPEEDUP=0 overrides it to off. Call before the
-    runner has side effects (see the module docstring); a GPU run should not call it.
+    `enabled` is Global.cpu_speedup; FACEFEAT_CPU_SPEEDUP=0 overrides it to off. Nothing here
+    restarts the process, so it may be called at any point before training; a GPU run should not.
     """
+
+
     if not enabled or _env_off(ALL_OFF_ENV):
-        why = f"{ALL_OFF_ENV}=0" if _env_off(ALL_OFF_ENV) else "Global.cpu_speedup is False"
-        from models import fast_cpu_ops
-
+        why = f"{ALL_OFF_ENV}={os.environ.get(ALL_OFF_ENV)}" if _env_off(ALL_OFF_ENV) else "Global.cpu_speedup is False"
         fast_cpu_ops.enable(False)
-        return {"mkl_shim": f"MKL vendor shim: off ({why})", "allocator": "allocator: unchanged",
+        return {"mkl_shim": f"MKL vendor shim: off ({why})", "allocator": f"allocator: unchanged ({why})",
                 "fast_ops": f"fused kernels: off ({why})"}
-    report = {"mkl_shim": apply_mkl_shim(reexec=reexec),
-              "allocator": tune_allocator() if allocator else "allocator: unchanged"}
-    from models import fast_cpu_ops
-
+    report = {"mkl_shim": apply_mkl_shim(),
+              "allocator": tune_allocator() if allocator else "allocator: unchanged (not requested)"}
     fast_cpu_ops.enable(fast_ops)
     report["fast_ops"] = f"fused kernels: {fast_cpu_ops.status()}"
     return report

@@ -14,149 +14,35 @@ import os
 import tempfile
 import time
 
+import matplotlib
 import numpy as np
 
+from datasets.demo import resolve_dataset_dir
+from datasets.label_files import load_pair_list
 from engine import metrics as M
-from engine.batch_pipeline import extract_features
 from engine.config import get
-from foundation.errors import DatasetError, UserError
+from engine.inference_folder import export_checkpoint, resolve_model_source
+from engine.inference_model import InferenceModel
+from engine.verification import FORWARD_CHUNK, chunked, score_bin, score_pairs, unique_images
 from foundation.atomic_io import atomic_save, atomic_write_json, atomic_write_text
+from foundation.errors import DatasetError
 from foundation.logger import get_logger, log_to_file
-from foundation.progress import Progress
+from foundation.runtime import num_threads_from, set_threads
 
-MODEL_FILE_NAMES = ("inference.json", "inference.pdmodel")
-
-# paddle.inference runs a PIR (inference.json) MobileFaceNet about 2x slower per image at batch 64
-# than at batch 16 on CPU with oneDNN (measured here: 7.8 vs 3.7 CPU ms/img, 1 thread; the old
-# .pdmodel format is flat at ~3.7-3.9), so Evaluate.batch_size images are decoded together but
-# forwarded in slices of at most this many.
-FORWARD_CHUNK = 16
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 
 
-def chunked(extract_fn, size=FORWARD_CHUNK):
-    """extract_fn applied to slices of at most `size` rows of a batch, results concatenated."""
-    def run(batch):
-        if len(batch) <= size:
-            return extract_fn(batch)
-        return np.concatenate([np.asarray(extract_fn(batch[i:i + size])) for i in range(0, len(batch), size)])
-
-    return run
-
-
-# --------------------------------------------------------------------------- scoring
-def _read_path(path):
-    from datasets.transforms import ImageReadError, read_image
-
-    try:
-        return read_image(path)
-    except ImageReadError as e:
-        raise DatasetError(f"{e}; fix the image or remove its pair from val/pair_label.txt") from None
-
-
-def unique_images(pairs):
-    """(distinct image paths in first-seen order, index_a, index_b) of (path_a, path_b, label) pairs."""
-    index = {}
-    for a, b, _ in pairs:
-        for p in (a, b):
-            if p not in index:
-                index[p] = len(index)
-    ia = np.array([index[a] for a, _, _ in pairs], dtype=np.int64)
-    ib = np.array([index[b] for _, b, _ in pairs], dtype=np.int64)
-    return list(index), ia, ib
-
-
-def score_pairs(images, index_a, index_b, labels, extract_fn, load_fn=_read_path, batch_size=64, flip=True,
-                folds=10, num_workers=2, desc="evaluate"):
-    """Embed each distinct image once (with its flip), then score the pairs.
-
-    Returns (metrics dict, cosine per pair, squared L2 distance per pair).
-    """
-    labels = np.asarray(labels).astype(int)
-    if len(labels) < folds:  # checked before the slow part
-        raise DatasetError(f"{desc}: {len(labels)} pairs cannot be split into {folds} folds; add pairs "
-                           f"(at least {folds}, a few hundred for a meaningful figure) or lower -o Evaluate.folds")
-    with Progress(len(images), desc=desc, unit="img") as bar:
-        bar.postfix = "(x2 forward passes: flip)" if flip else ""
-        feats = extract_features(images, load_fn, extract_fn, batch_size=batch_size, flip=flip,
-                                 num_workers=num_workers, progress=bar)
-    cosine, sq_dist = M.pair_scores(feats[index_a], feats[index_b])
-    metrics = M.metrics_from_scores(cosine, sq_dist, labels, folds=folds, flip=bool(flip))
-    metrics["num_images"] = len(images)
-    metrics["seconds"] = round(time.perf_counter() - bar.start, 2)
-    return metrics, cosine, sq_dist
-
-
-def evaluate_pairs(pairs, extract_fn, batch_size=64, flip=True, folds=10, num_workers=2):
-    """Verification metrics of `pairs` [(path_a, path_b, label)] with `extract_fn(nchw) -> [N, D]`.
-
-    Each distinct image is decoded and embedded once; decoding runs in `num_workers` threads
-    while the model works. Used by the train runner (dygraph extract_fn) and by run() below.
-    """
-    if not pairs:
-        raise DatasetError("no pairs to evaluate: val/pair_label.txt is empty")
-    images, ia, ib = unique_images(pairs)
-    labels = [int(lbl) for _, _, lbl in pairs]
-    metrics, _, _ = score_pairs(images, ia, ib, labels, extract_fn, batch_size=batch_size, flip=flip,
-                                folds=folds, num_workers=num_workers)
-    return metrics
-
-
-def score_bin(path, extract_fn, batch_size=64, flip=True, folds=10, num_workers=2):
-    """(metrics, cosine, sq_dist, labels) of an insightface .bin file (pairs are images 2i, 2i+1)."""
-    from datasets.bin_file import decode_image, read_bin
-
-    images, issame = read_bin(path)
-    n = len(issame)
-    items = list(range(len(images)))
-
-    def load(i):
-        return decode_image(images[i], f"{path} image #{i}")
-
-    metrics, cosine, sq_dist = score_pairs(items, np.arange(n) * 2, np.arange(n) * 2 + 1, issame.astype(int),
-                                           extract_fn, load_fn=load, batch_size=batch_size, flip=flip, folds=folds,
-                                           num_workers=num_workers, desc=os.path.basename(path))
-    return metrics, cosine, sq_dist, issame.astype(int)
-
-
-# --------------------------------------------------------------------------- model
-def resolve_model_source(weight_path):
-    """('checkpoint', file) or ('inference', dir) for Evaluate.weight_path; UserError if unusable."""
-    fix = ("train first (python main.py -c CONFIG -o Global.mode=train) or pass "
-           "-o Evaluate.weight_path=<checkpoint .pdparams or exported inference folder>")
-    if not weight_path:
-        raise UserError(f"Evaluate.weight_path is empty: {fix}")
-    path = str(weight_path)
-    if os.path.isfile(path):
-        if path.endswith(".pdparams"):
-            return "checkpoint", path
-        if os.path.basename(path) in MODEL_FILE_NAMES:
-            return "inference", os.path.dirname(os.path.abspath(path))
-        raise UserError(f"Evaluate.weight_path {path} is neither a .pdparams checkpoint nor an inference model "
-                        f"({' / '.join(MODEL_FILE_NAMES)}): {fix}")
-    if os.path.isdir(path):
-        if any(os.path.isfile(os.path.join(path, n)) for n in MODEL_FILE_NAMES):
-            return "inference", path
-        sub = os.path.join(path, "inference")
-        if any(os.path.isfile(os.path.join(sub, n)) for n in MODEL_FILE_NAMES):
-            return "inference", sub
-        found = sorted(os.listdir(path))[:8]
-        raise UserError(f"Evaluate.weight_path {path} is a folder without an inference model (inference.json or "
-                        f"inference.pdmodel; found: {', '.join(found) or 'nothing'}): {fix}")
-    raise UserError(f"Evaluate.weight_path {path} does not exist: {fix}")
-
-
-def load_inference_model(cfg, weight_path, tmp_dir):
-    """An engine.inference.InferenceModel for a checkpoint (exported into tmp_dir) or an inference dir."""
-    from engine.inference import InferenceModel
-    from foundation.runtime import num_threads_from
-
+def load_inference_model(cfg, source, tmp_dir):
+    """An InferenceModel for ("checkpoint", file) (exported into tmp_dir first) or ("inference", dir)."""
     logger = get_logger()
-    kind, path = resolve_model_source(weight_path)
+    kind, path = source
     if kind == "checkpoint":
-        from engine.export import export_checkpoint
-
         t0 = time.perf_counter()
-        paths = export_checkpoint(cfg, path, save_dir=os.path.join(tmp_dir, "inference"))
+        model_name = get(cfg, "Global.model") or get(cfg, "Arch.backbone")
+        paths = export_checkpoint(path, model_name, get(cfg, "Arch.backbone", model_name),
+                                  get(cfg, "Arch.embedding_size"), int(get(cfg, "Arch.image_size", 112)),
+                                  save_dir=os.path.join(tmp_dir, "inference"), setting="Evaluate.weight_path")
         logger.info(f"checkpoint {path}: loaded {paths['loaded_tensors']} tensors, exported to a temporary "
                     f"inference model in {time.perf_counter() - t0:.1f} s")
         model_dir = paths["dir"]
@@ -184,11 +70,6 @@ def write_pair_scores(path, rows_a, rows_b, labels, cosine, sq_dist, threshold):
 
 def plot_roc(path, curves):
     """ROC curves [(name, scores, labels, metrics)] on a log FPR axis, saved as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
     for name, scores, labels, m in curves:
         if m.get("roc_auc") is None:
@@ -237,13 +118,11 @@ def _bin_paths(cfg):
 
 # --------------------------------------------------------------------------- runner
 def run(cfg):
-    from foundation.runtime import num_threads_from, set_threads
-
     flip = bool(get(cfg, "Evaluate.flip", True))
     folds = int(get(cfg, "Evaluate.folds", 10))
     batch_size = int(get(cfg, "Evaluate.batch_size", 64))
     weight_path = get(cfg, "Evaluate.weight_path")
-    resolve_model_source(weight_path)  # fail before any slow work (demo generation, decoding) or output
+    source = resolve_model_source(weight_path)  # fail before any slow work (demo generation, decoding) or output
     bins = _bin_paths(cfg)
     for p in bins:
         if not os.path.isfile(p):
@@ -257,16 +136,12 @@ def run(cfg):
     # .bin files replace the dataset's val pairs (set Evaluate.bin_paths=[] to score those)
     pairs, dataset_dir = None, get(cfg, "Global.dataset_dir")
     if not bins:
-        from datasets.demo import resolve_dataset_dir
-        from datasets.label_files import load_pair_list
-
         dataset_dir = resolve_dataset_dir(dataset_dir)
         pairs = load_pair_list(dataset_dir)
 
-    set_threads(num_threads_from(get(cfg, "Global.num_threads", 0)))
     sets, curves = {}, []
     with tempfile.TemporaryDirectory(prefix="facefeat_eval_") as tmp_dir:
-        model = load_inference_model(cfg, weight_path, tmp_dir)
+        model = load_inference_model(cfg, source, tmp_dir)
         extract = chunked(model.predict)
         if pairs is not None:
             if not pairs:

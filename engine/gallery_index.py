@@ -20,13 +20,19 @@ embedding size and weights fingerprint are recorded and a mismatching query is r
 Plain numpy and faiss: no Paddle here.
 """
 import json
+import logging
 import math
 import os
 import time
 
 import numpy as np
 
+from foundation.atomic_io import atomic_replace_dir
+from datasets.transforms import IMAGE_EXTENSIONS, list_images
 from foundation.errors import UserError
+
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # no INFO lines about CPU features
+import faiss  # noqa: E402 - after quieting its loader
 
 INDEX_TYPES = ("Flat", "IVF", "HNSW")
 UNKNOWN_LABEL = "unknown"
@@ -44,13 +50,9 @@ class IndexMismatchError(UserError):
     """A query (or an append) from a model other than the one that built the index."""
 
 
-def _faiss():
-    import logging
-
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # no INFO lines about CPU features
-    import faiss
-
-    return faiss
+def set_search_threads(n):
+    """Threads faiss uses for building and searching."""
+    faiss.omp_set_num_threads(int(n))
 
 
 def normalize_index_type(name):
@@ -113,7 +115,6 @@ class GalleryIndex:
         return sorted({e["label"] for e in self.entries.values()})
 
     def _new_index(self, train_vectors):
-        faiss = _faiss()
         d = self.embedding_size
         if self.index_type == "Flat":
             return faiss.IndexIDMap2(faiss.IndexFlatIP(d))
@@ -180,7 +181,6 @@ class GalleryIndex:
         ids = sorted({int(i) for i in ids if int(i) in self.entries})
         if not ids or self.index is None:
             return 0
-        faiss = _faiss()
         id_array = np.asarray(ids, dtype=np.int64)
         if self.index_type == "HNSW":
             self._rebuild_hnsw_without(set(ids))
@@ -194,7 +194,6 @@ class GalleryIndex:
 
     def _stored_vectors(self):
         """(ids, vectors) held by an IndexIDMap2-wrapped Flat/HNSW index, read back from its storage."""
-        faiss = _faiss()
         ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
         vectors = self.index.index.reconstruct_n(0, self.index.ntotal) if len(ids) else \
             np.zeros((0, self.embedding_size), np.float32)
@@ -226,7 +225,7 @@ class GalleryIndex:
         if self.index_type == "IVF":
             self.index.nprobe = max(1, min(self.nprobe, self.nlist or 1))
         elif self.index_type == "HNSW":
-            _faiss().downcast_index(self.index.index).hnsw.efSearch = max(HNSW_EF_SEARCH, k)
+            faiss.downcast_index(self.index.index).hnsw.efSearch = max(HNSW_EF_SEARCH, k)
         scores, ids = self.index.search(l2_normalize_rows(feats), k)
         out_labels, out_scores, out_ids = [], [], []
         for row_s, row_i in zip(scores, ids):
@@ -257,13 +256,11 @@ class GalleryIndex:
 
     def save(self, index_dir):
         """Write the folder atomically: readers see the old index or the new one, never a mix."""
-        from foundation.atomic_io import atomic_replace_dir
-
         if self.index is None:
             raise UserError(f"refusing to save an empty gallery index to {index_dir}: add at least one face")
 
         def build(tmp):
-            _faiss().write_index(self.index, os.path.join(tmp, INDEX_FILE))
+            faiss.write_index(self.index, os.path.join(tmp, INDEX_FILE))
             id_map = {str(i): self.entries[i] for i in sorted(self.entries)}
             with open(os.path.join(tmp, ID_MAP_FILE), "w", encoding="utf-8") as f:
                 json.dump(id_map, f, indent=1, ensure_ascii=False)
@@ -304,7 +301,7 @@ class GalleryIndex:
                    model_fingerprint=meta.get("model_fingerprint"))
         self.nlist = meta.get("nlist")
         self.next_id = int(meta.get("next_id", 0))
-        self.index = _faiss().read_index(os.path.join(index_dir, INDEX_FILE))
+        self.index = faiss.read_index(os.path.join(index_dir, INDEX_FILE))
         if self.index.d != self.embedding_size:
             raise UserError(f"{index_dir}: vector.index is {self.index.d}-d but meta.json says {self.embedding_size}")
         self.entries = {int(k): {"label": str(v["label"]), "path": v.get("path")} for k, v in id_map.items()}
@@ -335,8 +332,6 @@ def list_gallery(gallery, label_file=None):
     Without: `gallery` holds one folder per identity, the folder name is the label; images directly in
     `gallery` take their file stem as the label.
     """
-    from datasets.transforms import IMAGE_EXTENSIONS, list_images
-
     items = []
     if label_file:
         if not os.path.isfile(label_file):

@@ -1,356 +1,40 @@
-"""Face recognition: detect faces, embed them, search a gallery index (Global.mode=recognize).
+"""Global.mode=recognize: who is in each photo, printed and saved per image.
 
-    from engine.recognize import RecognitionPipeline
-    pipe = RecognitionPipeline(model_dir="output/best_model/inference", det={"enable": True})
-    pipe.build_index("gallery/", index_dir="output/gallery_index")   # one folder per person
-    pipe.append("more_people/")                                       # then pipe.save_index()
-    pipe.remove(labels=["bob"])
-    for res in pipe.recognize("photos/"):
-        print(res["input_path"], [(f["label"], f["score"]) for f in res["faces"]])
-        res.save_to_json("output/recognition"); res.save_to_img("output/recognition")
+    python main.py -c configs/face_recognition/pipeline.yaml -o Global.mode=recognize -o Predict.input=IMG_OR_DIR
 
-Per image: {"input_path", "faces": [{"box", "det_score", "labels", "scores", "label", "score"}]}
-where labels/scores are the top-k gallery matches (cosine, best first) and `label` is the top-1
-decision: the gallery label, or "unknown" when its cosine is below rec_threshold (or the gallery
-is empty). An image without a face gives an empty face list.
-
-Gallery images: each contributes its most prominent face (highest detection score, then largest);
-an unreadable image or one without a face is reported, skipped and counted.
+Writes <Global.output>/<name>_res.json (and <name>_res.jpg with boxes, labels and scores when
+Predict.save_to_img) per image and recognize.log. The pipeline itself is engine.recognition.
 """
-import json
 import os
 
-import numpy as np
-
 from engine.config import get
+from engine.gallery_index import UNKNOWN_LABEL, GalleryIndex
+from engine.model_inputs import expand_inputs
+from engine.recognition import RecognitionPipeline
 from foundation.errors import UserError
-from engine.gallery_index import UNKNOWN_LABEL, GalleryIndex, apply_threshold, list_gallery
-from foundation.atomic_io import atomic_write_bytes, atomic_write_json, file_digest
-from foundation.logger import get_logger
-
-
-class RecognitionResult(dict):
-    """One image's recognition result (see the module docstring for the fields)."""
-
-    def __init__(self, input_path, faces, name, image=None):
-        super().__init__(input_path=input_path, faces=faces)
-        self.name = name
-        self._image = image  # BGR image kept for save_to_img
-
-    def __str__(self):
-        faces = ", ".join(f"{f['label']} ({f['score']:.3f})" if f["score"] is not None else f["label"]
-                          for f in self["faces"]) or "no face"
-        return f"{self['input_path'] or self.name}: {faces}"
-
-    def print(self, json_format=False):
-        print(json.dumps(dict(self), indent=4, ensure_ascii=False) if json_format else str(self), flush=True)
-
-    def save_to_json(self, save_path):
-        """A folder gets <stem>_res.json; a .json path is written as is. Atomic."""
-        save_path = str(save_path)
-        path = save_path if save_path.lower().endswith(".json") else os.path.join(save_path, f"{self.name}_res.json")
-        atomic_write_json(path, dict(self))
-        return path
-
-    def save_to_img(self, save_path):
-        """Draw each face box with its top-1 label and score; a folder gets <stem>_res.jpg."""
-        import cv2
-
-        if self._image is None:
-            raise UserError(f"{self.name}: the image is no longer held; recognize(..., keep_images=True)")
-        img = self._image.copy()
-        thick = max(1, int(round(max(img.shape[:2]) / 300)))
-        for f in self["faces"]:
-            x1, y1, x2, y2 = [int(round(v)) for v in f["box"]]
-            known = f["label"] != UNKNOWN_LABEL
-            color = (40, 200, 40) if known else (40, 40, 230)
-            cv2.rectangle(img, (x1, y1), (x2, y2), color, thick)
-            text = f["label"] if f["score"] is None else f"{f['label']} {f['score']:.2f}"
-            scale = max(0.35, min(1.2, (x2 - x1) / 160))
-            (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-            ty = y1 - 4 if y1 - th - 6 >= 0 else y2 + th + 4
-            cv2.rectangle(img, (x1, ty - th - 3), (x1 + tw + 4, ty + base - 1), color, -1)
-            cv2.putText(img, text, (x1 + 2, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
-        save_path = str(save_path)
-        path = save_path if save_path.lower().endswith((".jpg", ".png")) else os.path.join(save_path, f"{self.name}_res.jpg")
-        ok, data = cv2.imencode(os.path.splitext(path)[1], img)
-        if not ok:
-            raise UserError(f"cannot encode the annotated image for {path}")
-        atomic_write_bytes(path, data.tobytes())
-        return path
-
-
-class RecognitionPipeline:
-    """Detector + feature model + gallery index. Every argument has the config's default."""
-
-    def __init__(self, model_dir, index_dir=None, det=None, device="cpu", num_threads=2, batch_size=16,
-                 run_mode="paddle", top_k=5, rec_threshold=0.4, index_type="Flat", nprobe=32):
-        from engine.inference import InferenceModel
-        from foundation.runtime import num_threads_from, set_threads
-        from models.face_detector import build_detector
-
-        threads = num_threads_from(num_threads)
-        set_threads(threads)
-        from engine.gallery_index import _faiss
-
-        _faiss().omp_set_num_threads(threads)
-        det = dict(det or {})
-        self.margin = float(det.pop("margin", 0.2))
-        self.detector = build_detector(num_threads=threads, **det)
-        self.model = InferenceModel(model_dir, device=device, num_threads=threads, run_mode=run_mode)
-        self.fingerprint = file_digest(self.model.params_file)  # different weights never share an index
-        self.batch_size = max(1, int(batch_size))
-        self.top_k = int(top_k)
-        self.rec_threshold = float(rec_threshold)
-        self.index_type = index_type
-        self.nprobe = int(nprobe)
-        self.index_dir = index_dir
-        self.index = None
-        self.failures = []  # (input path, message) of images recognize() skipped
-        if index_dir is not None and os.path.isdir(index_dir):
-            self.load_index(index_dir)
-
-    @classmethod
-    def from_config(cls, cfg, load_index=True):
-        det = {
-            "enable": bool(get(cfg, "Det.enable", True)),
-            "type": str(get(cfg, "Det.type", "haar")),
-            "model_dir": get(cfg, "Det.model_dir"),
-            "threshold": float(get(cfg, "Det.threshold", 0.6)),
-            "min_size": int(get(cfg, "Det.min_size", 24)),
-            "margin": float(get(cfg, "Det.margin", 0.2)),
-        }
-        model_dir = get(cfg, "Rec.model_dir")
-        if not model_dir:
-            raise UserError("Rec.model_dir is empty: pass -o Rec.model_dir=<exported inference folder>")
-        pipe = cls(str(model_dir), None, det, device=get(cfg, "Global.device", "cpu"),
-                   num_threads=get(cfg, "Global.num_threads", 2), batch_size=get(cfg, "Rec.batch_size", 16),
-                   run_mode=str(get(cfg, "Rec.run_mode", "paddle")), top_k=get(cfg, "Index.top_k", 5),
-                   rec_threshold=get(cfg, "Index.rec_threshold", 0.4), index_type=get(cfg, "Index.index_type", "Flat"),
-                   nprobe=get(cfg, "Index.nprobe", 32))
-        pipe.index_dir = str(get(cfg, "Index.dir", "output/gallery_index"))
-        if load_index:
-            pipe.load_index(pipe.index_dir)
-        return pipe
-
-    # ------------------------------------------------------------------ embedding
-    def embed(self, crops):
-        """L2-normalised features [N, D] of BGR face crops, in batches of batch_size."""
-        from datasets.transforms import preprocess
-
-        out = np.zeros((len(crops), self.model.embedding_size), dtype=np.float32)
-        for s in range(0, len(crops), self.batch_size):
-            batch = np.stack([preprocess(c) for c in crops[s:s + self.batch_size]])
-            feats = self.model.predict(batch)
-            out[s:s + len(batch)] = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
-        return out
-
-    def faces_of(self, img_bgr):
-        """[(Face, aligned 112x112 crop)] for every detected face, best first."""
-        from models.face_detector import align_face
-
-        return [(f, align_face(img_bgr, f, self.margin)) for f in self.detector.detect(img_bgr)]
-
-    # ------------------------------------------------------------------ gallery
-    def _new_index(self):
-        return GalleryIndex(self.model.embedding_size, self.model.model_name, self.index_type, self.nprobe,
-                            model_fingerprint=self.fingerprint)
-
-    def _enroll(self, items, desc):
-        """Embed the main face of each (path, label); returns (features, labels, paths, skipped)."""
-        from datasets.transforms import ImageReadError, read_image
-        from foundation.progress import Progress
-
-        log = get_logger()
-        feats, labels, paths, skipped = [], [], [], []
-        pending = []  # (crop, label, path) waiting for a full batch
-
-        def flush():
-            if pending:
-                feats.append(self.embed([c for c, _, _ in pending]))
-                labels.extend(lbl for _, lbl, _ in pending)
-                paths.extend(p for _, _, p in pending)
-                pending.clear()
-
-        with Progress(len(items), desc=desc, unit="img") as bar:
-            for path, label in items:
-                try:
-                    img = read_image(path)
-                except ImageReadError as e:
-                    skipped.append((path, str(e)))
-                    log.warning(f"skipped gallery image {path}: {e}")
-                    bar.update(1)
-                    continue
-                found = self.faces_of(img)
-                if not found:
-                    skipped.append((path, "no face detected"))
-                    log.warning(f"skipped gallery image {path}: no face detected")
-                else:
-                    face, crop = max(found, key=lambda fc: (fc[0].score, (fc[0].box[2] - fc[0].box[0]) *
-                                                            (fc[0].box[3] - fc[0].box[1])))
-                    pending.append((crop, label, path))
-                    if len(pending) >= self.batch_size:
-                        flush()
-                bar.update(1)
-        flush()
-        features = np.concatenate(feats) if feats else np.zeros((0, self.model.embedding_size), np.float32)
-        return features, labels, paths, skipped
-
-    def _items(self, gallery, label_file=None):
-        if isinstance(gallery, (list, tuple)):
-            return [(os.path.abspath(str(p)), str(lbl)) for p, lbl in gallery]
-        items = list_gallery(gallery, label_file)
-        if not items:
-            where = label_file or gallery
-            raise UserError(f"the gallery {where} holds no images: put one folder of face images per person "
-                            f"(the folder name is the label) or list '<path> <label>' lines in Index.label_file")
-        return items
-
-    def build_index(self, gallery, label_file=None, index_dir=None, save=True):
-        """A new index from a gallery folder (or a `path label` list, or [(path, label)]), replacing
-        any previous one; returns a summary dict. Raises UserError when no face could be enrolled."""
-        items = self._items(gallery, label_file)
-        feats, labels, paths, skipped = self._enroll(items, "build index")
-        if len(feats) == 0:
-            raise UserError(f"no face found in any of the {len(items)} gallery images ({len(skipped)} skipped, "
-                            f"e.g. {skipped[0][0]}: {skipped[0][1]}); nothing written. For face crops set "
-                            f"-o Det.enable=False")
-        index = self._new_index()
-        index.add(feats, labels, paths)
-        self.index = index
-        if save:
-            self.save_index(index_dir)
-        return self._summary(len(items), len(feats), skipped)
-
-    def append(self, gallery, label_file=None, index_dir=None, save=True):
-        """Add a gallery's faces to the current index (built or loaded first)."""
-        if self.index is None:
-            raise UserError("no gallery index to append to: build_index first or load one")
-        items = self._items(gallery, label_file)
-        feats, labels, paths, skipped = self._enroll(items, "append to index")
-        self.index.add(feats, labels, paths)
-        if save and len(feats):
-            self.save_index(index_dir)
-        return self._summary(len(items), len(feats), skipped)
-
-    def remove(self, labels=(), ids=(), index_dir=None, save=True):
-        """Remove every face of `labels` and the faces with `ids`; returns how many were removed."""
-        if self.index is None:
-            raise UserError("no gallery index to remove from: build_index first or load one")
-        removed = 0
-        for label in labels:
-            n = self.index.remove_label(label)
-            if n == 0:
-                get_logger().warning(f"label '{label}' is not in the gallery index")
-            removed += n
-        removed += self.index.remove_ids(ids)
-        if save and removed:
-            self.save_index(index_dir)
-        return removed
-
-    def _summary(self, total, enrolled, skipped):
-        return {"images": total, "enrolled": enrolled, "skipped": len(skipped), "skipped_images": skipped,
-                "index_size": len(self.index) if self.index is not None else 0,
-                "labels": len(self.index.labels) if self.index is not None else 0}
-
-    def save_index(self, index_dir=None):
-        index_dir = index_dir or self.index_dir
-        if not index_dir:
-            raise UserError("no index folder given: set Index.dir (or pass index_dir=)")
-        self.index.save(index_dir)
-        self.index_dir = index_dir
-        return index_dir
-
-    def load_index(self, index_dir):
-        """Load a saved index; refuse one built by another model."""
-        index = GalleryIndex.load(index_dir, nprobe=self.nprobe)
-        index.check_model(self.model.model_name, self.model.embedding_size, self.fingerprint, what="recognition model's")
-        self.index, self.index_dir = index, index_dir
-        return index
-
-    # ------------------------------------------------------------------ recognition
-    def recognize(self, inputs, keep_images=True):
-        """Yield a RecognitionResult per input image (path, folder, numpy BGR image or a list).
-        Faces of consecutive images are embedded together in batches of batch_size."""
-        from engine.predict import _load_item, expand_inputs
-
-        if self.index is None:
-            raise UserError("no gallery index loaded: build one (Global.mode=build_index) or load Index.dir")
-        items = expand_inputs(inputs)
-        taken = set()
-        queue = []  # (item, img, faces, crops) not yet embedded
-
-        def drain():
-            crops = [c for _, _, _, cs in queue for c in cs]
-            feats = self.embed(crops) if crops else np.zeros((0, self.model.embedding_size), np.float32)
-            labels, scores, ids = self.index.search(feats, self.top_k) if len(feats) else ([], [], [])
-            k = 0
-            for item, img, faces, _ in queue:
-                entries = []
-                for face in faces:
-                    label, best = apply_threshold(labels[k], scores[k], self.rec_threshold)
-                    entry = face.to_dict()
-                    entry.update({"labels": list(labels[k]), "scores": [round(float(s), 4) for s in scores[k]],
-                                  "ids": [int(i) for i in ids[k]],
-                                  "label": label, "score": None if best is None else round(best, 4)})
-                    entries.append(entry)
-                    k += 1
-                name = item.name
-                i = 2
-                while name in taken:
-                    name, i = f"{item.name}_{i}", i + 1
-                taken.add(name)
-                yield RecognitionResult(item.input_path, entries, name, img if keep_images else None)
-            queue.clear()
-
-        pending_crops = 0
-        self.failures = []
-        for item in items:
-            try:
-                img = _load_item(item)
-            except UserError as e:
-                if item.explicit:
-                    raise
-                self.failures.append((item.input_path, str(e)))  # one bad file in a folder: skip it
-                get_logger().warning(f"skipped {item.input_path}: {e}")
-                continue
-            found = self.faces_of(img)
-            queue.append((item, img, [f for f, _ in found], [c for _, c in found]))
-            pending_crops += len(found)
-            if pending_crops >= self.batch_size or len(queue) >= self.batch_size:  # bounded memory
-                yield from drain()
-                pending_crops = 0
-        yield from drain()
+from foundation.logger import log_to_file
+from foundation.progress import Progress
 
 
 def run(cfg):
-    """Global.mode=recognize: print, and save <stem>_res.json (+ <stem>_res.jpg) per image."""
-    from foundation.logger import log_to_file
-    from engine.predict import expand_inputs
-    from foundation.progress import Progress
-
     inputs = get(cfg, "Predict.input")
     if inputs is None or (isinstance(inputs, str) and not inputs.strip()):
         raise UserError("Predict.input is empty: pass -o Predict.input=<image or folder>")
     if not isinstance(inputs, str):
         inputs = [str(v) for v in inputs]
-    from engine.build_index import ensure_demo
-
-    for value in [inputs] if isinstance(inputs, str) else inputs:
-        ensure_demo(value)
-    total = len(expand_inputs(inputs))  # a missing path fails before the model loads
+    items = expand_inputs(inputs)  # a missing path fails before the model loads
     index_dir = str(get(cfg, "Index.dir", "output/gallery_index"))
-    GalleryIndex.load(index_dir)  # a missing/broken index fails before the model loads too
+    index = GalleryIndex.load(index_dir, nprobe=get(cfg, "Index.nprobe", 32))  # ... and a missing or broken index
     output = str(get(cfg, "Global.output", "output/recognition"))
     os.makedirs(output, exist_ok=True)
     log = log_to_file(os.path.join(output, "recognize.log"))
-    pipe = RecognitionPipeline.from_config(cfg)
+    pipe = RecognitionPipeline.from_config(cfg, index=index)
     save_img = bool(get(cfg, "Predict.save_to_img", True))
     log.info(f"index {index_dir}: {len(pipe.index)} faces of {len(pipe.index.labels)} people "
              f"({pipe.index.index_type}); model {pipe.model.model_name}; rec_threshold {pipe.rec_threshold}")
     n_images = n_faces = n_known = 0
-    with Progress(total, desc="recognize", unit="img") as bar:
-        for res in pipe.recognize(inputs):
+    with Progress(len(items), desc="recognize", unit="img") as bar:
+        for res in pipe.recognize(items):
             res.print()
             res.save_to_json(output)
             if save_img:

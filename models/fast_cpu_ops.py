@@ -6,47 +6,99 @@ below memory bandwidth. The C++ custom operators in csrc/fast_cpu_ops.cc do the 
 (same formulas, float32, per-channel sums accumulated in double) plane by plane.
 
 The kernels are optional. `enable()` compiles them once with the machine's C++ compiler through
-paddle.utils.cpp_extension (about 30 s the first time, then cached per source, Paddle version,
-compiler flags and CPU model) and returns False, with the reason in `status()`, when that is not
-possible (no compiler, no Paddle headers...). Until `enable()` succeeds, and always for tensors
-that are not float32 on CPU in dygraph mode (GPU, AMP, to_static/export tracing), the layers in
-models/layers.py run Paddle's own operators, so exported inference models never contain these
-custom operators.
+paddle.utils.cpp_extension (about 30 s the first time, then cached in the project's cache folder
+under `build_key()`: a hash of the source, the Paddle version and commit, the compilers and their
+versions, the flags, the Python version and environment (sys.prefix) and the CPU model and flags,
+so separate virtualenvs on one machine never rebuild or load each other's library). It returns
+False, never raising, with the reason in `status()`, when that is not possible (no compiler, no
+Paddle headers...). Until `enable()` succeeds, and always for tensors that are not float32 on CPU
+in dygraph mode (GPU, AMP, to_static/export tracing), the layers in models/layers.py run Paddle's
+own operators, so exported inference models never contain these custom operators.
 """
 import contextlib
+import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
+import subprocess
 import sys
+import sysconfig
 import warnings
 
-from foundation.runtime import cache_dir, cpuinfo_field
+from foundation.runtime import cache_dir, cpu_flags, cpuinfo_field
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "fast_cpu_ops.cc")
-# -march=native: the build happens on the machine that runs it, and the cache key holds the CPU model.
+# -march=native: the build happens on the machine that runs it, and the cache key holds the CPU model and flags.
 CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
 LD_FLAGS = ["-fopenmp"]
 DISABLE_ENV = "FACEFEAT_NO_FAST_OPS"  # set to 1 to never build or use the kernels
 
 _module = None
 _enabled = False
-_status = "not requested"
+_status = "off (not requested)"
 
 
 def cpu_model_name():
     return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
+def cxx_compiler():
+    """(path, reason): the C++ compiler paddle.utils.cpp_extension will use ($CXX, else c++ or g++
+    on PATH) as an absolute path, or (None, why there is none)."""
+    cxx = os.environ.get("CXX", "").strip()
+    if cxx:
+        words = shlex.split(cxx)
+        path = shutil.which(words[0]) if words else None
+        return (path, "") if path else (None, f"CXX={cxx!r} is not an executable")
+    for name in ("c++", "g++"):
+        path = shutil.which(name)
+        if path:
+            return path, ""
+    return None, "no C++ compiler: CXX is unset and neither c++ nor g++ is on PATH"
+
+
+@functools.lru_cache(maxsize=None)
+def compiler_version(path):
+    """The first line of `path --version` ('' when it cannot be run)."""
+    try:
+        proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    lines = (proc.stdout or proc.stderr).strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def _compiler_identity(path):
+    return f"{path} -> {os.path.realpath(path)}: {compiler_version(path)}" if path else "none"
+
+
 def build_key():
-    """A short hash of everything the compiled library depends on."""
+    """A short hash of everything the compiled library depends on (see the module docstring)."""
     import paddle
 
+    cxx, _ = cxx_compiler()
+    # setuptools, which cpp_extension drives, compiles and links with $CC / sysconfig's CC and
+    # honours these variables too: they change the build as much as CXX does.
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "").split()
+    cc_path = shutil.which(cc[0]) if cc else None
+    build_env = " ".join(f"{name}={os.environ.get(name, '')}"
+                         for name in ("CC", "CXX", "CFLAGS", "CPPFLAGS", "CXXFLAGS", "LDFLAGS", "LDSHARED"))
+    parts = (
+        "source",
+        "paddle", paddle.__version__, str(getattr(paddle.version, "commit", "") or ""),
+        "c++", _compiler_identity(cxx),
+        "cc", _compiler_identity(cc_path),
+        "flags", " ".join(CXX_FLAGS), " ".join(LD_FLAGS), build_env,
+        "python", sys.version, sys.prefix,
+        "cpu", cpu_model_name(), " ".join(sorted(cpu_flags())),
+    )
     h = hashlib.sha256()
     with open(SOURCE, "rb") as f:
         h.update(f.read())
-    for part in (paddle.__version__, " ".join(CXX_FLAGS), cpu_model_name(), sys.version.split()[0]):
-        h.update(part.encode())
+    for part in parts:
+        h.update(b"\0" + part.encode())
     return h.hexdigest()[:12]
 
 
@@ -74,8 +126,9 @@ def _compile_and_load():
     import fcntl
     import logging
 
-    if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
-        raise RuntimeError("no C++ compiler (c++, g++ or clang++) on PATH")
+    cxx, why = cxx_compiler()
+    if not cxx:
+        raise RuntimeError(why)
     key = build_key()
     build_dir = os.path.join(cache_dir(), f"fast_cpu_ops_{key}")
     os.makedirs(build_dir, exist_ok=True)
@@ -109,21 +162,26 @@ def _compile_and_load():
 
 
 def enable(on=True):
-    """Build/load the kernels (when `on`) and route the fast layers to them. Returns whether they are in use."""
+    """Build/load the kernels (when `on`) and route the fast layers to them. Returns whether they are in use.
+
+    Never raises: when the kernels cannot be built or loaded, `status()` says why and the layers
+    run Paddle's own operators.
+    """
     global _module, _enabled, _status
     if not on:
-        _enabled, _status = False, "disabled"
+        _enabled, _status = False, "off (not requested); using Paddle's own PReLU and depthwise conv"
         return False
     if os.environ.get(DISABLE_ENV, "").strip() not in ("", "0"):
-        _enabled, _status = False, f"disabled by {DISABLE_ENV}"
+        _enabled, _status = False, f"off (disabled by {DISABLE_ENV}={os.environ[DISABLE_ENV]}); " \
+                                   "using Paddle's own PReLU and depthwise conv"
         return False
     if _module is None:
         try:
             _module = _compile_and_load()
         except Exception as e:
-            _enabled, _status = False, f"unavailable ({e}); using Paddle's own PReLU and depthwise conv"
+            _enabled, _status = False, f"off ({e}); using Paddle's own PReLU and depthwise conv"
             return False
-    _enabled, _status = True, "in use (fused C++ PReLU and depthwise conv kernels)"
+    _enabled, _status = True, "on (fused C++ PReLU and depthwise-conv kernels)"
     return True
 
 

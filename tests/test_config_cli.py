@@ -84,8 +84,8 @@ def test_unknown_mode_names_the_nearest():
 def test_mode_not_implemented_is_non_zero(monkeypatch):
     import main
 
-    monkeypatch.setitem(engine.MODES, "future_mode", "engine.no_such_module_yet")
-    assert main.main(["-c", CONFIG, "-o", "Global.mode=future_mode"]) == 3
+    monkeypatch.setitem(engine.MODES, "check_dataset", "engine.no_such_module_yet")
+    assert main.main(["-c", CONFIG, "-o", "Global.mode=check_dataset"]) == 3
 
 
 def test_every_mode_has_a_runner_module_name():

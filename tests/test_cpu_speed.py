@@ -1,6 +1,8 @@
-"""engine/cpu_speed.py: the MKL vendor shim decision, build and re-execution; allocator; opt-outs."""
+"""engine/cpu_speed.py and the fused-kernel cache key: the MKL vendor shim (opt-in, never a
+re-execution), the allocator, the opt-outs, and the fallback to plain Paddle without a compiler."""
 import ctypes
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -12,7 +14,7 @@ from engine import cpu_speed
 from models import fast_cpu_ops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HAVE_CC = bool(shutil.which("cc") or shutil.which("gcc") or shutil.which("clang"))
+HAVE_CC = cpu_speed.c_compiler() is not None
 needs_cc = pytest.mark.skipif(not HAVE_CC, reason="no C compiler: the shim cannot be built here")
 
 
@@ -20,6 +22,34 @@ needs_cc = pytest.mark.skipif(not HAVE_CC, reason="no C compiler: the shim canno
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture
+def amd(monkeypatch):
+    """Behave as on an AMD CPU under Linux, started without any LD_PRELOAD, whatever this machine is."""
+    monkeypatch.setattr(cpu_speed, "cpu_vendor", lambda: "AuthenticAMD")
+    monkeypatch.setattr(cpu_speed.platform, "system", lambda: "Linux")
+    monkeypatch.delenv(cpu_speed.NO_SHIM_ENV, raising=False)
+    monkeypatch.delenv(cpu_speed.ALL_OFF_ENV, raising=False)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+
+
+@pytest.fixture
+def no_exec(monkeypatch):
+    """Any attempt to replace the process fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"the process must not re-execute itself: {args}")
+
+    for name in ("execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp", "execlpe"):
+        if hasattr(os, name):
+            monkeypatch.setattr(os, name, refuse)
+
+
+@pytest.fixture
+def kernels_state(monkeypatch):
+    """Let a test change fast_cpu_ops' module state (loaded library, switch, status) and restore it."""
+    for name in ("_module", "_enabled", "_status"):
+        monkeypatch.setattr(fast_cpu_ops, name, getattr(fast_cpu_ops, name))
 
 
 @pytest.mark.parametrize("vendor,wanted", [("AuthenticAMD", True), ("HygonGenuine", True),
@@ -31,11 +61,22 @@ def test_shim_only_for_non_intel_cpus(monkeypatch, vendor, wanted):
     assert cpu_speed.mkl_shim_decision()[0] is wanted
 
 
-def test_shim_env_opt_out(monkeypatch):
-    monkeypatch.setattr(cpu_speed, "cpu_vendor", lambda: "AuthenticAMD")
+def test_intel_cpu_says_not_needed(monkeypatch):
+    monkeypatch.setattr(cpu_speed, "cpu_vendor", lambda: "GenuineIntel")
+    monkeypatch.setattr(cpu_speed.platform, "system", lambda: "Linux")
+    monkeypatch.delenv(cpu_speed.NO_SHIM_ENV, raising=False)
+    monkeypatch.setattr(cpu_speed, "build_mkl_shim", lambda: pytest.fail("built on an Intel CPU"))
+    status = cpu_speed.apply_mkl_shim()
+    assert status.startswith("MKL vendor shim: off") and "not needed" in status and "GenuineIntel" in status
+
+
+def test_shim_env_opt_out_does_not_even_build(amd, monkeypatch):
     monkeypatch.setenv(cpu_speed.NO_SHIM_ENV, "1")
     wanted, reason = cpu_speed.mkl_shim_decision()
     assert not wanted and cpu_speed.NO_SHIM_ENV in reason
+    monkeypatch.setattr(cpu_speed, "build_mkl_shim", lambda: pytest.fail("built although opted out"))
+    status = cpu_speed.apply_mkl_shim()
+    assert status.startswith("MKL vendor shim: off") and cpu_speed.NO_SHIM_ENV in status
 
 
 @needs_cc
@@ -47,27 +88,47 @@ def test_shim_builds_and_answers_intel(private_cache):
     assert cpu_speed.build_mkl_shim() == path  # cached
 
 
-def test_no_compiler_falls_back(private_cache, monkeypatch):
-    monkeypatch.setattr(cpu_speed, "cpu_vendor", lambda: "AuthenticAMD")
-    monkeypatch.setattr(cpu_speed.platform, "system", lambda: "Linux")
-    monkeypatch.delenv(cpu_speed.NO_SHIM_ENV, raising=False)
+def test_shim_cache_path_follows_the_compiler(private_cache, monkeypatch):
+    cc = "/usr/bin/cc"
+    monkeypatch.setattr(cpu_speed, "compiler_version", lambda path: "cc (Debian 12.2.0) 12.2.0")
+    first = cpu_speed.shim_cache_path(cc)
+    assert first == cpu_speed.shim_cache_path(cc)
+    assert first.startswith(str(private_cache)) and os.path.basename(first).startswith(cpu_speed.SHIM_PREFIX)
+    monkeypatch.setattr(cpu_speed, "compiler_version", lambda path: "cc (Debian 13.1.0) 13.1.0")
+    assert cpu_speed.shim_cache_path(cc) != first
+    assert cpu_speed.shim_cache_path("/opt/other/cc") != cpu_speed.shim_cache_path(cc)
+
+
+def test_no_c_compiler_falls_back(private_cache, amd, no_exec, monkeypatch):
     monkeypatch.delenv("CC", raising=False)
-    monkeypatch.setattr(cpu_speed.shutil, "which", lambda name: None)
+    monkeypatch.setattr(cpu_speed.shutil, "which", lambda name, *a, **k: None)
     status = cpu_speed.apply_mkl_shim()
-    assert "unavailable" in status and "no C compiler" in status
+    assert status.startswith("MKL vendor shim: off") and "no C compiler" in status
 
 
 @needs_cc
-def test_not_reexecuted_inside_pytest(private_cache, monkeypatch):
-    monkeypatch.setattr(cpu_speed, "cpu_vendor", lambda: "AuthenticAMD")
-    monkeypatch.setattr(cpu_speed.platform, "system", lambda: "Linux")
-    monkeypatch.delenv(cpu_speed.NO_SHIM_ENV, raising=False)
-    monkeypatch.delenv(cpu_speed.REEXEC_MARK_ENV, raising=False)
-    assert "not applied" in cpu_speed.apply_mkl_shim()
+def test_setup_never_reexecutes_and_prints_the_command(private_cache, amd, no_exec):
+    report = cpu_speed.setup_cpu_speed(enabled=True, fast_ops=False, allocator=False)
+    assert set(report) == {"mkl_shim", "allocator", "fast_ops"}
+    line = report["mkl_shim"]
+    path = cpu_speed.shim_cache_path()
+    assert os.path.isfile(path)
+    assert line.startswith("MKL vendor shim: not active") and "AMD CPU" in line
+    assert f"LD_PRELOAD={shlex.quote(path)} " in line
+    assert line.endswith(" " + shlex.join(sys.orig_argv))
+    assert report["fast_ops"].startswith("fused kernels: off")
 
 
 @needs_cc
-def test_reexecutes_once_with_the_shim_preloaded(tmp_path):
+def test_command_without_orig_argv(private_cache, amd, no_exec, monkeypatch):
+    monkeypatch.delattr(sys, "orig_argv", raising=False)
+    line = cpu_speed.apply_mkl_shim()
+    assert line.endswith(f"LD_PRELOAD={shlex.quote(cpu_speed.shim_cache_path())} python your_script.py")
+
+
+@needs_cc
+def test_suggested_command_runs_with_the_shim_active(tmp_path):
+    """A script calling the API runs once; the command its status line gives runs it with the shim."""
     script = tmp_path / "probe.py"
     script.write_text(textwrap.dedent(f"""
         import ctypes, os, sys
@@ -75,31 +136,132 @@ def test_reexecutes_once_with_the_shim_preloaded(tmp_path):
         from engine import cpu_speed
         cpu_speed.cpu_vendor = lambda: "AuthenticAMD"   # behave as on AMD whatever this CPU is
         cpu_speed.platform.system = lambda: "Linux"
-        print("start", os.getpid(), sys.argv[1:], flush=True)
+        print("start", sys.argv[1:], flush=True)
         status = cpu_speed.apply_mkl_shim()
-        found = ctypes.CDLL(None).mkl_serv_intel_cpu_true()  # resolves only when preloaded
-        print("status", status, "|", found, os.environ.get(cpu_speed.REEXEC_MARK_ENV), flush=True)
+        try:
+            found = ctypes.CDLL(None).mkl_serv_intel_cpu_true()  # resolves only when preloaded
+        except AttributeError:
+            found = 0
+        print("found", found, flush=True)
+        print("status", status, flush=True)
     """))
-    env = {k: v for k, v in os.environ.items() if k not in (cpu_speed.REEXEC_MARK_ENV, cpu_speed.NO_SHIM_ENV)}
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", cpu_speed.NO_SHIM_ENV, cpu_speed.ALL_OFF_ENV)}
     env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
     proc = subprocess.run([sys.executable, str(script), "--flag", "x y"], env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    starts = [line for line in lines if line.startswith("start")]
-    assert len(starts) == 2 and starts[0] == starts[1]  # same PID, same arguments, exactly one restart
-    assert "['--flag', 'x y']" in starts[0]
-    assert lines[-1].startswith("status MKL vendor shim: active") and lines[-1].endswith("| 1 1")
+    assert lines[0] == "start ['--flag', 'x y']" and len(lines) == 3  # ran once, no restart
+    assert lines[1] == "found 0"
+    prefix = "status MKL vendor shim: not active; for about 1.4x faster training on this AMD CPU run: "
+    assert lines[2].startswith(prefix)
+    command = lines[2][len(prefix):]
+    assert command.startswith("LD_PRELOAD=") and command.endswith(f"{shlex.quote(str(script))} --flag 'x y'")
+
+    proc = subprocess.run(command, shell=True, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "start ['--flag', 'x y']" and lines[1] == "found 1", proc.stdout
+    assert lines[2].startswith("status MKL vendor shim: on (preloaded with LD_PRELOAD="), lines[2]
+
+
+def test_ld_preload_set_later_is_not_active(amd, monkeypatch, tmp_path):
+    fake = tmp_path / (cpu_speed.SHIM_PREFIX + "0123456789ab.so")
+    fake.write_bytes(b"")
+    monkeypatch.setenv("LD_PRELOAD", str(fake))  # in os.environ now, but the process did not start with it
+    assert cpu_speed.preloaded_shim() == ""
 
 
 def test_allocator_tuning_reports():
     status = cpu_speed.tune_allocator()
-    assert status.startswith("allocator:")
+    assert status.startswith("allocator: on") or status.startswith("allocator: unchanged (")
 
 
 def test_everything_off_by_config_or_env(monkeypatch):
+    monkeypatch.delenv(cpu_speed.ALL_OFF_ENV, raising=False)
     report = cpu_speed.setup_cpu_speed(enabled=False)
     assert "Global.cpu_speedup" in report["fast_ops"] and not fast_cpu_ops.enabled()
+    assert all(": off (" in line or ": unchanged (" in line for line in report.values()), report
     monkeypatch.setenv(cpu_speed.ALL_OFF_ENV, "0")
     report = cpu_speed.setup_cpu_speed(enabled=True)
     assert cpu_speed.ALL_OFF_ENV in report["mkl_shim"] and not fast_cpu_ops.enabled()
+
+
+def test_no_reexecution_api_left():
+    assert not hasattr(cpu_speed, "REEXEC_MARK_ENV")
+    import inspect
+
+    assert "reexec" not in inspect.signature(cpu_speed.setup_cpu_speed).parameters
+    assert "reexec" not in inspect.signature(cpu_speed.apply_mkl_shim).parameters
+
+
+# --- the fused kernels' cache key and their fallback ------------------------------------------
+
+@pytest.fixture
+def fake_cxx(monkeypatch):
+    """A fixed C++ compiler identity, so the key does not depend on what this machine has."""
+    monkeypatch.setattr(fast_cpu_ops, "cxx_compiler", lambda: ("/usr/bin/c++", ""))
+    monkeypatch.setattr(fast_cpu_ops, "compiler_version", lambda path: f"{os.path.basename(path)} (GCC) 12.2.0")
+
+
+def test_build_key_is_stable(fake_cxx):
+    assert fast_cpu_ops.build_key() == fast_cpu_ops.build_key()
+
+
+def test_build_key_differs_per_virtualenv(fake_cxx, monkeypatch):
+    key = fast_cpu_ops.build_key()
+    monkeypatch.setattr(sys, "prefix", sys.prefix + "-other-venv")
+    assert fast_cpu_ops.build_key() != key
+
+
+def test_build_key_differs_per_compiler_version(fake_cxx, monkeypatch):
+    key = fast_cpu_ops.build_key()
+    monkeypatch.setattr(fast_cpu_ops, "compiler_version", lambda path: "c++ (GCC) 13.1.0")
+    assert fast_cpu_ops.build_key() != key
+
+
+def test_build_key_differs_per_compiler_flags(fake_cxx, monkeypatch):
+    key = fast_cpu_ops.build_key()
+    monkeypatch.setattr(fast_cpu_ops, "CXX_FLAGS", fast_cpu_ops.CXX_FLAGS + ["-ffast-math"])
+    assert fast_cpu_ops.build_key() != key
+
+
+def test_build_key_differs_per_cpu_features(fake_cxx, monkeypatch):
+    key = fast_cpu_ops.build_key()
+    monkeypatch.setattr(fast_cpu_ops, "cpu_flags", lambda: {"sse2", "avx2", "avx512f", "made-up-flag"})
+    assert fast_cpu_ops.build_key() != key
+
+
+@pytest.mark.parametrize("how", ["which", "path"])
+def test_no_cxx_compiler_trains_with_plain_paddle(kernels_state, monkeypatch, tmp_path, how):
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.delenv(fast_cpu_ops.DISABLE_ENV, raising=False)
+    if how == "which":
+        monkeypatch.setattr(fast_cpu_ops.shutil, "which", lambda name, *a, **k: None)
+    else:
+        monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no c++, no g++
+    monkeypatch.setattr(fast_cpu_ops, "_module", None)  # as in a fresh process
+    assert fast_cpu_ops.enable(True) is False
+    assert not fast_cpu_ops.enabled()
+    status = fast_cpu_ops.status()
+    assert status.startswith("off (no C++ compiler") and "CXX is unset" in status and "Paddle's own" in status
+
+
+def test_cxx_that_does_not_exist_is_named(kernels_state, monkeypatch):
+    monkeypatch.setenv("CXX", "/nonexistent/g++-99")
+    monkeypatch.delenv(fast_cpu_ops.DISABLE_ENV, raising=False)
+    monkeypatch.setattr(fast_cpu_ops, "_module", None)
+    assert fast_cpu_ops.enable(True) is False
+    assert "CXX='/nonexistent/g++-99' is not an executable" in fast_cpu_ops.status()
+
+
+def test_setup_without_any_compiler_reports_plain_paddle(kernels_state, private_cache, amd, no_exec, monkeypatch):
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.delenv(fast_cpu_ops.DISABLE_ENV, raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    monkeypatch.setattr(fast_cpu_ops, "_module", None)
+    report = cpu_speed.setup_cpu_speed(enabled=True, allocator=False)
+    assert report["fast_ops"].startswith("fused kernels: off (no C++ compiler")
+    assert report["mkl_shim"].startswith("MKL vendor shim: off (cannot build it: no C compiler")
+    assert not fast_cpu_ops.enabled()

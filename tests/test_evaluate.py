@@ -12,6 +12,8 @@ import pytest
 
 from _tiny_face_model import config, make_pair_dataset, save_random_checkpoint
 from engine import evaluate as E
+from engine import verification as V
+from engine.inference_folder import resolve_model_source
 from engine import metrics as M
 from foundation.errors import DatasetError, UserError
 
@@ -24,9 +26,9 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     pairs, images = make_pair_dataset(str(root / "data"))
     ckpt = save_random_checkpoint(str(root / "model.pdparams"))
-    from engine.export import export_checkpoint
+    from engine.inference_folder import export_checkpoint
 
-    export_dir = export_checkpoint(config(), ckpt, save_dir=str(root / "inference"))["dir"]
+    export_dir = export_checkpoint(ckpt, "MobileFaceNet", save_dir=str(root / "inference"))["dir"]
     return {"root": root, "data": str(root / "data"), "pairs": pairs, "images": images, "ckpt": ckpt,
             "inference": export_dir}
 
@@ -147,7 +149,7 @@ def test_evaluate_pairs_with_a_numpy_extractor_decodes_each_image_once(setup):
 
     pairs = [(os.path.join(setup["data"], "val", a), os.path.join(setup["data"], "val", b), y)
              for a, b, y in setup["pairs"]]
-    m = E.evaluate_pairs(pairs, extract, batch_size=4, flip=True, folds=10, num_workers=2)
+    m = V.evaluate_pairs(pairs, extract, batch_size=4, flip=True, folds=10, num_workers=2)
     distinct = len({p for a, b, _ in pairs for p in (a, b)})
     assert sum(calls) == 2 * distinct  # each image and its flip once
     # same numbers computed by hand
@@ -169,7 +171,7 @@ def test_missing_weight_path_is_named_with_the_fix(setup, tmp_path):
     assert "missing.pdparams" in str(e.value) and "train first" in str(e.value)
     assert "Evaluate.weight_path=" in str(e.value)
     with pytest.raises(UserError, match="without an inference model"):
-        E.resolve_model_source(str(tmp_path))
+        resolve_model_source(str(tmp_path))
 
 
 def test_unreadable_image_in_pairs_is_named(setup, tmp_path):
@@ -178,7 +180,7 @@ def test_unreadable_image_in_pairs_is_named(setup, tmp_path):
     good = os.path.join(setup["data"], "val", setup["pairs"][0][0])
     pairs = [(good, str(bad), 0)] + [(good, good, 1)] * 9
     with pytest.raises(DatasetError, match="broken.jpg"):
-        E.evaluate_pairs(pairs, lambda b: b.reshape(len(b), -1)[:, :8], batch_size=4)
+        V.evaluate_pairs(pairs, lambda b: b.reshape(len(b), -1)[:, :8], batch_size=4)
 
 
 def test_json_and_pdmodel_formats_score_the_same(setup, tmp_path):
@@ -225,10 +227,10 @@ def test_chunked_forward_matches_one_call():
         return b @ w
 
     x = np.random.default_rng(2).normal(size=(37, 12))
-    np.testing.assert_allclose(E.chunked(fn, 16)(x), x @ w)
+    np.testing.assert_allclose(V.chunked(fn, 16)(x), x @ w)
     assert calls == [16, 16, 5]
 
 
 def test_too_few_pairs_for_the_folds():
     with pytest.raises(DatasetError, match="3 pairs cannot be split into 10 folds"):
-        E.evaluate_pairs([("a", "b", 1), ("c", "d", 0), ("e", "f", 1)], lambda b: b)
+        V.evaluate_pairs([("a", "b", 1), ("c", "d", 0), ("e", "f", 1)], lambda b: b)

@@ -14,8 +14,8 @@ set_threads(2)
 paddle = pytest.importorskip("paddle")
 
 from foundation.errors import UserError  # noqa: E402
-from engine.export import export_inference  # noqa: E402
-from engine.inference import InferenceModel, cpu_supports_bf16, program_has_op  # noqa: E402
+from engine.inference_folder import export_inference  # noqa: E402
+from engine.inference_model import InferenceModel, cpu_supports_bf16, program_has_op  # noqa: E402
 from models import ArcMargin, FaceRecModel, build_backbone  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -128,7 +128,7 @@ OLD_FORMAT_EXPORT = textwrap.dedent("""
     import sys
     import paddle
     sys.path.insert(0, {repo!r})
-    from engine.export import export_inference
+    from engine.inference_folder import export_inference
     from models import build_backbone
     backbone = build_backbone("MobileFaceNet")
     backbone.set_state_dict(paddle.load({weights!r}))

@@ -3,8 +3,6 @@
 The kernels are compiled on first use (about 30 s, then cached); the tests skip only when this
 machine has no C++ compiler, which is the one case where models/fast_cpu_ops.py is meant to fall back.
 """
-import shutil
-
 import numpy as np
 import paddle
 import paddle.nn as nn
@@ -13,7 +11,7 @@ import pytest
 from models import fast_cpu_ops
 from models.layers import DepthwiseConv2D, PReLU, make_depthwise_conv, make_prelu
 
-HAVE_CXX = bool(shutil.which("c++") or shutil.which("g++") or shutil.which("clang++"))
+HAVE_CXX = fast_cpu_ops.cxx_compiler()[0] is not None  # the compiler enable() looks for
 needs_cxx = pytest.mark.skipif(not HAVE_CXX, reason="no C++ compiler: the fused kernels cannot be built here")
 
 

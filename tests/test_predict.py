@@ -12,6 +12,7 @@ import pytest
 from _tiny_face_model import REPO_ROOT, config, make_face_images, save_random_checkpoint
 from engine import create_model
 from engine import predict as P
+from engine import predictor
 from foundation.errors import UserError
 
 
@@ -19,9 +20,9 @@ from foundation.errors import UserError
 def model_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict_model")
     ckpt = save_random_checkpoint(str(root / "model.pdparams"), seed=1)
-    from engine.export import export_checkpoint
+    from engine.inference_folder import export_checkpoint
 
-    return export_checkpoint(config(), ckpt, save_dir=str(root / "inference"))["dir"]
+    return export_checkpoint(ckpt, "MobileFaceNet", save_dir=str(root / "inference"))["dir"]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,7 @@ def test_compare(model, folder):
 
 
 def test_create_model_by_name_uses_the_config_model_dir(model_dir, tmp_path, monkeypatch):
-    assert P.default_model_dir("MobileFaceNet") == str(config().Predict.model_dir)
+    assert predictor.default_model_dir("MobileFaceNet") == str(config().Predict.model_dir)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match="does not exist: train and export first"):
         create_model("MobileFaceNet")
@@ -146,7 +147,8 @@ def test_cli_writes_the_good_results_and_exits_1_on_a_bad_file(model_dir, folder
     assert proc.returncode == 1, proc.stderr[-2000:]
     last = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error:")]
     assert last and "1 of 7 images failed" in last[0] and "broken.jpg" in last[0]
-    saved = sorted(f for f in os.listdir(out) if f.endswith("_res.json"))
+    saved = sorted(f for f in os.listdir(out / "predict") if f.endswith("_res.json"))
+    assert not any(f.endswith("_res.json") for f in os.listdir(out))  # results live in a folder of their own
     assert saved == ["a_res.json", "b_res.json", "d_res.json", "e_res.json", "sub_a_res.json", "sub_c_res.json"]
     assert proc.stdout.count("'feature': [") == 6
 
@@ -170,7 +172,7 @@ def test_cli_runner_with_a_list_of_inputs(model_dir, folder, tmp_path, capsys):
     cfg = config(Global__mode="predict", Predict__model_dir=model_dir, Global__output=str(out),
                  Predict__input=f"[{folder / 'a.jpg'},{folder / 'sub'}]", Predict__batch_size=2)
     assert P.run(cfg) == 0
-    assert sorted(f for f in os.listdir(out) if f.endswith("_res.json")) == ["a_res.json", "c_res.json"]
+    assert sorted(f for f in os.listdir(out / "predict") if f.endswith("_res.json")) == ["a_res.json", "c_res.json"]
     assert "Predict done: 2 result(s)" in capsys.readouterr().out
 
 
@@ -179,4 +181,18 @@ def test_same_file_twice_gets_two_result_files(model_dir, folder, tmp_path):
     cfg = config(Global__mode="predict", Predict__model_dir=model_dir, Global__output=str(out),
                  Predict__input=f"[{folder / 'a.jpg'},{folder / 'a.jpg'}]")
     assert P.run(cfg) == 0
-    assert sorted(f for f in os.listdir(out) if f.endswith("_res.json")) == ["a_2_res.json", "a_res.json"]
+    assert sorted(f for f in os.listdir(out / "predict") if f.endswith("_res.json")) == ["a_2_res.json", "a_res.json"]
+
+
+def test_api_results_with_the_same_stem_never_overwrite_each_other(model_dir, tmp_path):
+    """a/00.jpg and b/00.jpg saved into one folder: two files, one per result."""
+    for sub, value in (("a", 40), ("b", 200)):
+        (tmp_path / sub).mkdir()
+        cv2.imwrite(str(tmp_path / sub / "00.jpg"), np.full((112, 112, 3), value, np.uint8))
+    model = create_model(model_dir=model_dir)
+    out = tmp_path / "saved"
+    results = list(model.predict([str(tmp_path / "a" / "00.jpg"), str(tmp_path / "b" / "00.jpg")]))
+    paths = [r.save_to_json(str(out)) for r in results]
+    assert len(set(paths)) == 2 and sorted(os.listdir(out)) == ["00_2_res.json", "00_res.json"]
+    saved = [json.load(open(p))["input_path"] for p in paths]
+    assert saved == [str(tmp_path / "a" / "00.jpg"), str(tmp_path / "b" / "00.jpg")]

@@ -18,7 +18,7 @@ needs_orl = pytest.mark.skipif(not os.path.isdir(ORL), reason="ORL faces not ava
 def model_dir(tmp_path_factory):
     import paddle
 
-    from engine.export import export_inference
+    from engine.inference_folder import export_inference
     from models import build_backbone
 
     paddle.seed(0)
@@ -122,7 +122,7 @@ def test_haar_detector_on_orl_faces_pasted_into_a_scene():
 # --------------------------------------------------------------------------- pipeline (Python API)
 def test_pipeline_python_api_build_recognize_append_remove(model_dir, gallery, tmp_path):
     from foundation.errors import UserError
-    from engine.recognize import RecognitionPipeline
+    from engine.recognition import RecognitionPipeline
 
     pipe = RecognitionPipeline(model_dir, det={"enable": False}, batch_size=4, top_k=3, rec_threshold=0.4)
     summary = pipe.build_index(str(gallery / "gallery"), index_dir=str(tmp_path / "ix"))

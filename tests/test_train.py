@@ -336,7 +336,7 @@ def test_batch_larger_than_the_dataset_cli(data, tmp_path):
 
 
 def test_output_dir_guard_and_overwrite(tmp_path):
-    from engine.train import prepare_output_dir
+    from engine.checkpoints import prepare_output_dir
 
     out = tmp_path / "out"
     (out / "latest").mkdir(parents=True)
@@ -355,7 +355,7 @@ def test_output_dir_guard_and_overwrite(tmp_path):
 # --------------------------------------------------------------------------- pretrained weights
 def test_pretrained_weights_by_name_skip_head_and_url_errors(straight, tmp_path):
     from engine.builders import build_model
-    from engine.train import fetch_weights, load_pretrained
+    from engine.checkpoints import fetch_weights, load_pretrained
 
     cfg = load_config(CONFIG)
     model = build_model(cfg, 6)  # the checkpoint's head has 4 classes

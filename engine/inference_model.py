@@ -5,80 +5,35 @@ ProgramDesc `inference.pdmodel` (Paddle 2.x, earlier PaddleX/PaddleClas exports)
 cannot go through the new PIR executor (its oneDNN passes fail on attribute types), so its
 predictor is built with `config.enable_new_ir(False)`; the JSON format needs the new IR on.
 The choice is made from the files found; the user never sets it. A folder holding both (what
-engine.export writes) runs the old format, which is faster here (see find_model_files).
+export writes) runs the old format, which is faster here (see engine.inference_folder.find_model_files).
 
 run_mode: "paddle" (fp32, oneDNN on CPU; "mkldnn" is the same) or "mkldnn_bf16" (oneDNN bf16
 convolutions where the CPU has native bf16; see InferenceModel._setup_bf16 for its limits).
 A predictor is not thread-safe: call predict from one thread (decode images in others).
 """
 import os
+import re
 
 import numpy as np
+from paddle import inference as paddle_infer
 
+from engine.inference_folder import find_model_files, read_inference_yml
 from foundation.errors import ConfigError, UserError
+from foundation.logger import get_logger
+from foundation.runtime import cpu_flags, parse_device
 
 RUN_MODES = ("paddle", "mkldnn", "mkldnn_bf16")
-
-
-def find_model_files(model_dir, prefer=None):
-    """(model_file, params_file, format) for an inference folder; UserError naming what is missing.
-
-    When a folder has both formats (engine.export writes both by default) the old ProgramDesc is
-    chosen: on this 2-core CPU its executor ran MobileFaceNet about 1.8x faster than the PIR one
-    (61 -> 106 img/s, batch 64, oneDNN, 2 threads) and it can keep PReLU out of bf16.
-    `prefer="pir"` or `"program"` overrides that choice.
-    """
-    model_dir = str(model_dir)
-    if not os.path.isdir(model_dir):
-        what = "is a file, not a folder" if os.path.exists(model_dir) else "does not exist"
-        raise UserError(f"inference model folder {model_dir} {what}: expected a folder with inference.json "
-                        "(or inference.pdmodel) and inference.pdiparams, e.g. output/best_model/inference")
-    params = os.path.join(model_dir, "inference.pdiparams")
-    candidates = [("inference.pdmodel", "program"), ("inference.json", "pir")]
-    if prefer == "pir":
-        candidates.reverse()
-    for name, fmt in candidates:
-        model = os.path.join(model_dir, name)
-        if os.path.isfile(model):
-            if not os.path.isfile(params):
-                raise UserError(f"{model_dir} has {name} but no inference.pdiparams (the weights); re-export the model")
-            return model, params, fmt
-    present = sorted(os.listdir(model_dir))[:8]
-    raise UserError(f"no inference model in {model_dir}: expected inference.json (or inference.pdmodel) plus "
-                    f"inference.pdiparams, found {', '.join(present) or 'an empty folder'}. "
-                    "Export one with -o Global.mode=export")
-
-
-def read_inference_yml(model_dir):
-    """inference.yml as a dict ({} when absent: older exports may lack it)."""
-    import yaml
-
-    path = os.path.join(model_dir, "inference.yml")
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{path} is not valid YAML: {e}") from None
-    return data if isinstance(data, dict) else {}
 
 
 def cpu_supports_bf16():
     """True when this CPU has native bf16 dot products (AVX512-BF16 or AMX), which oneDNN needs
     to make bf16 faster than fp32."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+    flags = cpu_flags()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def program_has_op(model_file, op_name):
     """Whether an exported program uses an operator (e.g. "prelu"), read from the file itself."""
-    import re
-
     with open(model_file, "rb") as f:
         data = f.read()
     if model_file.endswith(".json"):  # PIR ops are serialised as "#":"<dialect id>.<op name>"
@@ -95,10 +50,6 @@ class InferenceModel:
 
     def __init__(self, model_dir, device="cpu", num_threads=2, run_mode="paddle", mkldnn_cache_capacity=10,
                  prefer_format=None):
-        from paddle import inference as paddle_infer
-
-        from foundation.runtime import parse_device
-
         if run_mode not in RUN_MODES:
             raise ConfigError(f"run_mode '{run_mode}' is not one of {', '.join(RUN_MODES)}")
         self.model_dir = str(model_dir)
@@ -148,8 +99,6 @@ class InferenceModel:
         (bf16 for the convolutions only: cosine 0.9993 to fp32); the PIR executor ignores the list
         and converts every op, so a PIR model with PReLU stays in fp32 with a warning.
         """
-        from foundation.logger import get_logger
-
         if not cpu_supports_bf16():
             get_logger().warning("run_mode mkldnn_bf16: this CPU has no native bf16 (avx512_bf16/amx); running fp32")
             return "fp32: no CPU bf16 support"

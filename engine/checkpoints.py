@@ -1,0 +1,280 @@
+"""Training checkpoints: the output folder's run files, saving (atomic folder swaps), pruning,
+finding a checkpoint after a kill, resuming with optimizer and RNG state, pretrained weights.
+
+A checkpoint folder (latest/, best_model/, epoch_N/) holds <name>.pdparams (model state),
+<name>.pdopt (optimizer state keyed by layer path) and <name>.pdstates (epoch, step, metrics,
+schedule, RNG state, model name, class count), plus inference/ where exported.
+"""
+import os
+import random
+import re
+import shutil
+import tempfile
+import urllib.parse
+
+import numpy as np
+import paddle
+
+from engine.config import get
+from foundation.atomic_io import atomic_replace_dir, download_file
+from foundation.errors import UserError
+from foundation.logger import get_logger
+from foundation.runtime import cache_dir
+from models import describe_report, load_backbone_weights, load_weights_by_name, read_state_dict
+
+KEEP_EPOCH_DIRS = 5  # matches train_result.json's last_1..last_5
+WEIGHTS_CACHE = cache_dir("weights")
+# What a training run writes; only these count as "an older run" and only these are removed
+# by Train.overwrite_output (other files in the folder, e.g. check_dataset results, stay).
+RUN_ARTIFACTS = ("train_result.json", "train.log", "config.yaml", "latest", "best_model", "vdl", "dist_logs")
+EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
+STAGING_PREFIX = ".staging."  # temporary folders of a save in progress
+
+
+def previous_run_items(output_dir):
+    if not os.path.isdir(output_dir):
+        return []
+    names = sorted(os.listdir(output_dir))
+    return [n for n in names if n in ("train_result.json", "latest", "best_model") or EPOCH_DIR.match(n)]
+
+
+def prepare_output_dir(cfg, output_dir, resuming):
+    """Refuse to mix a new run into a folder holding an older one, unless asked to."""
+    found = previous_run_items(output_dir)
+    if not found or resuming:
+        return
+    if not bool(get(cfg, "Train.overwrite_output", False)):
+        shown = ", ".join(n + ("/" if os.path.isdir(os.path.join(output_dir, n)) else "") for n in found[:6])
+        raise UserError(
+            f"output folder '{output_dir}' holds an earlier training run ({shown}). Continue it with "
+            f"-o Train.resume_path={os.path.join(output_dir, 'latest', 'latest.pdparams')}, write elsewhere with "
+            "-o Global.output=DIR, or replace it with -o Train.overwrite_output=True")
+    for name in sorted(os.listdir(output_dir)):
+        path = os.path.join(output_dir, name)
+        if name in RUN_ARTIFACTS or EPOCH_DIR.match(name):
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+    get_logger().info(f"Train.overwrite_output=True: removed the earlier run's files from {output_dir}")
+
+
+def checkpoint_files(folder, name):
+    base = os.path.join(folder, name)
+    return {"pdparams": base + ".pdparams", "pdopt": base + ".pdopt", "pdstates": base + ".pdstates"}
+
+
+def find_checkpoint(resume_path):
+    """The three files of the checkpoint that `resume_path` names (its .pdparams, or its folder).
+
+    A kill during the two renames of a folder swap can leave the complete old folder under
+    its temporary '.<name>.*.tmp.old' name; it is picked up from there.
+    """
+    path = os.path.abspath(str(resume_path))
+    if os.path.isdir(path):
+        found = sorted(f for f in os.listdir(path) if f.endswith(".pdparams"))
+        if len(found) != 1:
+            raise UserError(f"Train.resume_path {resume_path} is a folder with {len(found)} .pdparams files: "
+                            "give the checkpoint file, e.g. output/latest/latest.pdparams")
+        path = os.path.join(path, found[0])
+    if not path.endswith(".pdparams"):
+        path = path + ".pdparams" if os.path.isfile(path + ".pdparams") else path
+    folder, fname = os.path.split(path)
+    name = fname[:-len(".pdparams")] if fname.endswith(".pdparams") else fname
+    if not os.path.isfile(path):
+        parent, dname = os.path.split(folder)
+        leftovers = sorted(d for d in (os.listdir(parent) if os.path.isdir(parent) else [])
+                           if d.startswith(f".{dname}.") and d.endswith(".tmp.old"))
+        for d in leftovers:
+            if os.path.isfile(os.path.join(parent, d, fname)):
+                get_logger().warning(f"{folder} is missing (killed during a checkpoint swap); "
+                                     f"using the complete previous copy {os.path.join(parent, d)}")
+                folder = os.path.join(parent, d)
+                break
+        else:
+            raise UserError(f"Train.resume_path {resume_path} does not exist: give a checkpoint written by "
+                            "training, e.g. output/latest/latest.pdparams")
+    files = checkpoint_files(folder, name)
+    for kind, f in files.items():
+        if not os.path.isfile(f):
+            raise UserError(f"cannot resume from {resume_path}: {os.path.basename(f)} is missing next to it "
+                            f"(a checkpoint needs .pdparams, .pdopt and .pdstates)")
+    return files
+
+
+# --------------------------------------------------------------------------- pretrained weights
+def fetch_weights(path_or_url, cache_dir=WEIGHTS_CACHE):
+    """A local .pdparams path, or the cached download of an http(s) URL (fetched once)."""
+    text = str(path_or_url)
+    if not re.match(r"^https?://", text, re.IGNORECASE):
+        if not os.path.isfile(text):
+            raise UserError(f"Train.pretrain_weight_path {text} does not exist: give a .pdparams file or an "
+                            "http(s) URL, or leave it empty to train from scratch")
+        return text
+    name = os.path.basename(urllib.parse.urlparse(text).path) or "weights.pdparams"
+    target = os.path.join(cache_dir, name)
+    if os.path.isfile(target):
+        get_logger().info(f"pretrained weights: using the cached download {target}")
+        return target
+    get_logger().info(f"downloading pretrained weights {text} -> {target}")
+
+    try:
+        download_file(text, target, timeout=60)
+    except OSError as e:  # URLError, HTTPError, timeouts and socket errors are all OSErrors
+        reason = getattr(e, "reason", None) or e
+        raise UserError(f"cannot download Train.pretrain_weight_path {text}: {reason}. Without network access, "
+                        f"download it elsewhere and pass the local .pdparams path") from None
+    return target
+
+
+def load_pretrained(model, path_or_url):
+    """Load weights by name with shape checks: a full model checkpoint (backbone.* and head.*;
+    the head is skipped when its class count differs) or a bare backbone. Returns the report."""
+    log = get_logger()
+    path = fetch_weights(path_or_url)
+    state = read_state_dict(path)
+    if any(k.startswith("backbone.") for k in state):
+        report = load_weights_by_name(model, state, source=path)
+        if not any(n.startswith("backbone.") for n in report["loaded"]):
+            raise UserError(f"{path} has no backbone tensor that fits {getattr(model.backbone, 'model_name', '')}: "
+                            "is it a checkpoint of another model (Global.model / Arch.embedding_size)?")
+    else:
+        report = load_backbone_weights(model.backbone, state)
+        report["source"] = path
+    for line in describe_report(report):
+        log.info(f"pretrained weights: {line}")
+    return report
+
+
+def _rename_optimizer_keys(state, mapping):
+    """Optimizer state keys are '<parameter name>_<accumulator>_0'; swap the parameter part."""
+    names = sorted(mapping, key=len, reverse=True)  # longest first: 'a.w_1' before 'a.w'
+    out = {}
+    for key, value in state.items():
+        if key == "master_weights" and isinstance(value, dict):
+            out[key] = {mapping.get(k, k): v for k, v in value.items()}
+            continue
+        new = key
+        for name in names:
+            if key == name or key.startswith(name + "_"):
+                new = mapping[name] + key[len(name):]
+                break
+        out[new] = value
+    return out
+
+
+def optimizer_state_by_layer(model, optimizer):
+    """optimizer.state_dict() keyed by layer paths ('backbone.conv1.conv.weight_moment1_0').
+
+    Paddle keys the state by generated parameter names ('conv2d_17.w_0'), which depend on how
+    many layers the process created before this model; layer paths do not, so a checkpoint
+    resumes in any process.
+    """
+    return _rename_optimizer_keys(optimizer.state_dict(), {p.name: n for n, p in model.named_parameters()})
+
+
+def optimizer_state_for(model, state):
+    """The inverse of optimizer_state_by_layer for this process's parameter names."""
+    return _rename_optimizer_keys(state, {n: p.name for n, p in model.named_parameters()})
+
+
+def numpy_rng_state():
+    """np.random's state with plain-Python values (paddle.load turns uint32 arrays into errors)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)]
+
+
+# --------------------------------------------------------------------------- saving
+def save_checkpoints(output_dir, folders, params, opt_state, states, export_fn=None, epoch=None,
+                     last_saved_epoch=None):
+    """Write one checkpoint into each of `folders` (names under output_dir: latest, epoch_N,
+    best_model), each built under a temporary name and swapped in whole. With `export_fn(dir)`,
+    every folder also gets inference/ (exported once, copied)."""
+    with tempfile.TemporaryDirectory(prefix=STAGING_PREFIX, dir=output_dir) as staging:
+        inference_dir = None
+        if export_fn is not None:
+            inference_dir = os.path.join(staging, "inference")
+            export_fn(inference_dir)
+
+        def build(name):
+            def fill(tmp):
+                files = checkpoint_files(tmp, name)
+                paddle.save(params, files["pdparams"])
+                paddle.save(opt_state, files["pdopt"])
+                paddle.save(states, files["pdstates"])
+                if inference_dir:
+                    shutil.copytree(inference_dir, os.path.join(tmp, "inference"))
+            return fill
+
+        for folder in folders:
+            try:
+                atomic_replace_dir(build(folder), os.path.join(output_dir, folder))
+            except OSError as e:
+                kept = (f"the previous {folder}/ (epoch {last_saved_epoch}) is left as it was"
+                        if last_saved_epoch else "nothing was saved")
+                raise UserError(f"cannot write the epoch {epoch} checkpoint {folder}/ in {output_dir}: "
+                                f"{e}; {kept}. Free disk space or fix permissions, then resume") from e
+
+
+def prune_epoch_dirs(output_dir, keep=KEEP_EPOCH_DIRS):
+    """Delete all but the newest `keep` epoch_N/ folders (by epoch number, not name order)."""
+    epochs = sorted(int(m.group(1)) for m in map(EPOCH_DIR.match, os.listdir(output_dir)) if m)
+    for e in epochs[:-keep] if keep else epochs:
+        shutil.rmtree(os.path.join(output_dir, f"epoch_{e}"), ignore_errors=True)
+
+
+def remove_stale_staging(output_dir):
+    """Temporary folders left by a run killed while saving."""
+    for name in os.listdir(output_dir):
+        if name.startswith(STAGING_PREFIX):
+            shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- resuming
+def restore_checkpoint(files, model, optimizer, scheduler, scaler, want, steps_per_epoch):
+    """Load model, optimizer, schedule, grad-scaler and RNG state from a checkpoint's files; return
+    its .pdstates dict. `want` ({"model_name", "num_classes", "embedding_size"}) must match it."""
+    log = get_logger()
+    states = paddle.load(files["pdstates"], return_numpy=True)
+    differ = [f"{k}: checkpoint {states.get(k)!r}, this run {v!r}" for k, v in want.items() if states.get(k) != v]
+    if differ:
+        raise UserError(f"cannot resume from {files['pdparams']}: the run differs from the checkpoint ("
+                        + "; ".join(differ) + "). Resume with the same config and data, or start a new run "
+                        "(use Train.pretrain_weight_path to start from its weights)")
+    report = load_weights_by_name(model, paddle.load(files["pdparams"]), source=files["pdparams"])
+    if report["missing"] or report["skipped"]:
+        raise UserError(f"cannot resume from {files['pdparams']}: it does not fit the model "
+                        f"(missing {report['missing'][:3]}, mismatched {report['skipped'][:3]})")
+    optimizer.set_state_dict(optimizer_state_for(model, paddle.load(files["pdopt"])))
+    scheduler.set_state_dict(states["lr_scheduler"])
+    if scaler is not None and states.get("grad_scaler"):
+        scaler.load_state_dict(states["grad_scaler"])
+    rng = states.get("rng") or {}
+    if "python" in rng:
+        random.setstate(rng["python"])
+    if "numpy" in rng:
+        name, keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "paddle" in rng:
+        try:
+            paddle.set_rng_state(rng["paddle"])
+        except Exception as e:  # another device type: the seeded streams above still hold
+            log.warning(f"could not restore the Paddle RNG state ({e}); continuing")
+    if states.get("steps_per_epoch") not in (None, steps_per_epoch):
+        log.warning(f"steps per epoch changed from {states['steps_per_epoch']} to {steps_per_epoch} (batch size, "
+                    "data or process count differ): the schedule continues from the saved iteration count")
+    return states
+
+
+def carry_best_model(output_dir, files):
+    """Resuming into another output folder: bring the run's best_model/ along, so the best
+    checkpoint still exists here. Returns False when there is none to bring."""
+    here = os.path.join(output_dir, "best_model")
+    if os.path.isdir(here):
+        return True
+    there = os.path.join(os.path.dirname(os.path.dirname(files["pdparams"])), "best_model")
+    if not os.path.isfile(os.path.join(there, "best_model.pdparams")):
+        return False
+    atomic_replace_dir(lambda tmp: shutil.copytree(there, tmp, dirs_exist_ok=True), here)
+    get_logger().info(f"copied the run's best checkpoint {there} to {here}")
+    return True

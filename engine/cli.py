@@ -1,0 +1,53 @@
+"""The command line: `python main.py -c CONFIG.yaml -o Global.mode=MODE -o Key.sub=value ...`
+
+The same entry runs as `python main.py` from the repository, `python -m engine` and the
+`facefeat` console script of an installed copy.
+
+Exit codes: 0 success, 1 a run that failed on its input (dataset, weights, images),
+2 a bad command line or config (checked before Paddle loads), 3 a mode that is not implemented,
+130 interrupted.
+"""
+import argparse
+import sys
+
+from engine import runner_for
+from engine.config import load_config
+from foundation.errors import UserError
+from foundation.logger import quiet_library_warnings
+from foundation.runtime import num_threads_from, set_threads
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="main.py",
+        description="Face feature toolkit. Modes (Global.mode): check_dataset, train, evaluate, export, predict; "
+                    "with configs/face_recognition/pipeline.yaml: build_index, append_index, remove_index, recognize.",
+    )
+    parser.add_argument("-c", "--config", required=True, help="YAML config, e.g. configs/face_recognition/MobileFaceNet.yaml")
+    parser.add_argument(
+        "-o", "--override", action="append", nargs="+", default=[], metavar="Key.sub=value",
+        help="override a config value (repeatable), e.g. -o Global.mode=train -o Train.epochs_iters=10",
+    )
+    args = parser.parse_args(argv)
+    args.override = [item for group in args.override for item in group]
+    return args
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = load_config(args.config, args.override)
+        run = runner_for(cfg.Global.mode)
+        # before any runner loads Paddle: it reads OMP_NUM_THREADS once, when it starts
+        set_threads(num_threads_from(cfg.Global.num_threads))
+        quiet_library_warnings()
+        return int(run(cfg) or 0)
+    except UserError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return e.exit_code
+    except NotImplementedError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130

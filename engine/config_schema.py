@@ -1,0 +1,307 @@
+"""Every config key, once: its type, default, allowed range or choices, and what it means.
+
+Two schemas: `ModelConfig` (configs/face_recognition/MobileFaceNet.yaml, ResNet50_face.yaml:
+check_dataset, train, evaluate, export, predict) and `PipelineConfig` (pipeline.yaml: the gallery
+modes and recognize). engine.config merges a YAML file and `-o` overrides into one of them and
+checks every value against the field's type and `setting(...)` limits; runners then read typed
+attributes (`cfg.Train.batch_size`). The README's config tables are generated from here
+(`config_tables_markdown`), so the two cannot drift apart.
+
+Plain dataclasses: nothing here imports Paddle.
+"""
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from typing import Any, List, Optional, get_args, get_origin
+
+BACKBONES = ("MobileFaceNet", "ResNet50_face")
+MODEL_MODES = ("check_dataset", "train", "evaluate", "export", "predict")
+PIPELINE_MODES = ("build_index", "append_index", "remove_index", "recognize")
+RUN_MODES = ("paddle", "mkldnn", "mkldnn_bf16")
+
+
+def setting(default, help, *, min=None, max=None, greater_than=None, choices=None):
+    """A config field: `default` (a list or a dataclass type is copied per instance), a one-line
+    `help`, and the limits checked at load (min/max inclusive, greater_than exclusive, choices)."""
+    meta = {"help": help, "min": min, "max": max, "greater_than": greater_than, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    if isinstance(default, type) and is_dataclass(default):
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------- model configs
+@dataclass
+class ModelGlobal:
+    model: str = setting("MobileFaceNet", "model name (which official model, which config)", choices=BACKBONES)
+    mode: str = setting("check_dataset", "what to run", choices=MODEL_MODES)
+    dataset_dir: str = setting("./dataset/face_demo", "dataset folder holding train/ and val/; the default "
+                               "demo dataset is generated on first use")
+    device: str = setting("cpu", "cpu, gpu, gpu:0 or gpu:0,1,2,3 (several GPUs: data-parallel training)")
+    output: str = setting("output", "folder for results, logs and checkpoints")
+    seed: int = setting(42, "random seed (shuffle, flip, initial weights)", min=0)
+    num_threads: int = setting(2, "CPU threads for Paddle, OpenCV and faiss; 0 = every core", min=0)
+    cpu_speedup: bool = setting(True, "CPU training speed-ups (fused PReLU/depthwise kernels, allocator setting)")
+
+
+@dataclass
+class Convert:
+    enable: bool = setting(False, "dataset format conversion: not supported for face features (must stay False)")
+    src_dataset_type: Optional[str] = setting(None, "unused (kept for PaddleX compatibility)")
+
+
+@dataclass
+class Split:
+    enable: bool = setting(False, "dataset re-splitting: not supported for face features (must stay False)")
+    train_percent: Optional[int] = setting(None, "unused (kept for PaddleX compatibility)", min=0, max=100)
+    val_percent: Optional[int] = setting(None, "unused (kept for PaddleX compatibility)", min=0, max=100)
+
+
+@dataclass
+class CheckDatasetSection:
+    convert: Convert = setting(Convert, "")
+    split: Split = setting(Split, "")
+    max_errors: int = setting(50, "problems listed before the check stops", min=1)
+    decode_sample: int = setting(2000, "images fully decoded (every header is read); all when fewer", min=0)
+    decode_all: bool = setting(False, "decode every listed image (slow on large datasets)")
+
+
+@dataclass
+class Head:
+    name: str = setting("ArcMargin", "margin head", choices=("ArcMargin",))
+    margin: float = setting(0.5, "additive angular margin m (radians)", min=0.0, max=1.5)
+    scale: float = setting(64.0, "logit scale s", greater_than=0.0)
+    easy_margin: bool = setting(False, "apply the margin only where cos(theta) > 0")
+
+
+@dataclass
+class ArchSection:
+    backbone: str = setting("MobileFaceNet", "feature network", choices=BACKBONES)
+    embedding_size: int = setting(128, "feature length (MobileFaceNet 128, ResNet50_face 512)", min=1)
+    image_size: int = setting(112, "input side in pixels (both backbones are built for 112x112)", choices=(112,))
+    head: Head = setting(Head, "")
+    loss: str = setting("CELoss", "loss over the margin logits", choices=("CELoss",))
+
+
+@dataclass
+class Optimizer:
+    name: str = setting("AdamW", "optimizer", choices=("AdamW",))
+    beta1: float = setting(0.9, "AdamW beta1", min=0.0, max=0.999999)
+    beta2: float = setting(0.999, "AdamW beta2", min=0.0, max=0.999999)
+    epsilon: float = setting(1e-8, "AdamW epsilon", greater_than=0.0)
+    weight_decay: float = setting(0.05, "decoupled weight decay (not on 1-D parameters: BN, PReLU, bias)", min=0.0)
+
+
+@dataclass
+class TrainTransforms:
+    random_flip: float = setting(0.5, "probability of a horizontal flip", min=0.0, max=1.0)
+
+
+@dataclass
+class TrainSection:
+    num_classes: Optional[int] = setting(None, "identities; null = from the data, else it must agree with it", min=2)
+    epochs_iters: int = setting(25, "epochs", min=1)
+    batch_size: int = setting(128, "images per step and device", min=1)
+    learning_rate: float = setting(0.002, "peak learning rate", greater_than=0.0)
+    warmup_steps: float = setting(1.0, "epochs of linear warm-up from 0", min=0.0)
+    eta_min: float = setting(1e-6, "learning rate at the end of the cosine decay", min=0.0)
+    optimizer: Optimizer = setting(Optimizer, "")
+    transforms: TrainTransforms = setting(TrainTransforms, "")
+    amp: str = setting("O1", "mixed precision on GPU (O1) or none (O0); CPU always trains in fp32",
+                       choices=("O0", "O1"))
+    num_workers: int = setting(2, "image-decoding worker processes (0 = in the training process)", min=0)
+    pretrain_weight_path: Optional[str] = setting("", "start from these weights (.pdparams path or http(s) URL)")
+    resume_path: Optional[str] = setting(None, "continue a run from its checkpoint (e.g. output/latest/latest.pdparams)")
+    overwrite_output: bool = setting(False, "replace an earlier run's files in Global.output")
+    cpu_processes: int = setting(1, "data-parallel CPU processes (gloo) when > 1", min=1)
+    log_interval: int = setting(10, "steps between log lines", min=1)
+    eval_interval: int = setting(1, "epochs between validations", min=1)
+    save_interval: int = setting(1, "epochs between epoch_N/ checkpoints", min=1)
+
+
+@dataclass
+class EvaluateSection:
+    weight_path: str = setting("output/best_model/best_model.pdparams",
+                               "checkpoint (.pdparams) or exported inference folder to score")
+    log_interval: int = setting(10, "batches between log lines", min=1)
+    batch_size: int = setting(64, "images decoded together", min=1)
+    flip: bool = setting(True, "add each image's horizontally flipped feature (insightface protocol)")
+    folds: int = setting(10, "cross-validation folds for the threshold", min=2)
+    bin_paths: List[str] = setting([], "insightface .bin files to score instead of the val pairs")
+
+
+@dataclass
+class ExportSection:
+    weight_path: str = setting("output/best_model/best_model.pdparams", "checkpoint (.pdparams) to export")
+    save_dir: Optional[str] = setting(None, "where to write; null = <weights folder>/inference")
+
+
+@dataclass
+class KernelOption:
+    run_mode: str = setting("paddle", "paddle (fp32) or mkldnn_bf16 (oneDNN bf16 convolutions)", choices=RUN_MODES)
+
+
+@dataclass
+class PredictSection:
+    batch_size: int = setting(1, "images per forward pass", min=1)
+    model_dir: str = setting("output/best_model/inference", "exported inference folder")
+    input: Any = setting("dataset/face_demo/val/images", "image, folder (recursive), URL, or a list of these")
+    kernel_option: KernelOption = setting(KernelOption, "")
+
+
+@dataclass
+class ModelConfig:
+    Global: ModelGlobal = setting(ModelGlobal, "")
+    CheckDataset: CheckDatasetSection = setting(CheckDatasetSection, "")
+    Arch: ArchSection = setting(ArchSection, "")
+    Train: TrainSection = setting(TrainSection, "")
+    Evaluate: EvaluateSection = setting(EvaluateSection, "")
+    Export: ExportSection = setting(ExportSection, "")
+    Predict: PredictSection = setting(PredictSection, "")
+
+
+# --------------------------------------------------------------------------- pipeline config
+@dataclass
+class PipelineGlobal:
+    model: str = setting("MobileFaceNet", "informational: the feature model is whatever Rec.model_dir holds")
+    mode: str = setting("recognize", "what to run", choices=PIPELINE_MODES)
+    device: str = setting("cpu", "cpu or gpu:0")
+    output: str = setting("output/recognition", "recognize writes <name>_res.json (+ .jpg) here")
+    num_threads: int = setting(2, "CPU threads for Paddle, OpenCV and faiss; 0 = every core", min=0)
+
+
+@dataclass
+class DetSection:
+    enable: bool = setting(True, "False: every image is already a face crop")
+    type: str = setting("haar", "haar (bundled cascades) or paddle (a detection model in model_dir)",
+                        choices=("haar", "paddle"))
+    model_dir: Optional[str] = setting(None, "paddle: exported face detector folder; haar: optional cascade .xml")
+    threshold: float = setting(0.6, "detection score threshold", min=0.0, max=1.0)
+    margin: float = setting(0.2, "crop margin (fraction of the box side) when no eyes are found", min=0.0, max=2.0)
+    min_size: int = setting(24, "smallest face side in pixels", min=1)
+
+
+@dataclass
+class RecSection:
+    model_dir: str = setting("output/best_model/inference", "exported face feature model")
+    batch_size: int = setting(16, "faces embedded per forward pass", min=1)
+    run_mode: str = setting("paddle", "paddle (fp32) or mkldnn_bf16", choices=RUN_MODES)
+
+
+@dataclass
+class IndexSection:
+    gallery: str = setting("dataset/face_demo/val/images", "one sub-folder of images per person (name = label)")
+    label_file: Optional[str] = setting(None, "or a file of '<image path> <label>' lines")
+    dir: str = setting("output/gallery_index", "index folder (vector.index, id_map.json, meta.json)")
+    index_type: str = setting("Flat", "Flat (exact), IVF (IVFFlat) or HNSW (HNSW32)", choices=("Flat", "IVF", "HNSW"))
+    top_k: int = setting(5, "gallery matches reported per face", min=1)
+    rec_threshold: float = setting(0.4, "cosine below which the best match is 'unknown'", min=-1.0, max=1.0)
+    nprobe: int = setting(32, "IVF lists searched per query", min=1)
+    remove_labels: List[str] = setting([], "remove_index: labels to remove")
+    remove_ids: List[int] = setting([], "remove_index: ids (from id_map.json) to remove")
+
+
+@dataclass
+class PipelinePredict:
+    input: Any = setting("dataset/face_demo/val/images/p00000", "image, folder (recursive) or a list")
+    save_to_img: bool = setting(True, "also save <name>_res.jpg with boxes, labels and scores")
+
+
+@dataclass
+class PipelineConfig:
+    Global: PipelineGlobal = setting(PipelineGlobal, "")
+    Det: DetSection = setting(DetSection, "")
+    Rec: RecSection = setting(RecSection, "")
+    Index: IndexSection = setting(IndexSection, "")
+    Predict: PipelinePredict = setting(PipelinePredict, "")
+
+
+PIPELINE_SECTIONS = ("Det", "Rec", "Index")
+
+
+def schema_for(data):
+    """The schema a YAML mapping is written for: a pipeline config has Det/Rec/Index sections."""
+    return PipelineConfig if any(k in data for k in PIPELINE_SECTIONS) else ModelConfig
+
+
+# --------------------------------------------------------------------------- walking the schema
+def leaf_fields(schema, prefix=""):
+    """[(dotted key, dataclass field)] of every leaf of a schema, in declaration order."""
+    out = []
+    for f in fields(schema):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if is_dataclass(f.type):
+            out.extend(leaf_fields(f.type, key))
+        else:
+            out.append((key, f))
+    return out
+
+
+def section_keys(schema, prefix=""):
+    """Dotted keys of every section (nested dataclass) of a schema."""
+    out = []
+    for f in fields(schema):
+        if is_dataclass(f.type):
+            key = f"{prefix}.{f.name}" if prefix else f.name
+            out.append(key)
+            out.extend(section_keys(f.type, key))
+    return out
+
+
+def default_of(f):
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory()
+
+
+def type_name(tp):
+    """'int', 'float', 'bool', 'str', 'int or null', 'list of str', 'str or list of str'."""
+    if tp is Any:
+        return "str or list of str"
+    origin = get_origin(tp)
+    if origin is list:
+        return f"list of {type_name(get_args(tp)[0])}"
+    if origin is not None and type(None) in get_args(tp):  # Optional[X]
+        inner = [a for a in get_args(tp) if a is not type(None)][0]
+        return f"{type_name(inner)} or null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def allowed_text(f):
+    """What a field accepts beyond its type, for messages and the README: '>= 1', '0 to 1', 'one of ...'."""
+    m = f.metadata
+    if m.get("choices") is not None:
+        return "one of " + ", ".join(str(c) for c in m["choices"])
+    lo, hi, gt = m.get("min"), m.get("max"), m.get("greater_than")
+    if gt is not None:
+        return f"> {gt:g}" if hi is None else f"> {gt:g} and <= {hi:g}"
+    if lo is not None and hi is not None:
+        return f"{lo:g} to {hi:g}"
+    if lo is not None:
+        return f">= {lo:g}"
+    if hi is not None:
+        return f"<= {hi:g}"
+    return ""
+
+
+def _cell(value):
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return f'"{value}"' if value == "" else value
+    return str(value)
+
+
+def config_tables_markdown(schema):
+    """One Markdown table per section: key, type, default, allowed, meaning (for the README)."""
+    lines = []
+    current = None
+    for key, f in leaf_fields(schema):
+        section = key.split(".")[0]
+        if section != current:
+            if current is not None:
+                lines.append("")
+            lines += [f"**{section}**", "", "| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+            current = section
+        default = default_of(f)
+        lines.append(f"| `{key}` | {type_name(f.type)} | `{_cell(default)}` | {allowed_text(f)} | {f.metadata['help']} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,124 @@
+"""Model inputs: what a user may pass as images, expanded once into items, and how each is loaded.
+
+An input is an image path, a folder (searched recursively, sorted), an http(s) URL, a numpy BGR
+array, or a list of these. Shared by predict, the recognition pipeline and the Python API.
+"""
+import os
+import tempfile
+
+import numpy as np
+
+from datasets.demo import ensure_demo
+from datasets.transforms import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image, to_bgr
+from foundation.atomic_io import download_file
+from foundation.errors import UserError
+
+ARRAY_PREFIX = "array_"
+
+
+class InputItem:
+    """One image to process: where it came from, the name its result files take, how to load it."""
+
+    __slots__ = ("input_path", "name", "array", "explicit")
+
+    def __init__(self, input_path, name, array=None, explicit=True):
+        self.input_path = input_path
+        self.name = name
+        self.array = array
+        self.explicit = explicit  # named by the user (errors stop the run) vs found in a folder (skipped)
+
+
+def is_expanded(inputs):
+    """Whether `inputs` is already the [InputItem] that expand_inputs returns."""
+    return isinstance(inputs, list) and bool(inputs) and all(isinstance(i, InputItem) for i in inputs)
+
+
+def unique_names(items):
+    """Give repeated result names a suffix (a/00.jpg and b/00.jpg -> 00, 00_2), in input order,
+    so results saved into one folder never overwrite each other."""
+    taken = set()
+    for item in items:
+        name, i = item.name, 2
+        while name in taken:
+            name, i = f"{item.name}_{i}", i + 1
+        taken.add(name)
+        item.name = name
+    return items
+
+
+def is_url(text):
+    return str(text).lower().startswith(("http://", "https://"))
+
+
+def download(url, timeout=30):
+    """Fetch `url` into a temporary file; UserError (one line) when it cannot be reached."""
+    suffix = os.path.splitext(url.split("?", 1)[0])[1][:5] or ".jpg"
+    fd, tmp = tempfile.mkstemp(prefix="facefeat_url_", suffix=suffix)
+    os.close(fd)
+    try:
+        download_file(url, tmp, timeout=timeout)
+    except (OSError, ValueError) as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        reason = getattr(e, "reason", e)
+        raise UserError(f"cannot download {url}: {reason} (no network? download the image and pass its path)") from None
+    return tmp
+
+
+def expand_inputs(inputs):
+    """[InputItem] for a path, folder, URL, numpy array or a list of these, each with a result
+    name of its own. UserError on a missing path, an empty folder or an unsupported value, before
+    any image is processed. A path inside the built-in demo dataset generates it on first use."""
+    if isinstance(inputs, (str, os.PathLike, np.ndarray)):
+        inputs = [inputs]
+    elif not isinstance(inputs, (list, tuple)):
+        raise UserError(f"unsupported input type {type(inputs).__name__}: give an image path, a folder, a URL, "
+                        "a numpy BGR image or a list of these")
+    if len(inputs) == 0:
+        raise UserError("no input given: pass an image path, a folder, a URL or a numpy image")
+    items, array_count = [], 0
+    for value in inputs:
+        if isinstance(value, np.ndarray):
+            if value.ndim not in (2, 3) or value.size == 0:
+                raise UserError(f"numpy input #{array_count} has shape {value.shape}: expected an HxW or HxWxC image")
+            items.append(InputItem(None, f"{ARRAY_PREFIX}{array_count}", array=value))
+            array_count += 1
+            continue
+        if not isinstance(value, (str, os.PathLike)):
+            raise UserError(f"unsupported input {type(value).__name__}: give image paths, folders, URLs or numpy images")
+        text = os.fspath(value)
+        if is_url(text):
+            items.append(InputItem(text, os.path.splitext(os.path.basename(text.split("?", 1)[0]))[0] or "url"))
+            continue
+        ensure_demo(text)
+        if os.path.isdir(text):
+            files = list_images(text)
+            if not files:
+                raise UserError(f"input folder {text} holds no images ({', '.join(IMAGE_EXTENSIONS)}, searched recursively)")
+            # named by the path inside the folder (sub/x.jpg -> sub_x), so sub-folders such as one
+            # per person with 00.jpg, 01.jpg ... do not collide; a flat folder gives plain stems
+            items.extend(InputItem(f, os.path.splitext(os.path.relpath(f, text))[0].replace(os.sep, "_"), explicit=False)
+                         for f in files)
+        elif os.path.isfile(text):
+            items.append(InputItem(text, os.path.splitext(os.path.basename(text))[0]))
+        else:
+            raise UserError(f"input {text} does not exist (give an image file, a folder of images or a URL)")
+    return unique_names(items)
+
+
+def load_item(item):
+    """The BGR uint8 image of an InputItem; UserError (one line) when it cannot be read."""
+    try:
+        if item.array is not None:
+            return to_bgr(item.array)
+        if is_url(item.input_path):
+            tmp = download(item.input_path)
+            try:
+                return read_image(tmp)
+            except ImageReadError:
+                raise ImageReadError(f"{item.input_path} did not download an image") from None
+            finally:
+                os.remove(tmp)
+        return read_image(item.input_path)
+    except ImageReadError as e:
+        raise UserError(str(e)) from None

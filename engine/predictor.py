@@ -1,0 +1,107 @@
+"""The face feature predictor behind predict and the Python API (`create_model`).
+
+    from engine import create_model
+    model = create_model("MobileFaceNet")                      # Predict.model_dir of its config
+    model = create_model(model_dir="output/best_model/inference")
+    for res in model.predict("faces/", batch_size=8):
+        res.print(json_format=False)
+        res.save_to_json("./output/")                          # ./output/<stem>_res.json
+    sim = model.compare("a.jpg", "b.jpg", threshold=0.3)      # cosine; sim.is_same with a threshold
+
+Inputs are those of engine.model_inputs. Every feature is L2-normalised, whatever the batch
+size (the reference normalises only the first feature of a batch).
+"""
+import os
+
+import numpy as np
+
+from engine.batch_pipeline import prefetch_batches
+from engine.config import CONFIG_DIR, get, load_config
+from engine.inference_model import InferenceModel
+from engine.metrics import l2_normalize
+from engine.model_inputs import expand_inputs, is_expanded, load_item
+from engine.results import FeatureResult, Similarity
+from foundation.errors import UserError
+from foundation.logger import get_logger
+from foundation.runtime import num_threads_from, set_threads
+
+# --------------------------------------------------------------------------- predictor
+class FaceFeaturePredictor:
+    """An exported face feature model plus pre-processing; see the module docstring."""
+
+    def __init__(self, model_dir, device="cpu", num_threads=None, run_mode="paddle", model_name=None):
+        threads = num_threads_from(num_threads or 0)
+        set_threads(threads)
+        self.model = InferenceModel(model_dir, device=device, num_threads=threads, run_mode=run_mode)
+        self.model_dir = self.model.model_dir
+        self.model_name = self.model.model_name
+        self.embedding_size = self.model.embedding_size
+        self.failures = []  # (input path, message) of images skipped by the last predict()
+        if model_name and self.model_name and model_name != self.model_name:
+            get_logger().warning(f"create_model('{model_name}'): {model_dir} holds a {self.model_name} model")
+
+    def __repr__(self):
+        return f"FaceFeaturePredictor({self.model_name}, {self.embedding_size}-d, {self.model_dir!r})"
+
+    def predict(self, inputs, batch_size=1, num_workers=1):
+        """Yield a FeatureResult per image, in input order.
+
+        `inputs`: see engine.model_inputs, or a list of InputItem that expand_inputs returned
+        already. A missing path, an empty folder or an unreadable file named directly raises
+        UserError; an unreadable file found inside a folder is logged, recorded in
+        `self.failures` and skipped so the rest still come out.
+        """
+        items = inputs if is_expanded(inputs) else expand_inputs(inputs)
+        self.failures = []
+        log = get_logger()
+        for indices, batch, failures in prefetch_batches(items, load_item, batch_size, num_workers, skip_errors=True):
+            for f in failures:
+                item = items[f.index]
+                if item.explicit:
+                    raise f.error if isinstance(f.error, UserError) else UserError(f"{item.input_path or item.name}: {f.error}")
+                self.failures.append((item.input_path, str(f.error)))
+                log.warning(f"skipped {item.input_path}: {f.error}")
+            if batch is None:
+                continue
+            # every row on its own (the reference normalised only row 0 of a batch)
+            feats = l2_normalize(self.model.predict(batch)).astype(np.float32)
+            for i, feat in zip(indices, feats):
+                yield FeatureResult(items[i].input_path, feat, items[i].name)
+
+    __call__ = predict
+
+    def feature(self, image):
+        """The L2-normalised feature [D] of a single input (path, URL or numpy image)."""
+        results = list(self.predict(image if not isinstance(image, (list, tuple)) else list(image)))
+        if len(results) != 1:
+            raise UserError(f"expected one image, got {len(results)} (a folder or a list?)")
+        return results[0].feature
+
+    def compare(self, a, b, threshold=None):
+        """Cosine similarity of two inputs' features (1 = identical direction). With `threshold`
+        (a cosine, e.g. best_threshold_cosine of evaluate_result.json) `.is_same` is set too."""
+        fa, fb = self.feature(a), self.feature(b)
+        return Similarity(float(np.dot(fa, fb)), threshold)
+
+
+def default_model_dir(model_name):
+    """Predict.model_dir of configs/face_recognition/<model_name>.yaml."""
+    path = os.path.join(CONFIG_DIR, f"{model_name}.yaml")
+    if not os.path.isfile(path):
+        names = sorted(os.path.splitext(f)[0] for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml"))
+        raise UserError(f"unknown model '{model_name}': models with a config are {', '.join(names)}")
+    return str(get(load_config(path), "Predict.model_dir"))
+
+
+def create_model(model_name=None, model_dir=None, device="cpu", num_threads=None, run_mode="paddle"):
+    """A FaceFeaturePredictor. Without model_dir, model_name's config gives Predict.model_dir."""
+    if model_dir is None:
+        if not model_name:
+            raise UserError("create_model needs a model name (e.g. 'MobileFaceNet') or model_dir=<inference folder>")
+        model_dir = default_model_dir(model_name)
+        if not os.path.isdir(model_dir):
+            raise UserError(f"the default model folder of {model_name}, {model_dir}, does not exist: train and export "
+                            f"first (python main.py -c configs/face_recognition/{model_name}.yaml -o Global.mode=train) "
+                            "or pass model_dir=<inference folder>")
+    return FaceFeaturePredictor(model_dir, device=device, num_threads=num_threads, run_mode=run_mode,
+                                model_name=model_name)

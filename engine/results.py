@@ -1,0 +1,125 @@
+"""Result objects of predict and recognition: what they hold, how they print and save.
+
+Saving into a folder names each file after its input (`<name>_res.json`, `<name>_res.jpg`);
+`ResultNames` gives every result of one run its own name, so two inputs with the same stem
+(a/00.jpg, b/00.jpg) never overwrite each other's files.
+"""
+import json
+import os
+
+import cv2
+import numpy as np
+
+from engine.gallery_index import UNKNOWN_LABEL
+from foundation.atomic_io import atomic_write_bytes, atomic_write_json
+from foundation.errors import UserError
+
+# --------------------------------------------------------------------------- results
+class FeatureResult(dict):
+    """One image's result: {"input_path": str or None (numpy input), "feature": np.ndarray [D]}."""
+
+    def __init__(self, input_path, feature, name):
+        super().__init__(input_path=input_path, feature=feature)
+        self.name = name  # file stem for save_to_json: the image's stem, or array_<i>
+
+    @property
+    def input_path(self):
+        return self["input_path"]
+
+    @property
+    def feature(self):
+        return self["feature"]
+
+    def to_dict(self):
+        """JSON-ready: the feature as a list of floats."""
+        return {"input_path": self["input_path"], "feature": [float(v) for v in self["feature"]]}
+
+    @property
+    def json(self):
+        return {"res": self.to_dict()}
+
+    def __str__(self):
+        f = np.asarray(self["feature"])
+        head = ", ".join(f"{v:.4f}" for v in f[:4])
+        tail = ", ".join(f"{v:.4f}" for v in f[-2:])
+        return f"{{'res': {{'input_path': {self['input_path']!r}, 'feature': [{head}, ..., {tail}] ({f.size}-d)}}}}"
+
+    def print(self, json_format=False, indent=4):
+        """json_format=False: one short line (the feature abbreviated); True: the full JSON."""
+        print(json.dumps(self.json, indent=indent, ensure_ascii=False) if json_format else str(self), flush=True)
+
+    def save_to_json(self, save_path):
+        """A folder (existing, or a path without .json) gets <name>_res.json, name = the image's stem
+        (images found in a folder: their path inside it, sub/x.jpg -> sub_x; numpy inputs: array_<i>);
+        a .json path is written as is."""
+        save_path = str(save_path)
+        if save_path.lower().endswith(".json") and not os.path.isdir(save_path):
+            path = save_path
+        else:
+            path = os.path.join(save_path, f"{self.name}_res.json")
+        atomic_write_json(path, self.to_dict())
+        return path
+
+
+class Similarity(float):
+    """A cosine similarity in [-1, 1]; with a threshold, `is_same` says whether it reaches it."""
+
+    def __new__(cls, value, threshold=None):
+        obj = super().__new__(cls, value)
+        obj.threshold = threshold
+        obj.is_same = None if threshold is None else bool(value >= threshold)
+        return obj
+
+    def __repr__(self):
+        if self.threshold is None:
+            return f"Similarity({float(self):.4f})"
+        return f"Similarity({float(self):.4f}, threshold={self.threshold}, is_same={self.is_same})"
+
+
+class RecognitionResult(dict):
+    """One image's recognition result (see the module docstring for the fields)."""
+
+    def __init__(self, input_path, faces, name, image=None):
+        super().__init__(input_path=input_path, faces=faces)
+        self.name = name
+        self._image = image  # BGR image kept for save_to_img
+
+    def __str__(self):
+        faces = ", ".join(f"{f['label']} ({f['score']:.3f})" if f["score"] is not None else f["label"]
+                          for f in self["faces"]) or "no face"
+        return f"{self['input_path'] or self.name}: {faces}"
+
+    def print(self, json_format=False):
+        print(json.dumps(dict(self), indent=4, ensure_ascii=False) if json_format else str(self), flush=True)
+
+    def save_to_json(self, save_path):
+        """A folder gets <stem>_res.json; a .json path is written as is. Atomic."""
+        save_path = str(save_path)
+        path = save_path if save_path.lower().endswith(".json") else os.path.join(save_path, f"{self.name}_res.json")
+        atomic_write_json(path, dict(self))
+        return path
+
+    def save_to_img(self, save_path):
+        """Draw each face box with its top-1 label and score; a folder gets <stem>_res.jpg."""
+        if self._image is None:
+            raise UserError(f"{self.name}: the image is no longer held; recognize(..., keep_images=True)")
+        img = self._image.copy()
+        thick = max(1, int(round(max(img.shape[:2]) / 300)))
+        for f in self["faces"]:
+            x1, y1, x2, y2 = [int(round(v)) for v in f["box"]]
+            known = f["label"] != UNKNOWN_LABEL
+            color = (40, 200, 40) if known else (40, 40, 230)
+            cv2.rectangle(img, (x1, y1), (x2, y2), color, thick)
+            text = f["label"] if f["score"] is None else f"{f['label']} {f['score']:.2f}"
+            scale = max(0.35, min(1.2, (x2 - x1) / 160))
+            (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+            ty = y1 - 4 if y1 - th - 6 >= 0 else y2 + th + 4
+            cv2.rectangle(img, (x1, ty - th - 3), (x1 + tw + 4, ty + base - 1), color, -1)
+            cv2.putText(img, text, (x1 + 2, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+        save_path = str(save_path)
+        path = save_path if save_path.lower().endswith((".jpg", ".png")) else os.path.join(save_path, f"{self.name}_res.jpg")
+        ok, data = cv2.imencode(os.path.splitext(path)[1], img)
+        if not ok:
+            raise UserError(f"cannot encode the annotated image for {path}")
+        atomic_write_bytes(path, data.tobytes())
+        return path

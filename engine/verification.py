@@ -1,0 +1,104 @@
+"""Face verification of image pairs: embed each distinct image once (with its flip), score the pairs.
+
+Shared by the evaluate mode (an exported model through paddle.inference) and by training's
+per-epoch validation (the dygraph backbone): both pass an `extract_fn(nchw float32) -> [N, D]`.
+The metrics themselves are engine/metrics.py (plain numpy).
+"""
+import os
+import time
+
+import numpy as np
+
+from datasets.bin_file import decode_image, read_bin
+from datasets.transforms import ImageReadError, read_image
+from engine import metrics as M
+from engine.batch_pipeline import extract_features
+from foundation.errors import DatasetError
+from foundation.progress import Progress
+
+# paddle.inference runs a PIR (inference.json) MobileFaceNet about 2x slower per image at batch 64
+# than at batch 16 on CPU with oneDNN (measured here: 7.8 vs 3.7 CPU ms/img, 1 thread; the old
+# .pdmodel format is flat at ~3.7-3.9), so Evaluate.batch_size images are decoded together but
+# forwarded in slices of at most this many.
+FORWARD_CHUNK = 16
+
+
+def chunked(extract_fn, size=FORWARD_CHUNK):
+    """extract_fn applied to slices of at most `size` rows of a batch, results concatenated."""
+    def run(batch):
+        if len(batch) <= size:
+            return extract_fn(batch)
+        return np.concatenate([np.asarray(extract_fn(batch[i:i + size])) for i in range(0, len(batch), size)])
+
+    return run
+
+
+# --------------------------------------------------------------------------- scoring
+def _read_path(path):
+    try:
+        return read_image(path)
+    except ImageReadError as e:
+        raise DatasetError(f"{e}; fix the image or remove its pair from val/pair_label.txt") from None
+
+
+def unique_images(pairs):
+    """(distinct image paths in first-seen order, index_a, index_b) of (path_a, path_b, label) pairs."""
+    index = {}
+    for a, b, _ in pairs:
+        for p in (a, b):
+            if p not in index:
+                index[p] = len(index)
+    ia = np.array([index[a] for a, _, _ in pairs], dtype=np.int64)
+    ib = np.array([index[b] for _, b, _ in pairs], dtype=np.int64)
+    return list(index), ia, ib
+
+
+def score_pairs(images, index_a, index_b, labels, extract_fn, load_fn=_read_path, batch_size=64, flip=True,
+                folds=10, num_workers=2, desc="evaluate"):
+    """Embed each distinct image once (with its flip), then score the pairs.
+
+    Returns (metrics dict, cosine per pair, squared L2 distance per pair).
+    """
+    labels = np.asarray(labels).astype(int)
+    if len(labels) < folds:  # checked before the slow part
+        raise DatasetError(f"{desc}: {len(labels)} pairs cannot be split into {folds} folds; add pairs "
+                           f"(at least {folds}, a few hundred for a meaningful figure) or lower -o Evaluate.folds")
+    with Progress(len(images), desc=desc, unit="img") as bar:
+        bar.postfix = "(x2 forward passes: flip)" if flip else ""
+        feats = extract_features(images, load_fn, extract_fn, batch_size=batch_size, flip=flip,
+                                 num_workers=num_workers, progress=bar)
+    cosine, sq_dist = M.pair_scores(feats[index_a], feats[index_b])
+    metrics = M.metrics_from_scores(cosine, sq_dist, labels, folds=folds, flip=bool(flip))
+    metrics["num_images"] = len(images)
+    metrics["seconds"] = round(time.perf_counter() - bar.start, 2)
+    return metrics, cosine, sq_dist
+
+
+def evaluate_pairs(pairs, extract_fn, batch_size=64, flip=True, folds=10, num_workers=2):
+    """Verification metrics of `pairs` [(path_a, path_b, label)] with `extract_fn(nchw) -> [N, D]`.
+
+    Each distinct image is decoded and embedded once; decoding runs in `num_workers` threads
+    while the model works. Used by training's validation (dygraph extract_fn).
+    """
+    if not pairs:
+        raise DatasetError("no pairs to evaluate: val/pair_label.txt is empty")
+    images, ia, ib = unique_images(pairs)
+    labels = [int(lbl) for _, _, lbl in pairs]
+    metrics, _, _ = score_pairs(images, ia, ib, labels, extract_fn, batch_size=batch_size, flip=flip,
+                                folds=folds, num_workers=num_workers)
+    return metrics
+
+
+def score_bin(path, extract_fn, batch_size=64, flip=True, folds=10, num_workers=2):
+    """(metrics, cosine, sq_dist, labels) of an insightface .bin file (pairs are images 2i, 2i+1)."""
+    images, issame = read_bin(path)
+    n = len(issame)
+    items = list(range(len(images)))
+
+    def load(i):
+        return decode_image(images[i], f"{path} image #{i}")
+
+    metrics, cosine, sq_dist = score_pairs(items, np.arange(n) * 2, np.arange(n) * 2 + 1, issame.astype(int),
+                                           extract_fn, load_fn=load, batch_size=batch_size, flip=flip, folds=folds,
+                                           num_workers=num_workers, desc=os.path.basename(path))
+    return metrics, cosine, sq_dist, issame.astype(int)
