@@ -11,21 +11,12 @@ still written when at least one face was enrolled.
 import os
 
 from datasets.demo import ensure_demo
-from engine.config import get
 from engine.gallery_index import list_gallery
 from engine.recognition import RecognitionPipeline
 from foundation.errors import ConfigError, UserError
 from foundation.logger import log_to_file
 
 ACTIONS = ("build_index", "append_index", "remove_index")
-
-
-def _as_list(value):
-    if value is None or value == "":
-        return []
-    if isinstance(value, (str, int)):
-        return [value]
-    return list(value)
 
 
 def _report(summary, index_dir, action, log):
@@ -38,13 +29,12 @@ def _report(summary, index_dir, action, log):
 
 
 def run(cfg):
-    action = str(get(cfg, "Global.mode"))
+    action = cfg.Global.mode
     if action not in ACTIONS:
         raise ConfigError(f"engine.build_index runs {', '.join(ACTIONS)}, not '{action}'")
-    index_dir = str(get(cfg, "Index.dir", "output/gallery_index"))
-    gallery = get(cfg, "Index.gallery")
-    label_file = get(cfg, "Index.label_file") or None
-    gallery = str(gallery) if gallery else ""
+    index_dir = cfg.Index.dir
+    gallery = cfg.Index.gallery
+    label_file = cfg.Index.label_file or None
     if action != "remove_index" and not gallery and not label_file:
         raise UserError("Index.gallery is empty: pass -o Index.gallery=<folder with one sub-folder per person> "
                         "or -o Index.label_file=<list of '<path> <label>' lines>")
@@ -66,8 +56,8 @@ def run(cfg):
         log.info(f"index grew from {before} to {len(pipe.index)} faces")
         _report(summary, index_dir, action, log)
     else:
-        labels = [str(v) for v in _as_list(get(cfg, "Index.remove_labels"))]
-        ids = [int(v) for v in _as_list(get(cfg, "Index.remove_ids"))]
+        labels = list(cfg.Index.remove_labels)
+        ids = list(cfg.Index.remove_ids)
         if not labels and not ids:
             raise UserError("nothing to remove: pass -o Index.remove_labels=[name,...] and/or -o Index.remove_ids=[3,7]")
         before = len(pipe.index)

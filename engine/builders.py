@@ -11,7 +11,6 @@ from paddle.optimizer.lr import LRScheduler
 
 from datasets.face_dataset import BatchLoader, FaceTrainDataset, SeededBatchSampler
 from datasets.label_files import load_train_list
-from engine.config import get
 from foundation.errors import ConfigError, DatasetError
 from foundation.logger import get_logger
 from models import ArcMargin, FaceRecModel, build_backbone
@@ -19,28 +18,22 @@ from models import ArcMargin, FaceRecModel, build_backbone
 
 # --------------------------------------------------------------------------- model
 def model_name_of(cfg):
-    return str(get(cfg, "Global.model") or get(cfg, "Arch.backbone"))
+    return cfg.Global.model
 
 
 def build_model(cfg, num_classes):
     """FaceRecModel: the Arch.backbone network + an ArcMargin head over `num_classes` identities."""
-    backbone_name = get(cfg, "Arch.backbone") or get(cfg, "Global.model")
-    backbone = build_backbone(backbone_name, embedding_size=get(cfg, "Arch.embedding_size"))
-    head_name = get(cfg, "Arch.head.name", "ArcMargin")
-    if head_name != "ArcMargin":
-        raise ConfigError(f"Arch.head.name '{head_name}' is not supported: the only margin head is ArcMargin")
-    loss_name = get(cfg, "Arch.loss", "CELoss")
-    if loss_name != "CELoss":
-        raise ConfigError(f"Arch.loss '{loss_name}' is not supported: the only loss is CELoss (cross-entropy)")
+    # Arch.head.name (ArcMargin) and Arch.loss (CELoss) have a single choice, checked at load.
+    backbone = build_backbone(cfg.Arch.backbone, embedding_size=cfg.Arch.embedding_size)
     if int(num_classes) < 2:
         raise DatasetError(f"training needs at least 2 identities, the training list has {num_classes}: "
                            "add images of more people to train/label.txt")
     head = ArcMargin(
         backbone.embedding_size,
         int(num_classes),
-        margin=float(get(cfg, "Arch.head.margin", 0.5)),
-        scale=float(get(cfg, "Arch.head.scale", 64.0)),
-        easy_margin=bool(get(cfg, "Arch.head.easy_margin", False)),
+        margin=cfg.Arch.head.margin,
+        scale=cfg.Arch.head.scale,
+        easy_margin=cfg.Arch.head.easy_margin,
     )
     return FaceRecModel(backbone, head)
 
@@ -59,8 +52,8 @@ class TrainData:
 
 def check_num_classes(cfg, num_classes, label_file="train/label.txt"):
     """Train.num_classes, when set, must equal the class count of the data (max id + 1)."""
-    configured = get(cfg, "Train.num_classes")
-    if configured is not None and int(configured) != int(num_classes):
+    configured = cfg.Train.num_classes
+    if configured is not None and configured != int(num_classes):
         raise ConfigError(
             f"Train.num_classes={configured} but {label_file} has {num_classes} classes (ids 0..{num_classes - 1}): "
             f"set -o Train.num_classes={num_classes}, or leave it null to take the count from the data")
@@ -89,14 +82,14 @@ def build_train_loader(cfg, dataset_dir, rank=0, world_size=1):
     if not samples:
         raise DatasetError(f"{dataset_dir}/train/label.txt lists no images: add lines '<image path> <identity id>'")
     num_classes = check_num_classes(cfg, max(label for _, label in samples) + 1)
-    batch_size = int(get(cfg, "Train.batch_size", 128))
+    batch_size = cfg.Train.batch_size
     check_batch_size(batch_size, len(samples), world_size)
-    seed = int(get(cfg, "Global.seed", 42))
-    dataset = FaceTrainDataset(samples, flip_prob=float(get(cfg, "Train.transforms.random_flip", 0.5)), seed=seed,
-                               image_size=int(get(cfg, "Arch.image_size", 112)))
+    seed = cfg.Global.seed
+    dataset = FaceTrainDataset(samples, flip_prob=cfg.Train.transforms.random_flip, seed=seed,
+                               image_size=cfg.Arch.image_size)
     sampler = SeededBatchSampler(len(samples), batch_size, seed=seed, rank=rank, world_size=world_size,
                                  shuffle=True, drop_last=True)
-    loader = BatchLoader(dataset, sampler, num_workers=int(get(cfg, "Train.num_workers", 0)))
+    loader = BatchLoader(dataset, sampler, num_workers=cfg.Train.num_workers)
     steps = len(sampler)
     dropped = sampler.per_rank - steps * batch_size
     if dropped and rank == 0:
@@ -143,30 +136,24 @@ def no_decay_param_names(model):
 
 def build_optimizer(cfg, model, steps_per_epoch):
     """(AdamW, WarmupCosineLR) from Train.*; weight decay only on parameters with 2+ dimensions."""
-    name = get(cfg, "Train.optimizer.name", "AdamW")
-    if name != "AdamW":
-        raise ConfigError(f"Train.optimizer.name '{name}' is not supported: use AdamW")
-    epochs = int(get(cfg, "Train.epochs_iters", 25))
-    if epochs < 1:
-        raise ConfigError(f"Train.epochs_iters must be at least 1, got {epochs}")
-    lr = float(get(cfg, "Train.learning_rate", 0.002))
-    if not lr > 0:
-        raise ConfigError(f"Train.learning_rate must be positive, got {lr}")
-    warmup_epochs = float(get(cfg, "Train.warmup_steps", 0))
+    # Train.optimizer.name (AdamW only), epochs_iters >= 1 and learning_rate > 0 are checked at load.
+    epochs = cfg.Train.epochs_iters
+    lr = cfg.Train.learning_rate
+    warmup_epochs = cfg.Train.warmup_steps
     scheduler = WarmupCosineLR(
         lr,
         total_iters=epochs * steps_per_epoch,
         warmup_iters=int(round(warmup_epochs * steps_per_epoch)),
-        eta_min=float(get(cfg, "Train.eta_min", 0.0)),
+        eta_min=cfg.Train.eta_min,
     )
     no_decay = no_decay_param_names(model)
     optimizer = paddle.optimizer.AdamW(
         learning_rate=scheduler,
         parameters=model.parameters(),
-        beta1=float(get(cfg, "Train.optimizer.beta1", 0.9)),
-        beta2=float(get(cfg, "Train.optimizer.beta2", 0.999)),
-        epsilon=float(get(cfg, "Train.optimizer.epsilon", 1e-8)),
-        weight_decay=float(get(cfg, "Train.optimizer.weight_decay", 0.05)),
+        beta1=cfg.Train.optimizer.beta1,
+        beta2=cfg.Train.optimizer.beta2,
+        epsilon=cfg.Train.optimizer.epsilon,
+        weight_decay=cfg.Train.optimizer.weight_decay,
         apply_decay_param_fun=lambda param_name: param_name not in no_decay,
     )
     return optimizer, scheduler

@@ -26,7 +26,6 @@ from datasets.demo import ensure_demo
 from datasets.image_headers import HeaderError, image_header
 from datasets.label_files import ERROR, WARNING, ProblemList, format_problem, parse_pair_labels, parse_train_labels
 from datasets.transforms import ImageReadError, read_image
-from engine.config import get
 from foundation.atomic_io import atomic_replace_dir, atomic_write_json
 from foundation.errors import ConfigError
 from foundation.logger import get_logger, log_to_file
@@ -359,27 +358,27 @@ def failure_message(problems):
 
 
 def run(cfg):
-    for part in ("convert", "split"):
-        if get(cfg, f"CheckDataset.{part}.enable", False):
+    for part, section in (("convert", cfg.CheckDataset.convert), ("split", cfg.CheckDataset.split)):
+        if section.enable:
             raise ConfigError(f"CheckDataset.{part}.enable=True is not supported for face features: the face "
                               f"feature module has no dataset {'format conversion' if part == 'convert' else 'splitting'}. "
                               f"Set -o CheckDataset.{part}.enable=False"
                               + (" and build train/ and val/ with `python -m datasets.import_folders SRC DST`"
                                  if part == "split" else ""))
-    output_dir = os.path.abspath(str(get(cfg, "Global.output", "output")))
+    output_dir = os.path.abspath(cfg.Global.output)
     os.makedirs(output_dir, exist_ok=True)
     log = log_to_file(os.path.join(output_dir, "check_dataset.log"))
-    dataset_dir = get(cfg, "Global.dataset_dir", "")
-    if str(dataset_dir).strip() == "":
+    dataset_dir = cfg.Global.dataset_dir
+    if dataset_dir.strip() == "":
         raise ConfigError("Global.dataset_dir is empty: pass -o Global.dataset_dir=DIR")
     log.info(f"Checking dataset {dataset_dir}")
     result, problems = check(
         dataset_dir, output_dir,
-        max_errors=int(get(cfg, "CheckDataset.max_errors", 50)),
-        expected_num_classes=get(cfg, "Train.num_classes", None),
-        decode_sample=int(get(cfg, "CheckDataset.decode_sample", 2000)),
-        decode_all=bool(get(cfg, "CheckDataset.decode_all", False)),
-        workers=num_threads_from(get(cfg, "Global.num_threads", 0)),
+        max_errors=cfg.CheckDataset.max_errors,
+        expected_num_classes=cfg.Train.num_classes,
+        decode_sample=cfg.CheckDataset.decode_sample,
+        decode_all=cfg.CheckDataset.decode_all,
+        workers=num_threads_from(cfg.Global.num_threads),
         log=log,
     )
     result_path = os.path.join(output_dir, RESULT_NAME)

@@ -15,7 +15,6 @@ import urllib.parse
 import numpy as np
 import paddle
 
-from engine.config import get
 from foundation.atomic_io import atomic_replace_dir, download_file
 from foundation.errors import UserError
 from foundation.logger import get_logger
@@ -43,7 +42,7 @@ def prepare_output_dir(cfg, output_dir, resuming):
     found = previous_run_items(output_dir)
     if not found or resuming:
         return
-    if not bool(get(cfg, "Train.overwrite_output", False)):
+    if not cfg.Train.overwrite_output:
         shown = ", ".join(n + ("/" if os.path.isdir(os.path.join(output_dir, n)) else "") for n in found[:6])
         raise UserError(
             f"output folder '{output_dir}' holds an earlier training run ({shown}). Continue it with "

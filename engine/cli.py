@@ -13,13 +13,12 @@ import sys
 from engine import runner_for
 from engine.config import load_config
 from foundation.errors import UserError
-from foundation.logger import quiet_library_warnings
+from foundation.logger import quiet_library_warnings, stderr_to_log
 from foundation.runtime import num_threads_from, set_threads
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
-        prog="main.py",
         description="Face feature toolkit. Modes (Global.mode): check_dataset, train, evaluate, export, predict; "
                     "with configs/face_recognition/pipeline.yaml: build_index, append_index, remove_index, recognize.",
     )
@@ -37,10 +36,12 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         cfg = load_config(args.config, args.override)
-        run = runner_for(cfg.Global.mode)
-        # before any runner loads Paddle: it reads OMP_NUM_THREADS once, when it starts
+        # before the runner's module loads Paddle: Paddle reads OMP_NUM_THREADS once, at import,
+        # and its import-time warnings belong in the run's log file, not on the console
         set_threads(num_threads_from(cfg.Global.num_threads))
         quiet_library_warnings()
+        with stderr_to_log(f"loading the {cfg.Global.mode} mode"):
+            run = runner_for(cfg.Global.mode)
         return int(run(cfg) or 0)
     except UserError as e:
         print(f"Error: {e}", file=sys.stderr)

@@ -302,6 +302,6 @@ def config_tables_markdown(schema):
                 lines.append("")
             lines += [f"**{section}**", "", "| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
             current = section
-        default = default_of(f)
-        lines.append(f"| `{key}` | {type_name(f.type)} | `{_cell(default)}` | {allowed_text(f)} | {f.metadata['help']} |")
+        meaning = f.metadata["help"].replace("<", "&lt;").replace("|", "\\|")
+        lines.append(f"| `{key}` | {type_name(f.type)} | `{_cell(default_of(f))}` | {allowed_text(f)} | {meaning} |")
     return "\n".join(lines) + "\n"

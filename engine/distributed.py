@@ -7,8 +7,7 @@ import subprocess
 import sys
 
 from engine.checkpoints import find_checkpoint, prepare_output_dir
-from engine.config import get, save_config
-from foundation.errors import ConfigError
+from engine.config import save_config
 from foundation.logger import get_logger
 from foundation.runtime import parse_device
 
@@ -26,13 +25,10 @@ def world_info():
 
 def requested_processes(cfg):
     """How many training processes Global.device / Train.cpu_processes ask for."""
-    kind, ids = parse_device(get(cfg, "Global.device", "cpu"))
+    kind, ids = parse_device(cfg.Global.device)
     if kind == "gpu":
         return kind, ids, len(ids)
-    n = int(get(cfg, "Train.cpu_processes", 1))
-    if n < 1:
-        raise ConfigError(f"Train.cpu_processes must be at least 1, got {n}")
-    return kind, ids, n
+    return kind, ids, cfg.Train.cpu_processes  # >= 1, checked at load
 
 
 # --------------------------------------------------------------------------- multi-process launch
@@ -52,8 +48,9 @@ def launch_command(cfg, config_path, kind, ids, nprocs, log_dir):
 def launch_distributed(cfg, kind, ids, nprocs):
     """Re-run this mode in `nprocs` processes through paddle.distributed.launch; returns its exit code."""
     log = get_logger()
-    output_dir = os.path.abspath(str(get(cfg, "Global.output", "output")))
-    resume_files = find_checkpoint(get(cfg, "Train.resume_path")) if get(cfg, "Train.resume_path") else None
+    output_dir = os.path.abspath(cfg.Global.output)
+    resume_path = cfg.Train.resume_path or None
+    resume_files = find_checkpoint(resume_path) if resume_path else None
     prepare_output_dir(cfg, output_dir, resuming=bool(resume_files))
     log_dir = os.path.join(output_dir, "dist_logs")
     os.makedirs(log_dir, exist_ok=True)

@@ -20,7 +20,6 @@ import numpy as np
 from datasets.demo import resolve_dataset_dir
 from datasets.label_files import load_pair_list
 from engine import metrics as M
-from engine.config import get
 from engine.inference_folder import export_checkpoint, resolve_model_source
 from engine.inference_model import InferenceModel
 from engine.verification import FORWARD_CHUNK, chunked, score_bin, score_pairs, unique_images
@@ -39,17 +38,16 @@ def load_inference_model(cfg, source, tmp_dir):
     kind, path = source
     if kind == "checkpoint":
         t0 = time.perf_counter()
-        model_name = get(cfg, "Global.model") or get(cfg, "Arch.backbone")
-        paths = export_checkpoint(path, model_name, get(cfg, "Arch.backbone", model_name),
-                                  get(cfg, "Arch.embedding_size"), int(get(cfg, "Arch.image_size", 112)),
+        model_name = cfg.Global.model
+        paths = export_checkpoint(path, model_name, cfg.Arch.backbone, cfg.Arch.embedding_size, cfg.Arch.image_size,
                                   save_dir=os.path.join(tmp_dir, "inference"), setting="Evaluate.weight_path")
         logger.info(f"checkpoint {path}: loaded {paths['loaded_tensors']} tensors, exported to a temporary "
                     f"inference model in {time.perf_counter() - t0:.1f} s")
         model_dir = paths["dir"]
     else:
         model_dir = path
-    threads = num_threads_from(get(cfg, "Global.num_threads", 0))
-    model = InferenceModel(model_dir, device=get(cfg, "Global.device", "cpu"), num_threads=threads, run_mode="paddle")
+    threads = num_threads_from(cfg.Global.num_threads)
+    model = InferenceModel(model_dir, device=cfg.Global.device, num_threads=threads, run_mode="paddle")
     logger.info(f"model: {model.model_name} ({model.embedding_size}-d, {model.format} format) from "
                 f"{path if kind == 'inference' else path + ' (checkpoint)'}, paddle.inference on {threads} thread(s)")
     return model
@@ -110,31 +108,28 @@ def _set_name(path, taken):
 
 
 def _bin_paths(cfg):
-    value = get(cfg, "Evaluate.bin_paths", None) or []
-    if isinstance(value, str):
-        value = [value]
-    return [str(p) for p in value]
+    return list(cfg.Evaluate.bin_paths)
 
 
 # --------------------------------------------------------------------------- runner
 def run(cfg):
-    flip = bool(get(cfg, "Evaluate.flip", True))
-    folds = int(get(cfg, "Evaluate.folds", 10))
-    batch_size = int(get(cfg, "Evaluate.batch_size", 64))
-    weight_path = get(cfg, "Evaluate.weight_path")
+    flip = cfg.Evaluate.flip
+    folds = cfg.Evaluate.folds
+    batch_size = cfg.Evaluate.batch_size
+    weight_path = cfg.Evaluate.weight_path
     source = resolve_model_source(weight_path)  # fail before any slow work (demo generation, decoding) or output
     bins = _bin_paths(cfg)
     for p in bins:
         if not os.path.isfile(p):
             raise DatasetError(f"Evaluate.bin_paths: {p} does not exist (give insightface .bin files, "
                                "e.g. -o Evaluate.bin_paths=[data/lfw.bin,data/cfp_fp.bin])")
-    output = str(get(cfg, "Global.output", "output"))
+    output = cfg.Global.output
     os.makedirs(output, exist_ok=True)
     logger = log_to_file(os.path.join(output, "evaluate.log"))
-    set_threads(num_threads_from(get(cfg, "Global.num_threads", 0)))
+    set_threads(num_threads_from(cfg.Global.num_threads))
 
     # .bin files replace the dataset's val pairs (set Evaluate.bin_paths=[] to score those)
-    pairs, dataset_dir = None, get(cfg, "Global.dataset_dir")
+    pairs, dataset_dir = None, cfg.Global.dataset_dir
     if not bins:
         dataset_dir = resolve_dataset_dir(dataset_dir)
         pairs = load_pair_list(dataset_dir)

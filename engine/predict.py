@@ -8,7 +8,6 @@ feature) and <Global.output>/predict/predict.log. The predictor itself is engine
 """
 import os
 
-from engine.config import get
 from engine.model_inputs import expand_inputs
 from engine.predictor import FaceFeaturePredictor
 from foundation.errors import UserError
@@ -18,25 +17,25 @@ RESULT_FOLDER = "predict"
 
 
 def run(cfg):
-    inputs = get(cfg, "Predict.input")
+    inputs = cfg.Predict.input
     if inputs is None or (isinstance(inputs, str) and not inputs.strip()):
         raise UserError("Predict.input is empty: pass -o Predict.input=<image, folder or URL>")
     if not isinstance(inputs, str):
         inputs = [str(v) for v in inputs]
     items = expand_inputs(inputs)  # a missing path or empty folder fails before the model loads
-    model_dir = get(cfg, "Predict.model_dir")
+    model_dir = cfg.Predict.model_dir
     if not model_dir:
         raise UserError("Predict.model_dir is empty: pass -o Predict.model_dir=<exported inference folder>")
-    if not os.path.exists(str(model_dir)):
+    if not os.path.exists(model_dir):
         raise UserError(f"Predict.model_dir {model_dir} does not exist: train (it exports best_model/inference) or "
                         "export a checkpoint (-o Global.mode=export), then pass -o Predict.model_dir=<that folder>")
-    output = os.path.join(str(get(cfg, "Global.output", "output")), RESULT_FOLDER)
+    output = os.path.join(cfg.Global.output, RESULT_FOLDER)
     os.makedirs(output, exist_ok=True)
     logger = log_to_file(os.path.join(output, "predict.log"))
     predictor = FaceFeaturePredictor(
-        str(model_dir), device=get(cfg, "Global.device", "cpu"), num_threads=get(cfg, "Global.num_threads", 0),
-        run_mode=str(get(cfg, "Predict.kernel_option.run_mode", "paddle") or "paddle"))
-    batch_size = int(get(cfg, "Predict.batch_size", 1) or 1)
+        model_dir, device=cfg.Global.device, num_threads=cfg.Global.num_threads,
+        run_mode=cfg.Predict.kernel_option.run_mode)
+    batch_size = cfg.Predict.batch_size
     logger.info(f"{predictor}: batch {batch_size}, run mode {predictor.model.run_mode}")
     written = 0
     for res in predictor.predict(items, batch_size=batch_size):

@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from engine.batch_pipeline import prefetch_batches
-from engine.config import CONFIG_DIR, get, load_config
+from engine.config import CONFIG_DIR, load_config
 from engine.inference_model import InferenceModel
 from engine.metrics import l2_normalize
 from engine.model_inputs import expand_inputs, is_expanded, load_item
@@ -90,7 +90,7 @@ def default_model_dir(model_name):
     if not os.path.isfile(path):
         names = sorted(os.path.splitext(f)[0] for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml"))
         raise UserError(f"unknown model '{model_name}': models with a config are {', '.join(names)}")
-    return str(get(load_config(path), "Predict.model_dir"))
+    return load_config(path).Predict.model_dir
 
 
 def create_model(model_name=None, model_dir=None, device="cpu", num_threads=None, run_mode="paddle"):

@@ -24,7 +24,6 @@ import os
 import numpy as np
 
 from datasets.transforms import ImageReadError, preprocess, read_image
-from engine.config import get
 from engine.gallery_index import GalleryIndex, apply_threshold, list_gallery, set_search_threads
 from engine.inference_model import InferenceModel
 from engine.model_inputs import expand_inputs, is_expanded, load_item
@@ -65,22 +64,22 @@ class RecognitionPipeline:
         """The pipeline of a pipeline config; with `index` (a GalleryIndex loaded already) it is
         checked against the model and used, instead of reading Index.dir again."""
         det = {
-            "enable": bool(get(cfg, "Det.enable", True)),
-            "type": str(get(cfg, "Det.type", "haar")),
-            "model_dir": get(cfg, "Det.model_dir"),
-            "threshold": float(get(cfg, "Det.threshold", 0.6)),
-            "min_size": int(get(cfg, "Det.min_size", 24)),
-            "margin": float(get(cfg, "Det.margin", 0.2)),
+            "enable": cfg.Det.enable,
+            "type": cfg.Det.type,
+            "model_dir": cfg.Det.model_dir,  # None: the bundled haar cascades
+            "threshold": cfg.Det.threshold,
+            "min_size": cfg.Det.min_size,
+            "margin": cfg.Det.margin,
         }
-        model_dir = get(cfg, "Rec.model_dir")
+        model_dir = cfg.Rec.model_dir
         if not model_dir:
             raise UserError("Rec.model_dir is empty: pass -o Rec.model_dir=<exported inference folder>")
-        pipe = cls(str(model_dir), None, det, device=get(cfg, "Global.device", "cpu"),
-                   num_threads=get(cfg, "Global.num_threads", 2), batch_size=get(cfg, "Rec.batch_size", 16),
-                   run_mode=str(get(cfg, "Rec.run_mode", "paddle")), top_k=get(cfg, "Index.top_k", 5),
-                   rec_threshold=get(cfg, "Index.rec_threshold", 0.4), index_type=get(cfg, "Index.index_type", "Flat"),
-                   nprobe=get(cfg, "Index.nprobe", 32))
-        pipe.index_dir = str(get(cfg, "Index.dir", "output/gallery_index"))
+        pipe = cls(model_dir, None, det, device=cfg.Global.device,
+                   num_threads=cfg.Global.num_threads, batch_size=cfg.Rec.batch_size,
+                   run_mode=cfg.Rec.run_mode, top_k=cfg.Index.top_k,
+                   rec_threshold=cfg.Index.rec_threshold, index_type=cfg.Index.index_type,
+                   nprobe=cfg.Index.nprobe)
+        pipe.index_dir = cfg.Index.dir
         if index is not None:
             pipe.use_index(index, pipe.index_dir)
         elif load_index:

@@ -7,7 +7,6 @@ Predict.save_to_img) per image and recognize.log. The pipeline itself is engine.
 """
 import os
 
-from engine.config import get
 from engine.gallery_index import UNKNOWN_LABEL, GalleryIndex
 from engine.model_inputs import expand_inputs
 from engine.recognition import RecognitionPipeline
@@ -17,19 +16,19 @@ from foundation.progress import Progress
 
 
 def run(cfg):
-    inputs = get(cfg, "Predict.input")
+    inputs = cfg.Predict.input
     if inputs is None or (isinstance(inputs, str) and not inputs.strip()):
         raise UserError("Predict.input is empty: pass -o Predict.input=<image or folder>")
     if not isinstance(inputs, str):
         inputs = [str(v) for v in inputs]
     items = expand_inputs(inputs)  # a missing path fails before the model loads
-    index_dir = str(get(cfg, "Index.dir", "output/gallery_index"))
-    index = GalleryIndex.load(index_dir, nprobe=get(cfg, "Index.nprobe", 32))  # ... and a missing or broken index
-    output = str(get(cfg, "Global.output", "output/recognition"))
+    index_dir = cfg.Index.dir
+    index = GalleryIndex.load(index_dir, nprobe=cfg.Index.nprobe)  # ... and a missing or broken index
+    output = cfg.Global.output
     os.makedirs(output, exist_ok=True)
     log = log_to_file(os.path.join(output, "recognize.log"))
     pipe = RecognitionPipeline.from_config(cfg, index=index)
-    save_img = bool(get(cfg, "Predict.save_to_img", True))
+    save_img = cfg.Predict.save_to_img
     log.info(f"index {index_dir}: {len(pipe.index)} faces of {len(pipe.index.labels)} people "
              f"({pipe.index.index_type}); model {pipe.model.model_name}; rec_threshold {pipe.rec_threshold}")
     n_images = n_faces = n_known = 0

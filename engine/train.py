@@ -33,13 +33,13 @@ from engine.builders import build_model, build_optimizer, build_train_loader
 from engine.checkpoints import (carry_best_model, find_checkpoint, load_pretrained, numpy_rng_state,
                                 optimizer_state_by_layer, prepare_output_dir, prune_epoch_dirs, remove_stale_staging,
                                 restore_checkpoint, save_checkpoints)
-from engine.config import get, save_config
+from engine.config import save_config
 from engine.cpu_speed import setup_cpu_speed
 from engine.distributed import LAUNCHED_ENV, launch_distributed, requested_processes, world_info
 from engine.inference_folder import export_inference, inference_files
 from engine.train_result import write_train_result
 from engine.verification import evaluate_pairs
-from foundation.errors import ConfigError, DatasetError, UserError
+from foundation.errors import DatasetError, UserError
 from foundation.logger import get_logger, log_to_file
 from foundation.progress import Progress, format_seconds
 from foundation.runtime import num_threads_from, set_threads, setup_paddle
@@ -58,14 +58,14 @@ class Trainer:
         self.log = get_logger()
         self.rank, self.world_size = world_info()
         self.is_main = self.rank == 0
-        self.output_dir = os.path.abspath(str(get(cfg, "Global.output", "output")))
-        self.model_name = str(get(cfg, "Global.model") or get(cfg, "Arch.backbone"))
-        self.epochs = int(get(cfg, "Train.epochs_iters", 25))
-        self.log_interval = max(1, int(get(cfg, "Train.log_interval", 10)))
-        self.eval_interval = max(1, int(get(cfg, "Train.eval_interval", 1)))
-        self.save_interval = max(1, int(get(cfg, "Train.save_interval", 1)))
-        self.seed = int(get(cfg, "Global.seed", 42))
-        self.resume_path = get(cfg, "Train.resume_path")
+        self.output_dir = os.path.abspath(cfg.Global.output)
+        self.model_name = cfg.Global.model
+        self.epochs = cfg.Train.epochs_iters  # >= 1, like the intervals below: checked at load
+        self.log_interval = cfg.Train.log_interval
+        self.eval_interval = cfg.Train.eval_interval
+        self.save_interval = cfg.Train.save_interval
+        self.seed = cfg.Global.seed
+        self.resume_path = cfg.Train.resume_path or None
         self.vdl = None
         self.data = None
         self.records = []  # one dict per finished epoch: epoch, loss, score, saved
@@ -78,8 +78,6 @@ class Trainer:
     # ----------------------------------------------------------------- set-up
     def setup(self):
         cfg, log = self.cfg, self.log
-        if self.epochs < 1:
-            raise ConfigError(f"Train.epochs_iters must be at least 1, got {self.epochs}")
         resume_files = find_checkpoint(self.resume_path) if self.resume_path else None
         if self.is_main:
             if not os.environ.get(LAUNCHED_ENV):  # the launching parent already checked
@@ -90,12 +88,12 @@ class Trainer:
             save_config(cfg, os.path.join(self.output_dir, "config.yaml"))
             for note in self.speed_notes:
                 log.info(f"CPU speed: {note}")
-        self.device = setup_paddle(get(cfg, "Global.device", "cpu"), get(cfg, "Global.num_threads", 0), get(cfg, "Global.seed", 42))
+        self.device = setup_paddle(cfg.Global.device, cfg.Global.num_threads, cfg.Global.seed)
         if self.world_size > 1:
             dist.init_parallel_env()
-        self.amp = self.device.startswith("gpu") and str(get(cfg, "Train.amp", "O1") or "").upper() == "O1"
+        self.amp = self.device.startswith("gpu") and cfg.Train.amp == "O1"
 
-        self.dataset_dir = resolve_dataset_dir(get(cfg, "Global.dataset_dir"))
+        self.dataset_dir = resolve_dataset_dir(cfg.Global.dataset_dir)
         self.data = build_train_loader(cfg, self.dataset_dir, rank=self.rank, world_size=self.world_size)
         self.val_pairs = load_pair_list(self.dataset_dir) if self.is_main else None
         self.num_classes = self.data.num_classes
@@ -104,7 +102,7 @@ class Trainer:
         self.optimizer, self.scheduler = build_optimizer(cfg, self.model, self.data.steps_per_epoch)
         self.scaler = paddle.amp.GradScaler(init_loss_scaling=2.0 ** 15) if self.amp else None
 
-        pretrained = get(cfg, "Train.pretrain_weight_path")
+        pretrained = cfg.Train.pretrain_weight_path or None
         if resume_files:
             if pretrained:
                 log.info(f"Train.pretrain_weight_path {pretrained} is not used: resuming restores all weights")
@@ -181,7 +179,7 @@ class Trainer:
                 if self.last_saved_epoch else "no checkpoint was saved yet")
         return TrainingDiverged(
             f"loss is {value} at {where}: training stopped; {kept}. Lower Train.learning_rate "
-            f"(now {get(self.cfg, 'Train.learning_rate')}) or check the data, then resume or restart")
+            f"(now {self.cfg.Train.learning_rate}) or check the data, then resume or restart")
 
     # ----------------------------------------------------------------- the loop
     def train(self):
@@ -244,13 +242,12 @@ class Trainer:
                 with paddle.no_grad():
                     return backbone(paddle.to_tensor(nchw)).numpy()
 
-            m = evaluate_pairs(self.val_pairs, extract, batch_size=int(get(self.cfg, "Evaluate.batch_size", 64)),
-                               flip=bool(get(self.cfg, "Evaluate.flip", True)),
-                               folds=int(get(self.cfg, "Evaluate.folds", 10)), num_workers=2)
+            m = evaluate_pairs(self.val_pairs, extract, batch_size=self.cfg.Evaluate.batch_size,
+                               flip=self.cfg.Evaluate.flip, folds=self.cfg.Evaluate.folds, num_workers=2)
         finally:
             backbone.train()
         self.log.info(f"epoch {epoch} eval: val verification acc {m['acc']:.4f} +- {m.get('acc_std', 0.0):.4f} "
-                      f"({m.get('folds', '')}-fold, flip {'on' if get(self.cfg, 'Evaluate.flip', True) else 'off'}, "
+                      f"({m.get('folds', '')}-fold, flip {'on' if self.cfg.Evaluate.flip else 'off'}, "
                       f"{m.get('num_pairs', len(self.val_pairs))} pairs), threshold "
                       f"{m.get('best_threshold', float('nan')):.2f}")
         self.vdl.add_scalar("eval/acc", m["acc"], self.global_step)
@@ -312,7 +309,7 @@ class Trainer:
             "rng": {"seed": self.seed, "python": random.getstate(), "numpy": numpy_rng_state(),
                     "paddle": paddle.get_rng_state()},
             "model_name": self.model_name,
-            "backbone": str(get(self.cfg, "Arch.backbone", self.model_name)),
+            "backbone": self.cfg.Arch.backbone,
             "num_classes": self.num_classes,
             "embedding_size": self.embedding_size,
             "steps_per_epoch": self.data.steps_per_epoch,
@@ -335,7 +332,7 @@ class Trainer:
 
     def export(self, save_dir):
         export_inference(self.model.backbone, save_dir, self.model_name,
-                         image_size=int(get(self.cfg, "Arch.image_size", 112)))
+                         image_size=self.cfg.Arch.image_size)
 
     def export_final(self):
         """best_model/inference and latest/inference from their own weights, when not there yet."""
@@ -344,10 +341,9 @@ class Trainer:
             target = os.path.join(self.output_dir, folder, "inference")
             if not os.path.isfile(ckpt) or inference_files(target):
                 continue
-            backbone = build_backbone(get(self.cfg, "Arch.backbone", self.model_name),
-                                      embedding_size=get(self.cfg, "Arch.embedding_size"))
+            backbone = build_backbone(self.cfg.Arch.backbone, embedding_size=self.cfg.Arch.embedding_size)
             load_backbone_weights(backbone, paddle.load(ckpt), strict=True)
-            export_inference(backbone, target, self.model_name, image_size=int(get(self.cfg, "Arch.image_size", 112)))
+            export_inference(backbone, target, self.model_name, image_size=self.cfg.Arch.image_size)
             self.log.info(f"exported {folder}/inference")
 
     # ----------------------------------------------------------------- train_result.json
@@ -387,8 +383,8 @@ def run(cfg):
     kind, ids, nprocs = requested_processes(cfg)
     speed_notes = []
     if kind == "cpu":
-        set_threads(num_threads_from(get(cfg, "Global.num_threads", 0)))  # before the fused kernels load
-        speed_notes = list(setup_cpu_speed(enabled=bool(get(cfg, "Global.cpu_speedup", True))).values())
+        set_threads(num_threads_from(cfg.Global.num_threads))  # before the fused kernels load
+        speed_notes = list(setup_cpu_speed(enabled=cfg.Global.cpu_speedup).values())
     _, world = world_info()
     if nprocs > 1 and world == 1:
         return launch_distributed(cfg, kind, ids, nprocs)

@@ -1,5 +1,8 @@
 """Logging to the console and to a log file under the output folder."""
+import contextlib
+import io
 import logging
+import logging.handlers
 import os
 import sys
 
@@ -37,7 +40,22 @@ def quiet_library_warnings():
     warn_log = logging.getLogger(WARNINGS_LOGGER)
     warn_log.propagate = False
     if not warn_log.handlers:
-        warn_log.addHandler(logging.NullHandler())  # until a log file exists: dropped, not printed
+        # held until the run opens its log file (log_to_file writes them there), never printed
+        warn_log.addHandler(logging.handlers.MemoryHandler(1000, flushLevel=logging.CRITICAL + 1))
+
+
+@contextlib.contextmanager
+def stderr_to_log(what):
+    """Python-level writes to sys.stderr inside the block (a library's import-time banner, such as
+    Paddle's OMP_NUM_THREADS note) go where library warnings go (see quiet_library_warnings)."""
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buf):
+            yield
+    finally:
+        text = buf.getvalue().strip()
+        if text:
+            logging.getLogger(WARNINGS_LOGGER).warning(f"{what}: {text}")
 
 
 def log_to_file(path):
@@ -58,5 +76,10 @@ def log_to_file(path):
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     logger.addHandler(handler)
+    for held in [h for h in warn_log.handlers if isinstance(h, logging.handlers.MemoryHandler)]:
+        held.setTarget(handler)  # the warnings raised before this file existed
+        held.flush()
+        warn_log.removeHandler(held)
+        held.close()
     warn_log.addHandler(handler)
     return logger

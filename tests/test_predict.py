@@ -151,6 +151,9 @@ def test_cli_writes_the_good_results_and_exits_1_on_a_bad_file(model_dir, folder
     assert not any(f.endswith("_res.json") for f in os.listdir(out))  # results live in a folder of their own
     assert saved == ["a_res.json", "b_res.json", "d_res.json", "e_res.json", "sub_a_res.json", "sub_c_res.json"]
     assert proc.stdout.count("'feature': [") == 6
+    # Paddle's import-time banner and library warnings go to the log file, not the console
+    assert "OMP_NUM_THREADS" not in proc.stderr and "UserWarning" not in proc.stderr + proc.stdout, proc.stderr
+    assert "OMP_NUM_THREADS" in (out / "predict" / "predict.log").read_text(encoding="utf-8")
 
 
 def test_cli_missing_input_fails_before_loading(model_dir, tmp_path):
