@@ -17,6 +17,8 @@ import pickle
 import cv2
 import numpy as np
 
+from datasets.transforms import ImageReadError, to_bgr
+from foundation.atomic_io import atomic_write_bytes
 from foundation.errors import DatasetError
 
 try:  # numpy >= 2 moved the pickling helpers to numpy._core
@@ -141,8 +143,6 @@ def _validate(obj, path):
 
 def decode_image(data, where):
     """Encoded bytes -> BGR uint8 image; DatasetError naming `where` if it does not decode."""
-    from datasets.transforms import ImageReadError, to_bgr
-
     arr = np.frombuffer(data, dtype=np.uint8)
     img = cv2.imdecode(arr, cv2.IMREAD_UNCHANGED) if arr.size else None
     if img is None:
@@ -155,8 +155,6 @@ def decode_image(data, where):
 
 def write_bin(path, images, issame, ext=".jpg"):
     """Write an insightface-style .bin: `images` are encoded bytes or BGR uint8 arrays, pairs interleaved."""
-    from foundation.atomic_io import atomic_write_bytes
-
     issame = [bool(s) for s in issame]
     if len(images) != 2 * len(issame):
         raise ValueError(f"{len(issame)} pairs need {2 * len(issame)} images, got {len(images)}")

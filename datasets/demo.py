@@ -17,6 +17,7 @@ the same for the same arguments whatever the number of worker processes.
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import sys
@@ -351,8 +352,6 @@ def _build(out_dir, train_identities, images_per_identity, val_identities, val_p
         results = map(_render_identities, tasks)
         pool = None
     else:
-        import multiprocessing
-
         # spawn, not fork: a process that has run OpenCV or Paddle holds thread pools that do
         # not survive fork, and a forked worker touching them hangs (seen inside the recognize
         # runner). A fresh interpreter per worker costs well under a second.

@@ -15,6 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 
+import cv2
 import numpy as np
 import paddle
 
@@ -140,12 +141,7 @@ def _init_worker(dataset):
     # close() terminates a worker; a worker should just end. Ctrl-C is for the main process to handle.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:  # workers decode one image at a time; more OpenCV threads would fight the trainer's
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:
-        pass
+    cv2.setNumThreads(1)  # workers decode one image at a time; more OpenCV threads would fight the trainer's
 
 
 def _worker_load(epoch, indices, path):

@@ -25,8 +25,8 @@ import tempfile
 import numpy as np
 
 from datasets.transforms import IMAGE_EXTENSIONS, list_images
-from foundation.errors import DatasetError
 from foundation.atomic_io import move_dir_into_place
+from foundation.errors import DatasetError
 
 
 def scan_identities(src):

@@ -11,8 +11,7 @@ still written when at least one face was enrolled.
 import os
 
 from datasets.demo import ensure_demo
-from engine.gallery_index import list_gallery
-from engine.recognition import RecognitionPipeline
+from engine.recognition import RecognitionPipeline, gallery_items
 from foundation.errors import ConfigError, UserError
 from foundation.logger import log_to_file
 
@@ -41,18 +40,19 @@ def run(cfg):
     if action != "build_index" and not os.path.isdir(index_dir):
         raise UserError(f"gallery index folder '{index_dir}' does not exist: build it first with "
                         f"-o Global.mode=build_index -o Index.gallery=DIR -o Index.dir={index_dir}")
-    ensure_demo(gallery)
-    if action == "build_index":
-        list_gallery(gallery, label_file)  # bad gallery path or list line: fail before the model loads
+    items = None
+    if action != "remove_index":
+        ensure_demo(gallery)
+        items = gallery_items(gallery, label_file)  # a bad gallery path or list line fails before the model loads
     log_dir = index_dir if action != "build_index" else os.path.dirname(os.path.abspath(index_dir))
     log = log_to_file(os.path.join(log_dir, "build_index.log"))
     pipe = RecognitionPipeline.from_config(cfg, load_index=action != "build_index")
     if action == "build_index":
-        summary = pipe.build_index(gallery, label_file, index_dir)
+        summary = pipe.build_index(items, index_dir=index_dir)
         _report(summary, index_dir, action, log)
     elif action == "append_index":
         before = len(pipe.index)
-        summary = pipe.append(gallery, label_file, index_dir)
+        summary = pipe.append(items, index_dir=index_dir)
         log.info(f"index grew from {before} to {len(pipe.index)} faces")
         _report(summary, index_dir, action, log)
     else:

@@ -27,8 +27,8 @@ import time
 
 import numpy as np
 
-from foundation.atomic_io import atomic_replace_dir
 from datasets.transforms import IMAGE_EXTENSIONS, list_images
+from foundation.atomic_io import atomic_replace_dir
 from foundation.errors import UserError
 
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # no INFO lines about CPU features

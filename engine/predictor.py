@@ -25,6 +25,7 @@ from foundation.errors import UserError
 from foundation.logger import get_logger
 from foundation.runtime import num_threads_from, set_threads
 
+
 # --------------------------------------------------------------------------- predictor
 class FaceFeaturePredictor:
     """An exported face feature model plus pre-processing; see the module docstring."""

@@ -35,6 +35,20 @@ from foundation.progress import Progress
 from foundation.runtime import num_threads_from, set_threads
 from models.face_detector import align_face, build_detector
 
+
+def gallery_items(gallery, label_file=None):
+    """[(abs path, label)] of a gallery folder (one sub-folder per person), a '<path> <label>' list
+    file, or a list of (path, label) pairs; UserError when it holds no image."""
+    if isinstance(gallery, (list, tuple)):
+        return [(os.path.abspath(str(p)), str(lbl)) for p, lbl in gallery]
+    items = list_gallery(gallery, label_file)
+    if not items:
+        where = label_file or gallery
+        raise UserError(f"the gallery {where} holds no images: put one folder of face images per person "
+                        f"(the folder name is the label) or list '<path> <label>' lines in Index.label_file")
+    return items
+
+
 class RecognitionPipeline:
     """Detector + feature model + gallery index. Every argument has the config's default."""
 
@@ -142,20 +156,10 @@ class RecognitionPipeline:
         features = np.concatenate(feats) if feats else np.zeros((0, self.model.embedding_size), np.float32)
         return features, labels, paths, skipped
 
-    def _items(self, gallery, label_file=None):
-        if isinstance(gallery, (list, tuple)):
-            return [(os.path.abspath(str(p)), str(lbl)) for p, lbl in gallery]
-        items = list_gallery(gallery, label_file)
-        if not items:
-            where = label_file or gallery
-            raise UserError(f"the gallery {where} holds no images: put one folder of face images per person "
-                            f"(the folder name is the label) or list '<path> <label>' lines in Index.label_file")
-        return items
-
     def build_index(self, gallery, label_file=None, index_dir=None, save=True):
         """A new index from a gallery folder (or a `path label` list, or [(path, label)]), replacing
         any previous one; returns a summary dict. Raises UserError when no face could be enrolled."""
-        items = self._items(gallery, label_file)
+        items = gallery_items(gallery, label_file)
         feats, labels, paths, skipped = self._enroll(items, "build index")
         if len(feats) == 0:
             raise UserError(f"no face found in any of the {len(items)} gallery images ({len(skipped)} skipped, "
@@ -172,7 +176,7 @@ class RecognitionPipeline:
         """Add a gallery's faces to the current index (built or loaded first)."""
         if self.index is None:
             raise UserError("no gallery index to append to: build_index first or load one")
-        items = self._items(gallery, label_file)
+        items = gallery_items(gallery, label_file)
         feats, labels, paths, skipped = self._enroll(items, "append to index")
         self.index.add(feats, labels, paths)
         if save and len(feats):

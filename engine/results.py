@@ -14,6 +14,7 @@ from engine.gallery_index import UNKNOWN_LABEL
 from foundation.atomic_io import atomic_write_bytes, atomic_write_json
 from foundation.errors import UserError
 
+
 # --------------------------------------------------------------------------- results
 class FeatureResult(dict):
     """One image's result: {"input_path": str or None (numpy input), "feature": np.ndarray [D]}."""

@@ -30,9 +30,18 @@ from datasets.demo import resolve_dataset_dir
 from datasets.face_dataset import ImageReadError, LoaderWorkerError
 from datasets.label_files import load_pair_list
 from engine.builders import build_model, build_optimizer, build_train_loader
-from engine.checkpoints import (carry_best_model, find_checkpoint, load_pretrained, numpy_rng_state,
-                                optimizer_state_by_layer, prepare_output_dir, prune_epoch_dirs, remove_stale_staging,
-                                restore_checkpoint, save_checkpoints)
+from engine.checkpoints import (
+    carry_best_model,
+    find_checkpoint,
+    load_pretrained,
+    numpy_rng_state,
+    optimizer_state_by_layer,
+    prepare_output_dir,
+    prune_epoch_dirs,
+    remove_stale_staging,
+    restore_checkpoint,
+    save_checkpoints,
+)
 from engine.config import save_config
 from engine.cpu_speed import setup_cpu_speed
 from engine.distributed import LAUNCHED_ENV, launch_distributed, requested_processes, world_info
@@ -52,6 +61,10 @@ class TrainingDiverged(UserError):
 
 # --------------------------------------------------------------------------- the trainer
 class Trainer:
+    """One training run: set-up (builders, resume or pretrained weights), the epoch loop
+    (train_one_epoch, validate, save) and the run's outputs. Checkpoint files, the result file and
+    the multi-process launch live in engine/checkpoints.py, train_result.py and distributed.py."""
+
     def __init__(self, cfg, speed_notes=()):
         self.cfg = cfg
         self.speed_notes = list(speed_notes)
@@ -183,57 +196,61 @@ class Trainer:
 
     # ----------------------------------------------------------------- the loop
     def train(self):
+        """The epochs, top to bottom: train one, then validate (when due), save and record it."""
+        self.run_start = time.perf_counter()
+        self.steps_this_run = 0
+        for epoch in range(self.start_epoch, self.epochs + 1):
+            mean_loss = self.train_one_epoch(epoch)
+            self.end_of_epoch(epoch, mean_loss)
+        if self.is_main:
+            self.log.info(f"training done in {format_seconds(time.perf_counter() - self.run_start)}")
+
+    def train_one_epoch(self, epoch):
+        """One pass over the training data; returns the mean loss. Logs every Train.log_interval steps."""
         d = self.data
         total_steps = self.epochs * d.steps_per_epoch
         images_per_step = d.batch_size * d.world_size
-        run_start = time.perf_counter()
-        steps_this_run = 0
-        for epoch in range(self.start_epoch, self.epochs + 1):
-            d.loader.set_epoch(epoch)
-            self.model.train()
-            losses = []
-            bar = Progress(d.steps_per_epoch * images_per_step, desc=f"epoch {epoch}/{self.epochs}", unit="img") \
-                if self.is_main else None
-            window_start, window_images = time.perf_counter(), 0
-            step = 0
-            try:
-                for step, (images, labels) in enumerate(d.loader, start=1):
-                    lr = self.scheduler.get_lr()
-                    value = self.train_step(images, labels)
-                    if not math.isfinite(value):
-                        raise self.diverged(value, epoch, step)
-                    losses.append(value)
-                    steps_this_run += 1
-                    window_images += images_per_step
-                    if bar is not None:
-                        bar.update(images_per_step, postfix=f"loss {value:.4f} lr {lr:.3g}")
-                    if self.is_main and (step % self.log_interval == 0 or step == d.steps_per_epoch):
-                        now = time.perf_counter()
-                        ips = window_images / max(now - window_start, 1e-9)
-                        per_step = (now - run_start) / steps_this_run
-                        eta = per_step * (total_steps - self.global_step)
-                        self.log.info(f"epoch {epoch}/{self.epochs} step {step}/{d.steps_per_epoch} "
-                                      f"loss {value:.5f} lr {lr:.6g} ips {ips:.2f} img/s eta {format_seconds(eta)}")
-                        self.vdl.add_scalar("train/loss", value, self.global_step)
-                        self.vdl.add_scalar("train/lr", lr, self.global_step)
-                        self.vdl.add_scalar("train/ips", ips, self.global_step)
-                        window_start, window_images = now, 0
-            except Exception as e:
-                if isinstance(e, ImageReadError):
-                    raise DatasetError(f"training stopped at epoch {epoch}, step {step + 1}: {e}. The image is listed "
-                                       f"in {os.path.join(self.dataset_dir, 'train', 'label.txt')}: replace the file "
-                                       "or remove its line, then resume from latest/") from None
-                if isinstance(e, LoaderWorkerError):
-                    raise UserError(f"training stopped at epoch {epoch}, step {step + 1}: {e}") from None
-                raise
-            finally:
+        d.loader.set_epoch(epoch)
+        self.model.train()
+        losses = []
+        bar = Progress(d.steps_per_epoch * images_per_step, desc=f"epoch {epoch}/{self.epochs}", unit="img") \
+            if self.is_main else None
+        window_start, window_images = time.perf_counter(), 0
+        step = 0
+        try:
+            for step, (images, labels) in enumerate(d.loader, start=1):
+                lr = self.scheduler.get_lr()
+                value = self.train_step(images, labels)
+                if not math.isfinite(value):
+                    raise self.diverged(value, epoch, step)
+                losses.append(value)
+                self.steps_this_run += 1
+                window_images += images_per_step
                 if bar is not None:
-                    bar.close()
-            self.end_of_epoch(epoch, float(np.mean(losses)) if losses else float("nan"))
-        if self.is_main:
-            self.log.info(f"training done in {format_seconds(time.perf_counter() - run_start)}")
+                    bar.update(images_per_step, postfix=f"loss {value:.4f} lr {lr:.3g}")
+                if self.is_main and (step % self.log_interval == 0 or step == d.steps_per_epoch):
+                    now = time.perf_counter()
+                    ips = window_images / max(now - window_start, 1e-9)
+                    per_step = (now - self.run_start) / self.steps_this_run
+                    eta = per_step * (total_steps - self.global_step)
+                    self.log.info(f"epoch {epoch}/{self.epochs} step {step}/{d.steps_per_epoch} "
+                                  f"loss {value:.5f} lr {lr:.6g} ips {ips:.2f} img/s eta {format_seconds(eta)}")
+                    self.vdl.add_scalar("train/loss", value, self.global_step)
+                    self.vdl.add_scalar("train/lr", lr, self.global_step)
+                    self.vdl.add_scalar("train/ips", ips, self.global_step)
+                    window_start, window_images = now, 0
+        except ImageReadError as e:
+            raise DatasetError(f"training stopped at epoch {epoch}, step {step + 1}: {e}. The image is listed "
+                               f"in {os.path.join(self.dataset_dir, 'train', 'label.txt')}: replace the file "
+                               "or remove its line, then resume from latest/") from None
+        except LoaderWorkerError as e:
+            raise UserError(f"training stopped at epoch {epoch}, step {step + 1}: {e}") from None
+        finally:
+            if bar is not None:
+                bar.close()
+        return float(np.mean(losses)) if losses else float("nan")
 
-    def evaluate(self, epoch):
+    def validate(self, epoch):
         """10-fold verification accuracy (with flip) of the val pairs, dygraph backbone in eval mode."""
         backbone = self.model.backbone
         backbone.eval()
@@ -261,7 +278,7 @@ class Trainer:
         self.check_weights_finite(epoch)
         self.log.info(f"epoch {epoch}/{self.epochs} done: mean loss {mean_loss:.5f}")
         last = epoch == self.epochs
-        score = self.evaluate(epoch) if (epoch % self.eval_interval == 0 or last) else None
+        score = self.validate(epoch) if (epoch % self.eval_interval == 0 or last) else None
         improved = score is not None and (self.best_score is None or score > self.best_score)
         if improved:
             self.best_score, self.best_epoch = score, epoch

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import urllib.request
 
 
 def _tmp_path(path):
@@ -91,8 +92,6 @@ def file_digest(path):
 def download_file(url, path, timeout=60):
     """Fetch `url` to `path` atomically. Raises OSError (URLError, HTTPError, timeouts) and
     ValueError (malformed URL); callers turn them into a one-line message for their setting."""
-    import urllib.request
-
     def fetch(tmp):
         with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:  # noqa: S310 - user-given URL
             shutil.copyfileobj(response, f, length=1 << 20)

@@ -13,6 +13,7 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
+from foundation.errors import ConfigError, UserError
 from models.arcmargin import ArcMargin
 from models.mobilefacenet import MobileFaceNet
 from models.resnet_face import ResNet50Face
@@ -30,8 +31,6 @@ __all__ = [
 
 def build_backbone(name, embedding_size=None):
     """A backbone by its config name; `embedding_size` overrides the model's default (128 / 512)."""
-    from foundation.errors import ConfigError
-
     if name not in BACKBONES:
         raise ConfigError(f"unknown backbone '{name}'. Valid names: {', '.join(BACKBONES)}")
     cls = BACKBONES[name]
@@ -98,8 +97,6 @@ def count_multiply_adds(layer, image_size=112):
 
 def read_state_dict(path_or_state_dict):
     """A state dict from a .pdparams file (or a dict passed through); UserError when unreadable."""
-    from foundation.errors import UserError
-
     if isinstance(path_or_state_dict, dict):
         return path_or_state_dict
     path = str(path_or_state_dict)
@@ -176,8 +173,6 @@ def load_backbone_weights(backbone, path_or_state_dict, strict=False):
     backbone tensor missing or mismatched raises UserError saying what differs; in any mode a
     checkpoint sharing no tensor with the backbone raises UserError (it is for another model).
     """
-    from foundation.errors import UserError
-
     source = path_or_state_dict if isinstance(path_or_state_dict, str) else "state dict"
     state = read_state_dict(path_or_state_dict)
     prefix = "backbone." if any(k.startswith("backbone.") for k in state) else None

@@ -26,8 +26,11 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+import paddle.inference as pi
+import yaml
 
 from foundation.errors import UserError
+from foundation.logger import get_logger
 
 CASCADE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cascades")
 DEFAULT_FACE_CASCADE = "haarcascade_frontalface_alt2.xml"
@@ -407,8 +410,6 @@ class PaddleFaceDetector(FaceDetector):
     """
 
     def __init__(self, model_dir, threshold=0.6, min_size=0, num_threads=2):
-        from foundation.logger import get_logger
-
         self.model_dir = model_dir
         self.threshold = float(threshold)
         self.min_size = int(min_size)
@@ -425,8 +426,6 @@ class PaddleFaceDetector(FaceDetector):
             )
         self.target_size, self.mean, self.std, self.is_scale, self.keep_ratio = (640, 640), None, None, True, False
         self._read_yml(os.path.join(model_dir, "inference.yml"))
-        import paddle.inference as pi
-
         config = pi.Config(model_file, params_file)
         config.disable_gpu()
         config.set_cpu_math_library_num_threads(int(num_threads))
@@ -438,8 +437,6 @@ class PaddleFaceDetector(FaceDetector):
     def _read_yml(self, path):
         if not os.path.isfile(path):
             return
-        import yaml
-
         with open(path, encoding="utf-8") as f:
             info = yaml.safe_load(f) or {}
         ops = info.get("Preprocess") or (info.get("PreProcess") or {}).get("transform_ops") or []

@@ -16,8 +16,10 @@ in dygraph mode (GPU, AMP, to_static/export tracing), the layers in models/layer
 own operators, so exported inference models never contain these custom operators.
 """
 import contextlib
+import fcntl
 import functools
 import hashlib
+import logging
 import os
 import platform
 import shlex
@@ -27,6 +29,9 @@ import sys
 import sysconfig
 import warnings
 
+import paddle
+
+from foundation.logger import get_logger
 from foundation.runtime import cache_dir, cpu_flags, cpuinfo_field
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "fast_cpu_ops.cc")
@@ -76,8 +81,6 @@ def _compiler_identity(path):
 
 def build_key():
     """A short hash of everything the compiled library depends on (see the module docstring)."""
-    import paddle
-
     cxx, _ = cxx_compiler()
     # setuptools, which cpp_extension drives, compiles and links with $CC / sysconfig's CC and
     # honours these variables too: they change the build as much as CXX does.
@@ -123,9 +126,6 @@ def _output_to(path):
 
 
 def _compile_and_load():
-    import fcntl
-    import logging
-
     cxx, why = cxx_compiler()
     if not cxx:
         raise RuntimeError(why)
@@ -134,8 +134,6 @@ def _compile_and_load():
     os.makedirs(build_dir, exist_ok=True)
     log_path = os.path.join(build_dir, "build.log")
     if not any(name.endswith(".so") for _, _, files in os.walk(build_dir) for name in files):
-        from foundation.logger import get_logger
-
         get_logger().info(f"Compiling the fused CPU kernels (first use only, about 30 s) in {build_dir}")
     # One build at a time: data-parallel ranks start together and share the cache folder.
     with open(os.path.join(build_dir, ".lock"), "w") as lock:
@@ -143,6 +141,8 @@ def _compile_and_load():
         try:
             with warnings.catch_warnings(), _output_to(log_path):
                 warnings.simplefilter("ignore")  # "No ccache found"
+                # imported here, not at the top: it costs a second and warns about ccache,
+                # and only a machine that builds the kernels needs it
                 from paddle.utils.cpp_extension import load
 
                 # cpp_extension logs "using custom operator only" at INFO through the root logger.
@@ -198,8 +198,6 @@ def usable_for(x):
     """True when `x` can take the fused kernels: enabled, dygraph, float32, on CPU."""
     if not _enabled:
         return False
-    import paddle
-
     return paddle.in_dynamic_mode() and x.dtype == paddle.float32 and x.place.is_cpu_place()
 
 
