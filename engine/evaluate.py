@@ -23,7 +23,7 @@ from engine import metrics as M
 from engine.inference_folder import export_checkpoint, resolve_model_source
 from engine.inference_model import InferenceModel
 from engine.verification import FORWARD_CHUNK, chunked, score_bin, score_pairs, unique_images
-from foundation.atomic_io import atomic_save, atomic_write_json, atomic_write_text
+from foundation.atomic_io import atomic_save, atomic_write_json, atomic_write_text, unique_name
 from foundation.errors import DatasetError
 from foundation.logger import get_logger, log_to_file
 from foundation.runtime import num_threads_from, set_threads
@@ -99,14 +99,6 @@ def log_metrics(logger, name, m):
         logger.info(f"[{name}] note: {note}")
 
 
-def _set_name(path, taken):
-    name = os.path.splitext(os.path.basename(path))[0]
-    base, i = name, 2
-    while name in taken:
-        name, i = f"{base}_{i}", i + 1
-    return name
-
-
 def _bin_paths(cfg):
     return list(cfg.Evaluate.bin_paths)
 
@@ -134,7 +126,7 @@ def run(cfg):
         dataset_dir = resolve_dataset_dir(dataset_dir)
         pairs = load_pair_list(dataset_dir)
 
-    sets, curves = {}, []
+    sets, curves, set_names = {}, [], {"val"} if pairs is not None else set()
     with tempfile.TemporaryDirectory(prefix="facefeat_eval_") as tmp_dir:
         model = load_inference_model(cfg, source, tmp_dir)
         extract = chunked(model.predict)
@@ -155,7 +147,7 @@ def run(cfg):
             curves.append(("val", cos, labels, m))
             log_metrics(logger, "val", m)
         for path in bins:
-            name = _set_name(path, sets)
+            name = unique_name(os.path.splitext(os.path.basename(path))[0], set_names)
             logger.info(f"{path}: scoring (batch {batch_size}, flip {'on' if flip else 'off'})")
             m, cos, dist, labels = score_bin(path, extract, batch_size=batch_size, flip=flip, folds=folds)
             m["source"] = path

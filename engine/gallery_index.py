@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from datasets.transforms import IMAGE_EXTENSIONS, list_images
+from engine.metrics import l2_normalize
 from foundation.atomic_io import atomic_replace_dir
 from foundation.errors import UserError
 
@@ -65,12 +66,9 @@ def normalize_index_type(name):
 
 
 def l2_normalize_rows(x):
-    """Rows scaled to unit length (zero rows stay zero) as contiguous float32."""
+    """Rows scaled to unit length (zero rows stay zero) as contiguous float32, what faiss takes."""
     x = np.asarray(x, dtype=np.float32)
-    if x.ndim == 1:
-        x = x[None, :]
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+    return np.ascontiguousarray(l2_normalize(x[None, :] if x.ndim == 1 else x), dtype=np.float32)
 
 
 def choose_nlist(num_vectors):

@@ -10,7 +10,7 @@ import numpy as np
 
 from datasets.demo import ensure_demo
 from datasets.transforms import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image, to_bgr
-from foundation.atomic_io import download_file
+from foundation.atomic_io import download_file, unique_name
 from foundation.errors import UserError
 
 ARRAY_PREFIX = "array_"
@@ -38,11 +38,7 @@ def unique_names(items):
     so results saved into one folder never overwrite each other."""
     taken = set()
     for item in items:
-        name, i = item.name, 2
-        while name in taken:
-            name, i = f"{item.name}_{i}", i + 1
-        taken.add(name)
-        item.name = name
+        item.name = unique_name(item.name, taken)
     return items
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from datasets.transforms import ImageReadError, preprocess, read_image
 from engine.gallery_index import GalleryIndex, apply_threshold, list_gallery, set_search_threads
 from engine.inference_model import InferenceModel
+from engine.metrics import l2_normalize
 from engine.model_inputs import expand_inputs, is_expanded, load_item
 from engine.results import RecognitionResult
 from foundation.atomic_io import file_digest
@@ -107,7 +108,7 @@ class RecognitionPipeline:
         for s in range(0, len(crops), self.batch_size):
             batch = np.stack([preprocess(c) for c in crops[s:s + self.batch_size]])
             feats = self.model.predict(batch)
-            out[s:s + len(batch)] = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+            out[s:s + len(batch)] = l2_normalize(feats)
         return out
 
     def faces_of(self, img_bgr):

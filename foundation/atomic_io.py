@@ -80,6 +80,16 @@ def atomic_replace_dir(build_fn, path):
         raise
 
 
+def unique_name(name, taken):
+    """`name`, or `name_2`, `name_3` ... the first not in the set `taken` (which it joins), so
+    outputs named after their inputs (a/00.jpg, b/00.jpg) never overwrite each other."""
+    candidate, i = name, 2
+    while candidate in taken:
+        candidate, i = f"{name}_{i}", i + 1
+    taken.add(candidate)
+    return candidate
+
+
 def file_digest(path):
     """sha256 of a file's bytes, read in chunks (weights files can be large)."""
     h = hashlib.sha256()
