@@ -6,11 +6,10 @@ Python 2 (so they are read with `encoding="bytes"`, as insightface does) and som
 `issame` as a numpy bool array.
 
 A pickle can name any importable callable, so loading an untrusted file with `pickle.load`
-can run code. The loader here admits only the globals such a file needs (numpy array
-reconstruction with a non-object dtype, and latin-1 `_codecs.encode` that Python 3 uses for
+can run code: these files are read with foundation.safe_pickle, which admits only what such a
+file needs (numpy arrays of non-object dtypes, latin-1 `_codecs.encode` that Python 3 uses for
 bytes in old protocols); anything else stops the load before it is called.
 """
-import io
 import os
 import pickle
 
@@ -20,70 +19,11 @@ import numpy as np
 from datasets.transforms import ImageReadError, to_bgr
 from foundation.atomic_io import atomic_write_bytes
 from foundation.errors import DatasetError
-
-try:  # numpy >= 2 moved the pickling helpers to numpy._core
-    from numpy._core.multiarray import _reconstruct as _np_reconstruct
-    from numpy._core.multiarray import scalar as _np_scalar
-except ImportError:  # pragma: no cover - numpy 1.x
-    from numpy.core.multiarray import _reconstruct as _np_reconstruct
-    from numpy.core.multiarray import scalar as _np_scalar
+from foundation.safe_pickle import RefusedGlobal, safe_loads
 
 
 class UnsafePickleError(DatasetError):
     """A .bin file that asks the unpickler for something a verification file never holds."""
-
-
-class _Refused(pickle.UnpicklingError):
-    """Raised inside the unpickler for a global or argument outside the allowed set."""
-
-
-def _safe_dtype(*args):
-    dtype = np.dtype(*args)
-    if dtype.hasobject:
-        raise _Refused(f"numpy dtype {dtype} holds Python objects")
-    return dtype
-
-
-def _safe_reconstruct(cls, *args):
-    if cls is not np.ndarray:
-        raise _Refused(f"array class {cls!r} is not numpy.ndarray")
-    return _np_reconstruct(cls, *args)
-
-
-def _safe_scalar(dtype, *args):
-    if not isinstance(dtype, np.dtype) or dtype.hasobject:
-        raise _Refused(f"numpy scalar of dtype {dtype!r}")
-    return _np_scalar(dtype, *args)
-
-
-def _latin1_encode(text, encoding="latin1"):
-    # Python 3 pickles bytes with protocol < 3 as _codecs.encode(str, "latin1")
-    if not isinstance(text, str) or encoding.lower().replace("-", "") not in ("latin1", "iso88591"):
-        raise _Refused(f"_codecs.encode with encoding {encoding!r}")
-    return text.encode("latin1")
-
-
-_ALLOWED_GLOBALS = {
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): _safe_dtype,
-    ("numpy.core.multiarray", "_reconstruct"): _safe_reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _safe_reconstruct,
-    ("numpy.core.multiarray", "scalar"): _safe_scalar,
-    ("numpy._core.multiarray", "scalar"): _safe_scalar,
-    ("_codecs", "encode"): _latin1_encode,
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise _Refused(f"'{module}.{name}' is not allowed in a verification .bin file") from None
-
-
-def _restricted_load(data):
-    return _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
 
 
 def read_bin(path):
@@ -96,10 +36,11 @@ def read_bin(path):
     with open(path, "rb") as f:
         data = f.read()
     try:
-        obj = _restricted_load(data)
-    except _Refused as e:
+        obj = safe_loads(data, encoding="bytes")  # written by Python 2, read as insightface does
+    except RefusedGlobal as e:
+        what = f"{e} is not allowed in a verification .bin file" if str(e).startswith("'") else str(e)
         raise UnsafePickleError(
-            f"{path}: refused to load: {e}. insightface .bin files hold only image bytes and "
+            f"{path}: refused to load: {what}. insightface .bin files hold only image bytes and "
             "booleans; this file may have been crafted to run code. Use a .bin from a trusted source."
         ) from None
     except pickle.UnpicklingError as e:

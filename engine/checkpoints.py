@@ -19,7 +19,8 @@ from foundation.atomic_io import atomic_replace_dir, download_file
 from foundation.errors import UserError
 from foundation.logger import get_logger
 from foundation.runtime import cache_dir
-from models import describe_report, load_backbone_weights, load_weights_by_name, read_state_dict
+from foundation.safe_pickle import load_file
+from models import describe_report, load_backbone_weights, load_weights_by_name, read_pickled_dict, read_state_dict
 
 KEEP_EPOCH_DIRS = 5  # matches train_result.json's last_1..last_5
 WEIGHTS_CACHE = cache_dir("weights")
@@ -28,6 +29,9 @@ WEIGHTS_CACHE = cache_dir("weights")
 RUN_ARTIFACTS = ("train_result.json", "train.log", "config.yaml", "latest", "best_model", "vdl", "dist_logs")
 EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
 STAGING_PREFIX = ".staging."  # temporary folders of a save in progress
+# A .pdstates file also holds Paddle's RNG state objects; their pickled form is the generator's
+# seed and offset, restored by the C++ class itself, so this one name is admitted for these files.
+PDSTATES_GLOBALS = {("paddle.base.libpaddle", "GeneratorState"): paddle.base.libpaddle.GeneratorState}
 
 
 def previous_run_items(output_dir):
@@ -234,17 +238,23 @@ def restore_checkpoint(files, model, optimizer, scheduler, scaler, want, steps_p
     """Load model, optimizer, schedule, grad-scaler and RNG state from a checkpoint's files; return
     its .pdstates dict. `want` ({"model_name", "num_classes", "embedding_size"}) must match it."""
     log = get_logger()
-    states = paddle.load(files["pdstates"], return_numpy=True)
+    states = load_file(files["pdstates"], "checkpoint state", extra_globals=PDSTATES_GLOBALS,
+                       fix="resume from another checkpoint (epoch_N/ or best_model/) or start a new run")
+    if not isinstance(states, dict) or "epoch" not in states:
+        raise UserError(f"{files['pdstates']} is not a training checkpoint's state (no epoch recorded): "
+                        "resume from a checkpoint written by this project's training")
     differ = [f"{k}: checkpoint {states.get(k)!r}, this run {v!r}" for k, v in want.items() if states.get(k) != v]
     if differ:
         raise UserError(f"cannot resume from {files['pdparams']}: the run differs from the checkpoint ("
                         + "; ".join(differ) + "). Resume with the same config and data, or start a new run "
                         "(use Train.pretrain_weight_path to start from its weights)")
-    report = load_weights_by_name(model, paddle.load(files["pdparams"]), source=files["pdparams"])
+    report = load_weights_by_name(model, read_pickled_dict(files["pdparams"]), source=files["pdparams"])
     if report["missing"] or report["skipped"]:
         raise UserError(f"cannot resume from {files['pdparams']}: it does not fit the model "
                         f"(missing {report['missing'][:3]}, mismatched {report['skipped'][:3]})")
-    optimizer.set_state_dict(optimizer_state_for(model, paddle.load(files["pdopt"])))
+    opt_state = read_pickled_dict(files["pdopt"], "optimizer state")
+    optimizer.set_state_dict(optimizer_state_for(model, {k: paddle.to_tensor(v) if isinstance(v, np.ndarray) else v
+                                                         for k, v in opt_state.items()}))
     scheduler.set_state_dict(states["lr_scheduler"])
     if scaler is not None and states.get("grad_scaler"):
         scaler.load_state_dict(states["grad_scaler"])

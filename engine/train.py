@@ -359,7 +359,7 @@ class Trainer:
             if not os.path.isfile(ckpt) or inference_files(target):
                 continue
             backbone = build_backbone(self.cfg.Arch.backbone, embedding_size=self.cfg.Arch.embedding_size)
-            load_backbone_weights(backbone, paddle.load(ckpt), strict=True)
+            load_backbone_weights(backbone, ckpt, strict=True)
             export_inference(backbone, target, self.model_name, image_size=self.cfg.Arch.image_size)
             self.log.info(f"exported {folder}/inference")
 

@@ -14,6 +14,7 @@ import paddle
 import paddle.nn as nn
 
 from foundation.errors import ConfigError, UserError
+from foundation.safe_pickle import load_file
 from models.arcmargin import ArcMargin
 from models.mobilefacenet import MobileFaceNet
 from models.resnet_face import ResNet50Face
@@ -25,7 +26,8 @@ BACKBONES = {
 
 __all__ = [
     "ArcMargin", "BACKBONES", "FaceRecModel", "MobileFaceNet", "ResNet50Face", "build_backbone",
-    "count_parameters", "count_multiply_adds", "load_backbone_weights", "load_weights_by_name", "read_state_dict",
+    "count_parameters", "count_multiply_adds", "load_backbone_weights", "load_weights_by_name", "read_pickled_dict",
+    "read_state_dict",
 ]
 
 
@@ -95,22 +97,32 @@ def count_multiply_adds(layer, image_size=112):
     return total[0]
 
 
+# Keys paddle.save adds beside the tensors: a map of structured to parameter names, and the
+# slices of arrays above 4 GB (saved with pickle protocol < 4).
+_STRUCTURE_KEY = "StructuredToParameterName@@"
+_BIG_PARAM_KEY = "UnpackBigParamInfor@@"  # sic: Paddle's spelling
+
+
+def read_pickled_dict(path, what="weights file"):
+    """A dict saved by paddle.save (.pdparams, .pdopt), read by the restricted unpickler
+    (foundation.safe_pickle: numpy arrays and plain data only, nothing that runs code), with
+    Paddle's bookkeeping keys undone. UserError naming the file when it cannot be used."""
+    if not os.path.isfile(str(path)) and os.path.isdir(str(path)):
+        raise UserError(f"{what} not found: {path} (it is a directory: give the .pdparams file inside it)")
+    state = load_file(path, what, fix="expected a file saved by paddle.save; copy it again or re-create it")
+    if not isinstance(state, dict):
+        raise UserError(f"{what} {path} holds a {type(state).__name__}, not a state dict of named tensors")
+    for key, info in list(state.pop(_BIG_PARAM_KEY, {}).items()):
+        state[key] = np.concatenate([state.pop(part) for part in info["slices"]]).reshape(info["OriginShape"])
+    state.pop(_STRUCTURE_KEY, None)
+    return state
+
+
 def read_state_dict(path_or_state_dict):
     """A state dict from a .pdparams file (or a dict passed through); UserError when unreadable."""
     if isinstance(path_or_state_dict, dict):
         return path_or_state_dict
-    path = str(path_or_state_dict)
-    if not os.path.isfile(path):
-        hint = " (it is a directory: give the .pdparams file inside it)" if os.path.isdir(path) else ""
-        raise UserError(f"weights file not found: {path}{hint}")
-    try:
-        state = paddle.load(path)
-    except Exception as e:  # paddle raises assorted types for non-pickle or truncated files
-        raise UserError(f"cannot read weights file {path}: {type(e).__name__}: {e}. "
-                        "Expected a .pdparams file saved by paddle.save") from None
-    if not isinstance(state, dict):
-        raise UserError(f"weights file {path} holds a {type(state).__name__}, not a state dict of named tensors")
-    return state
+    return read_pickled_dict(path_or_state_dict)
 
 
 def _as_numpy(value):
