@@ -15,6 +15,7 @@ import urllib.parse
 import numpy as np
 import paddle
 
+from engine.output_folder import foreign_entries, read_manifest
 from foundation.atomic_io import atomic_replace_dir, download_file
 from foundation.errors import UserError
 from foundation.logger import get_logger
@@ -42,7 +43,14 @@ def previous_run_items(output_dir):
 
 
 def prepare_output_dir(cfg, output_dir, resuming):
-    """Refuse to mix a new run into a folder holding an older one, unless asked to."""
+    """Refuse a folder holding a user's own files, and one holding an older run unless resuming
+    or asked to replace it (then only what runs recorded as theirs is removed)."""
+    foreign = foreign_entries(output_dir)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise UserError(f"output folder '{output_dir}' holds files no run wrote ({shown}): training writes "
+                        "config.yaml, train.log, latest/, best_model/ ... there and would mix with them. "
+                        "Use an empty or new folder: -o Global.output=DIR")
     found = previous_run_items(output_dir)
     if not found or resuming:
         return
@@ -52,9 +60,10 @@ def prepare_output_dir(cfg, output_dir, resuming):
             f"output folder '{output_dir}' holds an earlier training run ({shown}). Continue it with "
             f"-o Train.resume_path={os.path.join(output_dir, 'latest', 'latest.pdparams')}, write elsewhere with "
             "-o Global.output=DIR, or replace it with -o Train.overwrite_output=True")
+    ours = read_manifest(output_dir)
     for name in sorted(os.listdir(output_dir)):
         path = os.path.join(output_dir, name)
-        if name in RUN_ARTIFACTS or EPOCH_DIR.match(name):
+        if (name in RUN_ARTIFACTS or EPOCH_DIR.match(name)) and (name in ours or not ours):
             if os.path.isdir(path):
                 shutil.rmtree(path)
             else:
@@ -67,11 +76,53 @@ def checkpoint_files(folder, name):
     return {"pdparams": base + ".pdparams", "pdopt": base + ".pdopt", "pdstates": base + ".pdstates"}
 
 
+def _recorded_epoch(folder, name):
+    """The epoch a complete checkpoint folder records, or None when it is incomplete or unreadable."""
+    files = checkpoint_files(folder, name)
+    if not all(os.path.isfile(f) for f in files.values()):
+        return None
+    try:
+        states = load_file(files["pdstates"], "checkpoint state", extra_globals=PDSTATES_GLOBALS)
+        return int(states["epoch"])
+    except (UserError, KeyError, TypeError, ValueError):
+        return None
+
+
+def recover_interrupted_swaps(output_dir):
+    """Put back checkpoint folders that a kill between the two renames of a folder swap left
+    under temporary names, and remove every other leftover of a killed save.
+
+    A swap renames latest/ to '.latest.<x>.tmp.old', then the new '.latest.<x>.tmp' to latest/.
+    When latest/ is missing, the complete candidate with the highest recorded epoch wins (never
+    name order); incomplete or unreadable candidates are deleted.
+    """
+    if not os.path.isdir(output_dir):
+        return
+    leftovers = {}
+    for entry in os.listdir(output_dir):
+        m = re.match(r"^\.(.+?)\.[^.]+\.tmp(\.old)?$", entry)
+        if m and os.path.isdir(os.path.join(output_dir, entry)):
+            leftovers.setdefault(m.group(1), []).append(entry)
+    for name, entries in leftovers.items():
+        target = os.path.join(output_dir, name)
+        if not os.path.exists(target):
+            epochs = {e: _recorded_epoch(os.path.join(output_dir, e), name) for e in entries}
+            complete = [e for e in entries if epochs[e] is not None]
+            if complete:
+                best = max(complete, key=lambda e: (epochs[e], not e.endswith(".old")))
+                os.rename(os.path.join(output_dir, best), target)
+                entries = [e for e in entries if e != best]
+                get_logger().warning(f"{target} was missing (a run was killed while saving it): restored the complete "
+                                     f"copy of epoch {epochs[best]} from {best}")
+        for e in entries:
+            shutil.rmtree(os.path.join(output_dir, e), ignore_errors=True)
+
+
 def find_checkpoint(resume_path):
     """The three files of the checkpoint that `resume_path` names (its .pdparams, or its folder).
 
-    A kill during the two renames of a folder swap can leave the complete old folder under
-    its temporary '.<name>.*.tmp.old' name; it is picked up from there.
+    A kill during the two renames of a folder swap can leave the checkpoint under a temporary
+    name: recover_interrupted_swaps puts the newest complete copy back first.
     """
     path = os.path.abspath(str(resume_path))
     if os.path.isdir(path):
@@ -85,18 +136,10 @@ def find_checkpoint(resume_path):
     folder, fname = os.path.split(path)
     name = fname[:-len(".pdparams")] if fname.endswith(".pdparams") else fname
     if not os.path.isfile(path):
-        parent, dname = os.path.split(folder)
-        leftovers = sorted(d for d in (os.listdir(parent) if os.path.isdir(parent) else [])
-                           if d.startswith(f".{dname}.") and d.endswith(".tmp.old"))
-        for d in leftovers:
-            if os.path.isfile(os.path.join(parent, d, fname)):
-                get_logger().warning(f"{folder} is missing (killed during a checkpoint swap); "
-                                     f"using the complete previous copy {os.path.join(parent, d)}")
-                folder = os.path.join(parent, d)
-                break
-        else:
-            raise UserError(f"Train.resume_path {resume_path} does not exist: give a checkpoint written by "
-                            "training, e.g. output/latest/latest.pdparams")
+        recover_interrupted_swaps(os.path.dirname(folder))
+    if not os.path.isfile(path):
+        raise UserError(f"Train.resume_path {resume_path} does not exist: give a checkpoint written by "
+                        "training, e.g. output/latest/latest.pdparams")
     files = checkpoint_files(folder, name)
     for kind, f in files.items():
         if not os.path.isfile(f):
@@ -227,10 +270,15 @@ def prune_epoch_dirs(output_dir, keep=KEEP_EPOCH_DIRS):
 
 
 def remove_stale_staging(output_dir):
-    """Temporary folders left by a run killed while saving."""
+    """Temporary folders and files left by a run killed while saving (a checkpoint folder missing
+    its final name is restored first, see recover_interrupted_swaps)."""
+    recover_interrupted_swaps(output_dir)
     for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
         if name.startswith(STAGING_PREFIX):
-            shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+            shutil.rmtree(path, ignore_errors=True)
+        elif re.match(r"^\..+\.tmp$", name) and os.path.isfile(path):  # an atomic file write cut short
+            os.remove(path)
 
 
 # --------------------------------------------------------------------------- resuming

@@ -12,6 +12,7 @@ import sys
 
 from engine import runner_for
 from engine.config import load_config
+from engine.output_folder import check_output_folder
 from foundation.errors import UserError
 from foundation.logger import quiet_library_warnings, stderr_to_log
 from foundation.runtime import num_threads_from, set_threads
@@ -36,6 +37,7 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         cfg = load_config(args.config, args.override)
+        check_output_folder(cfg.Global.output)  # before anything is written there
         # before the runner's module loads Paddle: Paddle reads OMP_NUM_THREADS once, at import,
         # and its import-time warnings belong in the run's log file, not on the console
         set_threads(num_threads_from(cfg.Global.num_threads))

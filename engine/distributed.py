@@ -8,6 +8,7 @@ import sys
 
 from engine.checkpoints import find_checkpoint, prepare_output_dir
 from engine.config import save_config
+from engine.output_folder import OutputLock
 from foundation.logger import get_logger
 from foundation.runtime import parse_device
 
@@ -47,11 +48,17 @@ def launch_command(cfg, config_path, kind, ids, nprocs, log_dir):
 
 def launch_distributed(cfg, kind, ids, nprocs):
     """Re-run this mode in `nprocs` processes through paddle.distributed.launch; returns its exit code."""
-    log = get_logger()
     output_dir = os.path.abspath(cfg.Global.output)
     resume_path = cfg.Train.resume_path or None
     resume_files = find_checkpoint(resume_path) if resume_path else None
     prepare_output_dir(cfg, output_dir, resuming=bool(resume_files))
+    os.makedirs(output_dir, exist_ok=True)
+    with OutputLock(output_dir, "distributed training"):
+        return _launch(cfg, kind, ids, nprocs, output_dir)
+
+
+def _launch(cfg, kind, ids, nprocs, output_dir):
+    log = get_logger()
     log_dir = os.path.join(output_dir, "dist_logs")
     os.makedirs(log_dir, exist_ok=True)
     config_path = os.path.join(log_dir, "launch_config.yaml")

@@ -46,6 +46,7 @@ from engine.config import save_config
 from engine.cpu_speed import setup_cpu_speed
 from engine.distributed import LAUNCHED_ENV, launch_distributed, requested_processes, world_info
 from engine.inference_folder import export_inference, inference_files
+from engine.output_folder import OutputLock, record_outputs
 from engine.train_result import write_train_result
 from engine.verification import evaluate_pairs
 from foundation.errors import DatasetError, UserError
@@ -53,6 +54,9 @@ from foundation.logger import get_logger, log_to_file
 from foundation.progress import Progress, format_seconds
 from foundation.runtime import num_threads_from, set_threads, setup_paddle
 from models import build_backbone, load_backbone_weights
+
+# What a training run writes at the top of Global.output (epoch_N/ are recorded as they are saved).
+TRAIN_OUTPUTS = ("config.yaml", "train.log", "train_result.json", "vdl", "latest", "best_model", "dist_logs")
 
 
 class TrainingDiverged(UserError):
@@ -87,15 +91,19 @@ class Trainer:
         self.global_step = 0
         self.start_epoch = 1
         self.last_saved_epoch = None
+        self.lock = None
 
     # ----------------------------------------------------------------- set-up
     def setup(self):
         cfg, log = self.cfg, self.log
         resume_files = find_checkpoint(self.resume_path) if self.resume_path else None
         if self.is_main:
-            if not os.environ.get(LAUNCHED_ENV):  # the launching parent already checked
+            if not os.environ.get(LAUNCHED_ENV):  # the launching parent already checked and holds the lock
                 prepare_output_dir(cfg, self.output_dir, resuming=bool(resume_files))
+                os.makedirs(self.output_dir, exist_ok=True)
+                self.lock = OutputLock(self.output_dir, "training").acquire()
             os.makedirs(self.output_dir, exist_ok=True)
+            record_outputs(self.output_dir, TRAIN_OUTPUTS)
             remove_stale_staging(self.output_dir)
             log_to_file(os.path.join(self.output_dir, "train.log"))
             save_config(cfg, os.path.join(self.output_dir, "config.yaml"))
@@ -338,6 +346,7 @@ class Trainer:
     def save(self, epoch, score, improved, save_epoch):
         """latest/ (always), epoch_N/ (when due, with its inference model) and best_model/ (when improved)."""
         folders = ["latest"] + ([f"epoch_{epoch}"] if save_epoch else []) + (["best_model"] if improved else [])
+        record_outputs(self.output_dir, folders)  # before they exist: a kill mid-save leaves nothing unrecorded
         save_checkpoints(self.output_dir, folders, self.model.state_dict(),
                          optimizer_state_by_layer(self.model, self.optimizer), self.state_payload(epoch, score),
                          export_fn=self.export if save_epoch else None, epoch=epoch,
@@ -389,6 +398,8 @@ class Trainer:
                 self.data.loader.close()
             if self.vdl is not None:
                 self.vdl.close()
+            if self.lock is not None:
+                self.lock.release()
 
 
 def compute_loss(logits, labels):

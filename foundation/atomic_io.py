@@ -10,11 +10,32 @@ import tempfile
 import urllib.request
 
 
+def current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path, directory=False):
+    """Give a file or folder made by tempfile (always 0600 / 0700) the mode the umask asks for."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
+def make_temp_dir(path):
+    """A new, empty temporary folder beside `path` ('.<name>.<random>.tmp'), with umask permissions."""
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
+    honour_umask(tmp, directory=True)
+    return tmp
+
+
 def _tmp_path(path):
     folder = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     os.close(fd)
+    honour_umask(tmp)
     return tmp
 
 
@@ -69,9 +90,7 @@ def atomic_replace_dir(build_fn, path):
 
     The old folder stays whole until the new one is complete.
     """
-    parent = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
+    tmp = make_temp_dir(path)
     try:
         build_fn(tmp)
         move_dir_into_place(tmp, path)
