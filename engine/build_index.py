@@ -66,6 +66,7 @@ def run(cfg):
             raise UserError(f"none of labels {labels} / ids {ids} is in the index {index_dir}; nothing removed "
                             f"(labels in the index: {', '.join(pipe.index.labels[:10])}"
                             f"{' ...' if len(pipe.index.labels) > 10 else ''})")
+        not_found = f"; not in the index (ignored): ids {pipe.missing_ids}" if pipe.missing_ids else ""
         print(f"remove_index done: removed {removed} face(s); index {index_dir} holds {len(pipe.index)} "
-              f"(was {before}) of {len(pipe.index.labels)} people")
+              f"(was {before}) of {len(pipe.index.labels)} people{not_found}")
     return 0

@@ -10,15 +10,15 @@ import random
 import re
 import shutil
 import tempfile
-import urllib.parse
 
 import numpy as np
 import paddle
 
 from engine.output_folder import foreign_entries, read_manifest
-from foundation.atomic_io import atomic_replace_dir, download_file
+from foundation.atomic_io import atomic_replace_dir, cached_download
 from foundation.errors import UserError
 from foundation.logger import get_logger
+from foundation.progress import Progress
 from foundation.runtime import cache_dir
 from foundation.safe_pickle import load_file
 from models import describe_report, load_backbone_weights, load_weights_by_name, read_pickled_dict, read_state_dict
@@ -149,35 +149,34 @@ def find_checkpoint(resume_path):
 
 
 # --------------------------------------------------------------------------- pretrained weights
-def fetch_weights(path_or_url, cache_dir=WEIGHTS_CACHE):
-    """A local .pdparams path, or the cached download of an http(s) URL (fetched once)."""
+def fetch_weights(path_or_url, cache_dir=WEIGHTS_CACHE, sha256=None):
+    """A local .pdparams path, or the cached download of an http(s) URL (fetched once; the cache is
+    keyed by the whole URL; with `sha256`, Train.pretrain_weight_sha256, the file must match it)."""
     text = str(path_or_url)
     if not re.match(r"^https?://", text, re.IGNORECASE):
         if not os.path.isfile(text):
             raise UserError(f"Train.pretrain_weight_path {text} does not exist: give a .pdparams file or an "
                             "http(s) URL, or leave it empty to train from scratch")
         return text
-    name = os.path.basename(urllib.parse.urlparse(text).path) or "weights.pdparams"
-    target = os.path.join(cache_dir, name)
-    if os.path.isfile(target):
-        get_logger().info(f"pretrained weights: using the cached download {target}")
-        return target
-    get_logger().info(f"downloading pretrained weights {text} -> {target}")
-
+    get_logger().info(f"pretrained weights: {text} (cached in {cache_dir})")
     try:
-        download_file(text, target, timeout=60)
+        return cached_download(text, cache_dir, sha256=sha256, timeout=60,
+                               progress=lambda total: Progress(total or None, desc="download", unit="B"))
+    except ValueError as e:
+        if "sha256" in str(e):
+            raise UserError(f"Train.pretrain_weight_path: {e}; check Train.pretrain_weight_sha256 or the URL") from None
+        raise UserError(f"Train.pretrain_weight_path {text} is not a valid URL: {e}") from None
     except OSError as e:  # URLError, HTTPError, timeouts and socket errors are all OSErrors
         reason = getattr(e, "reason", None) or e
         raise UserError(f"cannot download Train.pretrain_weight_path {text}: {reason}. Without network access, "
                         f"download it elsewhere and pass the local .pdparams path") from None
-    return target
 
 
-def load_pretrained(model, path_or_url):
+def load_pretrained(model, path_or_url, sha256=None):
     """Load weights by name with shape checks: a full model checkpoint (backbone.* and head.*;
     the head is skipped when its class count differs) or a bare backbone. Returns the report."""
     log = get_logger()
-    path = fetch_weights(path_or_url)
+    path = fetch_weights(path_or_url, sha256=sha256)
     state = read_state_dict(path)
     if any(k.startswith("backbone.") for k in state):
         report = load_weights_by_name(model, state, source=path)

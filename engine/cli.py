@@ -51,6 +51,11 @@ def main(argv=None):
     except NotImplementedError as e:
         print(f"Error: {e}", file=sys.stderr)
         return 3
+    except OSError as e:  # a read-only folder, a full disk, a file gone: one line, not a traceback
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"Error: {e.strerror or e}{where}. Check the folder's permissions and free space, then run again",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return 130

@@ -110,6 +110,7 @@ class TrainSection:
                        choices=("O0", "O1"))
     num_workers: int = setting(2, "image-decoding worker processes (0 = in the training process)", min=0)
     pretrain_weight_path: Optional[str] = setting("", "start from these weights (.pdparams path or http(s) URL)")
+    pretrain_weight_sha256: Optional[str] = setting(None, "sha256 the downloaded weights must have (optional pin)")
     resume_path: Optional[str] = setting(None, "continue a run from its checkpoint (e.g. output/latest/latest.pdparams)")
     overwrite_output: bool = setting(False, "replace an earlier run's files in Global.output")
     cpu_processes: int = setting(1, "data-parallel CPU processes (gloo) when > 1", min=1)

@@ -29,7 +29,7 @@ import numpy as np
 
 from datasets.transforms import IMAGE_EXTENSIONS, list_images
 from engine.metrics import l2_normalize
-from foundation.atomic_io import atomic_replace_dir
+from foundation.atomic_io import atomic_replace_dir, file_digest
 from foundation.errors import UserError
 
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # no INFO lines about CPU features
@@ -262,8 +262,9 @@ class GalleryIndex:
             id_map = {str(i): self.entries[i] for i in sorted(self.entries)}
             with open(os.path.join(tmp, ID_MAP_FILE), "w", encoding="utf-8") as f:
                 json.dump(id_map, f, indent=1, ensure_ascii=False)
+            meta = dict(self.meta(), index_sha256=file_digest(os.path.join(tmp, INDEX_FILE)))
             with open(os.path.join(tmp, META_FILE), "w", encoding="utf-8") as f:
-                json.dump(self.meta(), f, indent=2, ensure_ascii=False)
+                json.dump(meta, f, indent=2, ensure_ascii=False)
 
         atomic_replace_dir(build, index_dir)
 
@@ -288,7 +289,10 @@ class GalleryIndex:
             with open(os.path.join(index_dir, ID_MAP_FILE), encoding="utf-8") as f:
                 id_map = json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"gallery index folder '{index_dir}': unreadable JSON ({e}); rebuild the index")
+            raise UserError(f"gallery index folder '{index_dir}': unreadable JSON ({e}); rebuild the index") from None
+        if not isinstance(meta, dict) or not isinstance(id_map, dict):
+            raise UserError(f"gallery index folder '{index_dir}': meta.json and id_map.json must hold JSON objects; "
+                            "rebuild the index")
         for key in ("model_name", "embedding_size", "index_type"):
             if key not in meta:
                 raise UserError(f"{meta_path} has no '{key}': rebuild the index with this version")
@@ -299,15 +303,34 @@ class GalleryIndex:
                    model_fingerprint=meta.get("model_fingerprint"))
         self.nlist = meta.get("nlist")
         self.next_id = int(meta.get("next_id", 0))
-        self.index = faiss.read_index(os.path.join(index_dir, INDEX_FILE))
+        index_path = os.path.join(index_dir, INDEX_FILE)
+        if meta.get("index_sha256") and file_digest(index_path) != meta["index_sha256"]:
+            raise UserError(f"{index_path} does not match the checksum recorded in meta.json (truncated, damaged or "
+                            "replaced since it was saved): rebuild the index with -o Global.mode=build_index")
+        try:
+            self.index = faiss.read_index(index_path)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"{index_path} is not a readable faiss index ({first}): rebuild the index with "
+                            "-o Global.mode=build_index") from None
         if self.index.d != self.embedding_size:
             raise UserError(f"{index_dir}: vector.index is {self.index.d}-d but meta.json says {self.embedding_size}")
-        self.entries = {int(k): {"label": str(v["label"]), "path": v.get("path")} for k, v in id_map.items()}
+        try:
+            self.entries = {int(k): {"label": str(v["label"]), "path": v.get("path")} for k, v in id_map.items()}
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise UserError(f"{index_dir}/id_map.json: expected {{\"<integer id>\": {{\"label\": ..., \"path\": ...}}}}; "
+                            "rebuild the index") from None
         if len(self.entries) != self.index.ntotal:
             raise UserError(
                 f"{index_dir}: id_map.json lists {len(self.entries)} faces but vector.index holds "
                 f"{self.index.ntotal}: the folder is inconsistent; rebuild the index"
             )
+        if self.index_type != "IVF" and len(self.entries):  # IndexIDMap2 keeps its ids: they must be the map's
+            stored = set(faiss.vector_to_array(self.index.id_map).astype(np.int64).tolist())
+            if stored != set(self.entries):
+                odd = sorted(stored ^ set(self.entries))[:5]
+                raise UserError(f"{index_dir}: the ids in id_map.json do not match those in vector.index (e.g. {odd}): "
+                                "the folder is inconsistent; rebuild the index")
         if self.entries:
             self.next_id = max(self.next_id, max(self.entries) + 1)
         return self

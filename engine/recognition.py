@@ -71,6 +71,7 @@ class RecognitionPipeline:
         self.index_dir = index_dir
         self.index = None
         self.failures = []  # (input path, message) of images recognize() skipped
+        self.missing_ids = []  # ids the last remove() was asked for that the index does not hold
         if index_dir is not None and os.path.isdir(index_dir):
             self.load_index(index_dir)
 
@@ -194,6 +195,10 @@ class RecognitionPipeline:
             if n == 0:
                 get_logger().warning(f"label '{label}' is not in the gallery index")
             removed += n
+        self.missing_ids = sorted({int(i) for i in ids} - set(self.index.entries))
+        if self.missing_ids:
+            get_logger().warning(f"ids not in the gallery index (nothing to remove for them): "
+                                 f"{', '.join(map(str, self.missing_ids[:20]))}{' ...' if len(self.missing_ids) > 20 else ''}")
         removed += self.index.remove_ids(ids)
         if save and removed:
             self.save_index(index_dir)

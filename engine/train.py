@@ -129,7 +129,7 @@ class Trainer:
                 log.info(f"Train.pretrain_weight_path {pretrained} is not used: resuming restores all weights")
             self.resume(resume_files)
         elif pretrained:
-            load_pretrained(self.model, pretrained)
+            load_pretrained(self.model, pretrained, sha256=cfg.Train.pretrain_weight_sha256)
         self.net = paddle.DataParallel(self.model) if self.world_size > 1 else self.model
 
         if self.is_main:

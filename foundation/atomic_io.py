@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import urllib.parse
 import urllib.request
 
 
@@ -118,12 +119,48 @@ def file_digest(path):
     return h.hexdigest()
 
 
-def download_file(url, path, timeout=60):
+def cached_download(url, cache_folder, sha256=None, timeout=60, progress=None):
+    """The local copy of `url` in `cache_folder`, downloaded once. The cache is keyed by the whole
+    URL (two different 'model.pdparams' URLs never share a file), and with `sha256` the file must
+    have that digest (checked after the download and on every later use). Raises OSError/ValueError
+    from the download and ValueError('sha256 mismatch ...') for a wrong digest; callers word them."""
+    key = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+    name = os.path.basename(urllib.parse.urlparse(url).path) or "download"
+    target = os.path.join(cache_folder, key, name)
+    fresh = not os.path.isfile(target)
+    if fresh:
+        try:
+            download_file(url, target, timeout=timeout, progress=progress)
+        except BaseException:
+            if os.path.isdir(os.path.dirname(target)) and not os.listdir(os.path.dirname(target)):
+                os.rmdir(os.path.dirname(target))  # leave no empty cache entry behind
+            raise
+    if sha256:
+        digest = file_digest(target)
+        if digest != sha256.lower():
+            if fresh:
+                os.remove(target)
+            raise ValueError(f"sha256 mismatch for {url}: expected {sha256.lower()}, got {digest}"
+                             + ("" if fresh else f" (cached copy {target}; delete it to download again)"))
+    return target
+
+
+def download_file(url, path, timeout=60, progress=None):
     """Fetch `url` to `path` atomically. Raises OSError (URLError, HTTPError, timeouts) and
     ValueError (malformed URL); callers turn them into a one-line message for their setting."""
     def fetch(tmp):
         with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:  # noqa: S310 - user-given URL
-            shutil.copyfileobj(response, f, length=1 << 20)
+            total = int(response.headers.get("Content-Length") or 0)
+            bar = progress(total) if progress is not None else None
+            while True:
+                chunk = response.read(1 << 20)
+                if not chunk:
+                    break
+                f.write(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+            if bar is not None:
+                bar.close()
 
     atomic_save(fetch, path)
     return path

@@ -182,6 +182,9 @@ def test_cli_build_recognize_remove_and_reload(model_dir, gallery, tmp_path, cap
     # removing a label that is not there: exit 1 and a message
     assert _cli("Global.mode=remove_index", "Index.remove_labels=[nobody]", *common) == 1
     assert "nothing removed" in capsys.readouterr().err
+    # ids that exist and ids that do not: the existing ones go, the others are named
+    assert _cli("Global.mode=remove_index", "Index.remove_ids=[0,900,901]", *common) == 0
+    assert "not in the index (ignored): ids [900, 901]" in capsys.readouterr().out
 
 
 def test_cli_refuses_missing_index_and_index_of_another_model(model_dir, gallery, tmp_path, capsys):

@@ -4,6 +4,7 @@ pretrained weights, and the two-process CPU (gloo) run.
 MobileFaceNet on this CPU runs about 2-5 images/s, so every run here is tiny: 4 identities x 2
 images (8 training images, batch 4, 2 steps per epoch) and 8 validation pairs, 112x112 input.
 """
+import hashlib
 import json
 import os
 import re
@@ -370,8 +371,9 @@ def test_pretrained_weights_by_name_skip_head_and_url_errors(straight, tmp_path)
     with pytest.raises(UserError, match=re.escape(url)):
         fetch_weights(url, cache_dir=str(tmp_path / "cache"))
     assert not os.listdir(tmp_path / "cache")  # no half-written download
-    shutil.copy(os.path.join(straight, "best_model", "best_model.pdparams"),
-                tmp_path / "cache" / "MobileFaceNet_pretrained.pdparams")
+    entry = tmp_path / "cache" / hashlib.sha256(url.encode()).hexdigest()[:16]  # the cache is keyed by the URL
+    entry.mkdir()
+    shutil.copy(os.path.join(straight, "best_model", "best_model.pdparams"), entry / "MobileFaceNet_pretrained.pdparams")
     assert fetch_weights(url, cache_dir=str(tmp_path / "cache")).endswith("MobileFaceNet_pretrained.pdparams")
     with pytest.raises(UserError, match="does not exist"):
         fetch_weights(str(tmp_path / "missing.pdparams"))
