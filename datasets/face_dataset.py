@@ -4,6 +4,7 @@ Randomness here never touches global RNG state: the shuffle order is a function 
 (seed, epoch) and each sample's flip a function of (seed, epoch, index). So the stream of
 batches is the same with 0 or N loader workers, on every rank, and after a resume.
 """
+import ctypes
 import multiprocessing
 import os
 import shutil
@@ -134,9 +135,26 @@ def load_batch(dataset, indices):
 _WORKER_DATASET = None
 
 
-def _init_worker(dataset):
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent_pid):
+    """Ask Linux to kill this worker when the trainer dies (even by SIGKILL, which runs no clean-up);
+    without it, workers of a killed trainer lived on, re-parented to pid 1, holding their memory."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux/glibc: close() and the parent's exit still end the workers
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _init_worker(dataset, parent_pid=None):
     global _WORKER_DATASET
     _WORKER_DATASET = dataset
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     # Paddle's fatal-signal handlers are inherited through fork and print a C++ "crash" report when
     # close() terminates a worker; a worker should just end. Ctrl-C is for the main process to handle.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -221,7 +239,7 @@ class BatchLoader:
             # fork: workers inherit the dataset (and the sample list) without pickling it
             ctx = multiprocessing.get_context("fork")
             self._pool = ProcessPoolExecutor(max_workers=self.num_workers, mp_context=ctx,
-                                             initializer=_init_worker, initargs=(self.dataset,))
+                                             initializer=_init_worker, initargs=(self.dataset, os.getpid()))
         return self._pool
 
     def _submit(self, pool, epoch, indices):

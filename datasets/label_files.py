@@ -14,6 +14,7 @@ path cannot contain spaces (the reference format has the same limit).
 import os
 from collections import Counter, namedtuple
 
+from datasets.image_headers import HeaderError, image_header
 from foundation.errors import DatasetError
 
 TRAIN_LABEL = os.path.join("train", "label.txt")
@@ -72,14 +73,32 @@ def format_problem(p):
     return f"{where}: {p.message}"
 
 
+def check_utf8(path, raw):
+    """DatasetError naming the encoding (UTF-16/32 by their byte-order mark or NUL bytes) or the
+    first line that is not UTF-8; label files must be UTF-8 text."""
+    for bom, name in ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
+                      (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16")):
+        if raw.startswith(bom):
+            raise DatasetError(f"{path} is {name} text (it starts with a {name} byte-order mark), not UTF-8: save it "
+                               "as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8, or 'Save as UTF-8' in the editor)")
+    if raw[:200].count(b"\x00") > 10:
+        raise DatasetError(f"{path} holds NUL bytes: it looks like UTF-16 or UTF-32 text, not UTF-8: save it as UTF-8")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DatasetError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}): save the file as UTF-8") from None
+
+
 def _data_lines(path):
     """(line number, stripped text) of each non-blank, non-comment line."""
     with open(path, "rb") as f:
         raw = f.read()
     if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM written by some editors
         raw = raw[3:]
+    check_utf8(path, raw)
     for number, line in enumerate(raw.split(b"\n"), start=1):
-        text = line.decode("utf-8", errors="replace").strip()
+        text = line.decode("utf-8").strip()
         if not text or text.startswith("#"):
             continue
         yield number, text
@@ -277,11 +296,26 @@ def load_train_list(dataset_dir):
     return [(e.abs_path, e.identity) for e in entries]
 
 
-def load_pair_list(dataset_dir):
+def load_pair_list(dataset_dir, check_images=False):
     """[(absolute path a, absolute path b, 1 same | 0 different)] from <dataset_dir>/val/pair_label.txt.
 
-    Raises DatasetError naming file:line on malformed lines. Does not open the images.
+    Raises DatasetError naming file:line on malformed lines. With `check_images`, every image's
+    header is read too (missing, empty, not an image, truncated): training checks its validation
+    set this way before epoch 1 rather than failing after it.
     """
     entries, problems = parse_pair_labels(dataset_dir, cap=5)
+    if check_images and not problems.errors:
+        shown = os.path.join(str(dataset_dir), PAIR_LABEL)
+        seen = set()
+        for e in entries:
+            for rel, path in ((e.rel_a, e.abs_a), (e.rel_b, e.abs_b)):
+                if path in seen:
+                    continue
+                seen.add(path)
+                try:
+                    image_header(path)
+                except HeaderError as err:
+                    problems.add(ERROR, shown, e.line, f"image '{rel}': {err}",
+                                 "fix or replace the image, or remove the pair's line")
     _raise_if_errors(problems, "the validation pairs")
     return [(e.abs_a, e.abs_b, e.label) for e in entries]

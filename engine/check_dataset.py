@@ -25,7 +25,7 @@ import numpy as np
 from datasets.demo import ensure_demo
 from datasets.image_headers import HeaderError, image_header
 from datasets.label_files import ERROR, WARNING, ProblemList, format_problem, parse_pair_labels, parse_train_labels
-from datasets.transforms import ImageReadError, read_image
+from datasets.transforms import ImageReadError, max_image_pixels, read_image
 from foundation.atomic_io import atomic_replace_dir, atomic_write_json
 from foundation.errors import ConfigError
 from foundation.logger import get_logger, log_to_file
@@ -75,12 +75,22 @@ def check_images(refs, problems, decode_sample=2000, decode_all=False, workers=2
             continue
         if kind is None:
             to_decode.append(path)  # a format the header reader does not know: decode it
+        elif w * h > max_image_pixels():
+            shown, line, rel = refs[path]
+            problems.add(ERROR, shown, line, f"image '{rel}' is {w}x{h} = {w * h / 1e6:.1f} megapixels, above the limit "
+                         f"of {max_image_pixels() / 1e6:g} (Global.max_image_pixels); it is not decoded",
+                         "resize it (faces need about 112x112), or raise -o Global.max_image_pixels")
+            bad.add(path)
         elif w <= 0 or h <= 0:
             shown, line, rel = refs[path]
             problems.add(ERROR, shown, line, f"image '{rel}' has an empty size {w}x{h} in its header",
                          "replace it with a valid image, or delete this line")
             bad.add(path)
         else:
+            if w * h <= 1:
+                shown, line, rel = refs[path]
+                problems.add(WARNING, shown, line, f"image '{rel}' is only {w}x{h} pixels",
+                             "check it: a face image this small holds nothing to learn from")
             sizes[path] = (w, h)
     header_seconds = time.perf_counter() - start
 

@@ -235,11 +235,26 @@ def save_checkpoints(output_dir, folders, params, opt_state, states, export_fn=N
     """Write one checkpoint into each of `folders` (names under output_dir: latest, epoch_N,
     best_model), each built under a temporary name and swapped in whole. With `export_fn(dir)`,
     every folder also gets inference/ (exported once, copied)."""
+    written = []
+
+    def failed(folder, e):
+        if written:
+            kept = f"{', '.join(f + '/' for f in written)} of epoch {epoch} {'were' if len(written) > 1 else 'was'} saved"
+        elif last_saved_epoch:
+            kept = f"the previous {folder}/ (epoch {last_saved_epoch}) is left as it was"
+        else:
+            kept = "no checkpoint was saved yet"
+        return UserError(f"cannot write the epoch {epoch} checkpoint {folder}/ in {output_dir}: "
+                         f"{getattr(e, 'strerror', None) or e}; {kept}. Free disk space or fix permissions, then resume")
+
     with tempfile.TemporaryDirectory(prefix=STAGING_PREFIX, dir=output_dir) as staging:
         inference_dir = None
         if export_fn is not None:
             inference_dir = os.path.join(staging, "inference")
-            export_fn(inference_dir)
+            try:
+                export_fn(inference_dir)
+            except OSError as e:
+                raise failed(folders[0], e) from None
 
         def build(name):
             def fill(tmp):
@@ -255,10 +270,8 @@ def save_checkpoints(output_dir, folders, params, opt_state, states, export_fn=N
             try:
                 atomic_replace_dir(build(folder), os.path.join(output_dir, folder))
             except OSError as e:
-                kept = (f"the previous {folder}/ (epoch {last_saved_epoch}) is left as it was"
-                        if last_saved_epoch else "nothing was saved")
-                raise UserError(f"cannot write the epoch {epoch} checkpoint {folder}/ in {output_dir}: "
-                                f"{e}; {kept}. Free disk space or fix permissions, then resume") from e
+                raise failed(folder, e) from None
+            written.append(folder)
 
 
 def prune_epoch_dirs(output_dir, keep=KEEP_EPOCH_DIRS):

@@ -8,8 +8,10 @@ Exit codes: 0 success, 1 a run that failed on its input (dataset, weights, image
 130 interrupted.
 """
 import argparse
+import os
 import sys
 
+from datasets.transforms import MAX_PIXELS_ENV
 from engine import runner_for
 from engine.config import load_config
 from engine.output_folder import check_output_folder
@@ -38,6 +40,7 @@ def main(argv=None):
     try:
         cfg = load_config(args.config, args.override)
         check_output_folder(cfg.Global.output)  # before anything is written there
+        os.environ[MAX_PIXELS_ENV] = str(cfg.Global.max_image_pixels)  # loader workers read it too
         # before the runner's module loads Paddle: Paddle reads OMP_NUM_THREADS once, at import,
         # and its import-time warnings belong in the run's log file, not on the console
         set_threads(num_threads_from(cfg.Global.num_threads))

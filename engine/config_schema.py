@@ -41,6 +41,8 @@ class ModelGlobal:
     seed: int = setting(42, "random seed (shuffle, flip, initial weights)", min=0)
     num_threads: int = setting(2, "CPU threads for Paddle, OpenCV and faiss; 0 = every core", min=0)
     cpu_speedup: bool = setting(True, "CPU training speed-ups (fused PReLU/depthwise kernels, allocator setting)")
+    max_image_pixels: int = setting(50_000_000, "largest image decoded (width x height, read from its header first)",
+                                    min=1)
 
 
 @dataclass
@@ -168,6 +170,8 @@ class PipelineGlobal:
     device: str = setting("cpu", "cpu or gpu:0")
     output: str = setting("output/recognition", "recognize writes <name>_res.json (+ .jpg) here")
     num_threads: int = setting(2, "CPU threads for Paddle, OpenCV and faiss; 0 = every core", min=0)
+    max_image_pixels: int = setting(50_000_000, "largest image decoded (width x height, read from its header first)",
+                                    min=1)
 
 
 @dataclass
@@ -306,3 +310,27 @@ def config_tables_markdown(schema):
         meaning = f.metadata["help"].replace("<", "&lt;").replace("|", "\\|")
         lines.append(f"| `{key}` | {type_name(f.type)} | `{_cell(default_of(f))}` | {allowed_text(f)} | {meaning} |")
     return "\n".join(lines) + "\n"
+
+
+README_BEGIN, README_END = "<!-- config-tables:begin -->\n", "<!-- config-tables:end -->"
+
+
+def readme_config_block():
+    """The README's generated configuration reference (between README_BEGIN and README_END)."""
+    return ("### Model configs (MobileFaceNet.yaml, ResNet50_face.yaml)\n\n" + config_tables_markdown(ModelConfig)
+            + "\n### Pipeline config (pipeline.yaml)\n\n" + config_tables_markdown(PipelineConfig))
+
+
+def update_readme(path):
+    """Rewrite the generated block of the README at `path` from the schema."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    start, end = text.index(README_BEGIN) + len(README_BEGIN), text.index(README_END)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text[:start] + readme_config_block() + text[end:])
+
+
+if __name__ == "__main__":  # python -m engine.config_schema README.md
+    import sys
+
+    update_readme(sys.argv[1] if len(sys.argv) > 1 else "README.md")

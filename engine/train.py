@@ -116,7 +116,7 @@ class Trainer:
 
         self.dataset_dir = resolve_dataset_dir(cfg.Global.dataset_dir)
         self.data = build_train_loader(cfg, self.dataset_dir, rank=self.rank, world_size=self.world_size)
-        self.val_pairs = load_pair_list(self.dataset_dir) if self.is_main else None
+        self.val_pairs = load_pair_list(self.dataset_dir, check_images=True) if self.is_main else None
         self.num_classes = self.data.num_classes
         self.model = build_model(cfg, self.num_classes)
         self.embedding_size = int(self.model.embedding_size)

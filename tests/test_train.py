@@ -394,3 +394,27 @@ def test_two_cpu_processes_keep_identical_parameters(data, tmp_path):
     assert result["done_flag"] is True
     # rank 0 alone writes: one log line per step, not two
     assert len(STEP_LINE.findall(log)) == 1
+
+
+def test_loader_workers_die_with_a_killed_trainer(tmp_path):
+    """SIGKILL of the trainer runs no clean-up; its loader workers must still end (not live on
+    under pid 1 holding their memory)."""
+    psutil = pytest.importorskip("psutil")
+    data = make_data(tmp_path / "data", identities=4, per_identity=3)
+    out = str(tmp_path / "out")
+    cmd = [sys.executable, os.path.join(REPO_ROOT, "main.py"), "-c", CONFIG, "-o",
+           *overrides(data, out, "Train.num_workers=2", "Train.epochs_iters=50")]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = []
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and len(workers) < 2:
+            workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
+                       if "main.py" in " ".join(c.cmdline() or [])] if psutil.pid_exists(proc.pid) else []
+            time.sleep(0.1)
+        assert len(workers) >= 2, "the loader workers never started"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, f"workers outlived the trainer: {[p.pid for p in alive]}"
