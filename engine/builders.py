@@ -34,6 +34,7 @@ def build_model(cfg, num_classes):
         margin=cfg.Arch.head.margin,
         scale=cfg.Arch.head.scale,
         easy_margin=cfg.Arch.head.easy_margin,
+        sample_rate=cfg.Arch.head.sample_rate,
     )
     return FaceRecModel(backbone, head)
 

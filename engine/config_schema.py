@@ -73,6 +73,8 @@ class Head:
     margin: float = setting(0.5, "additive angular margin m (radians)", min=0.0, max=1.5)
     scale: float = setting(64.0, "logit scale s", greater_than=0.0)
     easy_margin: bool = setting(False, "apply the margin only where cos(theta) > 0")
+    sample_rate: float = setting(1.0, "Partial FC: share of class centres scored per step (every class in the "
+                                 "batch included); 1.0 = the exact softmax over all classes", greater_than=0.0, max=1.0)
 
 
 @dataclass

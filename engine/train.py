@@ -165,10 +165,11 @@ class Trainer:
         y = paddle.to_tensor(labels)
         if self.amp:
             with paddle.amp.auto_cast(level="O1"):
-                logits = self.net(x, y)
-            loss = compute_loss(logits.astype("float32"), y)
+                logits, target = self.net(x, y, return_target=True)
+            loss = compute_loss(logits.astype("float32"), target)
         else:
-            loss = compute_loss(self.net(x, y), y)
+            logits, target = self.net(x, y, return_target=True)
+            loss = compute_loss(logits, target)
         value = self.mean_over_ranks(loss)
         if not math.isfinite(value):
             return value  # the caller stops before this step touches the weights

@@ -53,10 +53,15 @@ class FaceRecModel(nn.Layer):
     def embedding_size(self):
         return self.backbone.embedding_size
 
-    def forward(self, x, label=None):
+    def forward(self, x, label=None, return_target=False):
+        """Features; with `label`, the head's margin logits; with return_target too, (logits,
+        target) where target is what the loss compares with (the label's position among the
+        classes the head scored: Partial FC samples them)."""
         features = self.backbone(x)
         if label is None:
             return features
+        if return_target:
+            return self.head.margin_logits(features, label)
         return self.head(features, label)
 
 

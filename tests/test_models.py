@@ -224,3 +224,41 @@ def test_load_backbone_weights_errors(tmp_path):
     report = load_backbone_weights(backbone, small)  # non-strict: loads the rest, reports the rest
     assert {n for n, _ in report["skipped"]} == {"linear1.conv.weight", "linear1.bn.weight", "linear1.bn.bias",
                                                  "linear1.bn._mean", "linear1.bn._variance"}
+
+
+def test_partial_fc_scores_every_positive_and_equals_the_full_head_when_it_samples_all():
+    paddle.seed(0)
+    feat = paddle.randn([6, 16])
+    label = paddle.to_tensor([3, 3, 7, 0, 19, 7])
+    full = ArcMargin(16, 20)
+    full.train()
+    logits, target = full.margin_logits(feat, label)
+    assert list(logits.shape) == [6, 20] and target.numpy().tolist() == label.numpy().tolist()
+    # the sampling path with every class sampled (rate 1.0 short-cuts it): same logits, same loss
+    sampled = ArcMargin(16, 20, sample_rate=0.999)
+    sampled.weight.set_value(full.weight)
+    sampled.train()
+    index, pos = sampled.sample_classes(label)
+    assert index.numpy().tolist() == list(range(20))
+    s_logits, s_target = sampled.margin_logits(feat, label)
+    np.testing.assert_allclose(s_logits.numpy(), logits.numpy(), rtol=1e-6, atol=1e-6)
+    loss = paddle.nn.functional.cross_entropy(logits, target.reshape([-1, 1]))
+    s_loss = paddle.nn.functional.cross_entropy(s_logits, s_target.reshape([-1, 1]))
+    assert float(s_loss) == pytest.approx(float(loss), rel=1e-6)
+    # a real subset: 25 % of the classes, every positive inside, targets point at them
+    quarter = ArcMargin(16, 20, sample_rate=0.25)
+    quarter.weight.set_value(full.weight)
+    quarter.train()
+    paddle.seed(5)
+    q_logits, q_target = quarter.margin_logits(feat, label)
+    assert q_logits.shape[1] == 5  # round(0.25 * 20) = 5 >= the 4 distinct positives
+    paddle.seed(5)  # the same draw again, to see which classes were scored
+    index, _ = quarter.sample_classes(label)
+    chosen = index.numpy()
+    assert set(label.numpy().tolist()) <= set(chosen.tolist())
+    np.testing.assert_array_equal(chosen[q_target.numpy()], label.numpy())
+    # the positive's logit is the full head's positive logit (same centre, same margin)
+    np.testing.assert_allclose(q_logits.numpy()[np.arange(6), q_target.numpy()],
+                               logits.numpy()[np.arange(6), label.numpy()], rtol=1e-5, atol=1e-5)
+    quarter.eval()  # evaluation never samples
+    assert quarter.margin_logits(feat, label)[0].shape[1] == 20
