@@ -20,12 +20,12 @@ class ItemError(Exception):
         self.error = error
 
 
-def _load_chunk(items, start, load_fn, skip_errors):
+def _load_chunk(items, start, load_fn, skip_errors, preprocess_fn=preprocess):
     arrays, indices, failures = [], [], []
     for offset, item in enumerate(items):
         index = start + offset
         try:
-            arrays.append(preprocess(load_fn(item)))
+            arrays.append(preprocess_fn(load_fn(item)))
             indices.append(index)
         except Exception as e:  # noqa: BLE001 - reported per item or re-raised below
             if not skip_errors:
@@ -35,10 +35,11 @@ def _load_chunk(items, start, load_fn, skip_errors):
     return indices, batch, failures
 
 
-def prefetch_batches(items, load_fn, batch_size=64, num_workers=2, skip_errors=False):
+def prefetch_batches(items, load_fn, batch_size=64, num_workers=2, skip_errors=False, preprocess_fn=preprocess):
     """Yield (indices, NCHW float32 batch or None, failures) for consecutive chunks of `items`.
 
-    `load_fn(item)` returns a BGR uint8 image. With skip_errors, an item whose load_fn raises is
+    `load_fn(item)` returns a BGR uint8 image; `preprocess_fn` makes it the model's CHW input
+    (an InferenceModel's `preprocess`, from its inference.yml). With skip_errors, an item whose load_fn raises is
     returned in `failures` (ItemError) instead of stopping the run. At most num_workers + 1
     batches are decoded ahead, so memory stays bounded on large sets.
     """
@@ -46,35 +47,37 @@ def prefetch_batches(items, load_fn, batch_size=64, num_workers=2, skip_errors=F
     starts = range(0, len(items), batch_size)
     if num_workers <= 0:
         for s in starts:
-            yield _load_chunk(items[s:s + batch_size], s, load_fn, skip_errors)
+            yield _load_chunk(items[s:s + batch_size], s, load_fn, skip_errors, preprocess_fn)
         return
     with ThreadPoolExecutor(max_workers=int(num_workers), thread_name_prefix="decode") as pool:
         pending = deque()
         it = iter(starts)
         try:
             for s in it:
-                pending.append(pool.submit(_load_chunk, items[s:s + batch_size], s, load_fn, skip_errors))
+                pending.append(pool.submit(_load_chunk, items[s:s + batch_size], s, load_fn, skip_errors, preprocess_fn))
                 if len(pending) > num_workers:
                     break
             while pending:
                 result = pending.popleft().result()
                 nxt = next(it, None)
                 if nxt is not None:
-                    pending.append(pool.submit(_load_chunk, items[nxt:nxt + batch_size], nxt, load_fn, skip_errors))
+                    pending.append(pool.submit(_load_chunk, items[nxt:nxt + batch_size], nxt, load_fn, skip_errors,
+                                                 preprocess_fn))
                 yield result
         finally:
             for f in pending:  # stop early (error, generator closed): drop queued work
                 f.cancel()
 
 
-def extract_features(items, load_fn, extract_fn, batch_size=64, flip=True, num_workers=2, progress=None):
+def extract_features(items, load_fn, extract_fn, batch_size=64, flip=True, num_workers=2, progress=None,
+                     preprocess_fn=preprocess):
     """Raw features [N, D] float32 of every item; with flip, feature(x) + feature(flipped x).
 
     `extract_fn(nchw float32) -> [n, D]`; `progress` (foundation.progress.Progress) is advanced by
     images done. Errors from load_fn propagate (the caller names the item).
     """
     feats = None
-    for indices, batch, _ in prefetch_batches(items, load_fn, batch_size, num_workers):
+    for indices, batch, _ in prefetch_batches(items, load_fn, batch_size, num_workers, preprocess_fn=preprocess_fn):
         out = np.asarray(extract_fn(batch), dtype=np.float32)
         if flip:
             out = out + np.asarray(extract_fn(hflip_chw(batch)), dtype=np.float32)

@@ -14,10 +14,12 @@ import subprocess
 import sys
 import tempfile
 
+import cv2
 import numpy as np
 import paddle
 import yaml
 
+from datasets.transforms import to_bgr
 from foundation.atomic_io import atomic_replace_dir, file_digest
 from foundation.errors import ConfigError, UserError
 from foundation.logger import get_logger
@@ -69,6 +71,52 @@ def read_inference_yml(model_dir):
     except yaml.YAMLError as e:
         raise UserError(f"{path} is not valid YAML: {e}") from None
     return data if isinstance(data, dict) else {}
+
+
+class Preprocess:
+    """The image pre-processing an inference.yml describes (PaddleX's PreProcess.transform_ops):
+    BGR uint8 HWC -> float32 CHW. Without such a section: the standard face pre-processing
+    (112x112 bilinear, RGB, (x/255 - 0.5)/0.5), which is what both our exports and the official
+    models write. A picklable object, so decoding threads and processes can use it."""
+
+    def __init__(self, info=None, config_path="inference.yml"):
+        self.size = (112, 112)  # (width, height)
+        self.scale, self.mean, self.std, self.rgb = 1.0 / 255.0, [0.5] * 3, [0.5] * 3, True
+        ops = ((info or {}).get("PreProcess") or {}).get("transform_ops") or []
+        for op in ops:
+            name, args = (next(iter(op.items())) if isinstance(op, dict) and op else (op, None))
+            args = args or {}
+            if name == "ResizeImage":
+                size = args.get("size") or args.get("resize_short")
+                if size is None:
+                    raise UserError(f"{config_path}: ResizeImage needs 'size' (e.g. [112, 112])")
+                self.size = (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[0]), int(size[1]))
+            elif name == "NormalizeImage":
+                scale = args.get("scale", 1.0 / 255.0)
+                self.scale = float(eval_fraction(scale))
+                self.mean = [float(v) for v in args.get("mean", self.mean)]
+                self.std = [float(v) for v in args.get("std", self.std)]
+                self.rgb = str(args.get("channel_order", "rgb")).lower() != "bgr"
+            elif name not in ("ToCHWImage", "DecodeImage"):
+                raise UserError(f"{config_path}: pre-processing step '{name}' is not supported (supported: "
+                                "ResizeImage, NormalizeImage, ToCHWImage)")
+
+    def __call__(self, img_bgr):
+        img = to_bgr(img_bgr)
+        if (img.shape[1], img.shape[0]) != self.size:
+            img = cv2.resize(img, self.size, interpolation=cv2.INTER_LINEAR)
+        if self.rgb:
+            img = img[:, :, ::-1]
+        img = (img.astype(np.float32) * self.scale - np.float32(self.mean)) / np.float32(self.std)
+        return np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)
+
+
+def eval_fraction(value):
+    """PaddleX writes scale as a number or as text such as '1./255.'."""
+    if isinstance(value, str):
+        num, _, den = value.partition("/")
+        return float(num) / float(den) if den else float(num)
+    return float(value)
 
 
 def inference_files(folder):

@@ -17,7 +17,7 @@ import re
 import numpy as np
 from paddle import inference as paddle_infer
 
-from engine.inference_folder import find_model_files, read_inference_yml
+from engine.inference_folder import Preprocess, find_model_files, read_inference_yml
 from foundation.errors import ConfigError, UserError
 from foundation.logger import get_logger
 from foundation.runtime import cpu_flags, parse_device
@@ -55,6 +55,8 @@ class InferenceModel:
         self.model_dir = str(model_dir)
         self.model_file, self.params_file, self.format = find_model_files(self.model_dir, prefer=prefer_format)
         self.info = read_inference_yml(self.model_dir)
+        # how images become the model's input, as the folder's inference.yml says (PaddleX layout)
+        self.preprocess = Preprocess(self.info, os.path.join(self.model_dir, "inference.yml"))
         glob = self.info.get("Global", {}) if isinstance(self.info.get("Global"), dict) else {}
         self.model_name = glob.get("model_name") or os.path.basename(os.path.dirname(os.path.abspath(self.model_dir)))
         self.run_mode = run_mode
