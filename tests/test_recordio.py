@@ -1,0 +1,142 @@
+"""RecordIO (insightface train.rec/.idx/property) sets: framing, both layouts, pack/unpack round trip,
+corrupt records named by index."""
+import os
+import pickle
+import shutil
+import struct
+
+import cv2
+import numpy as np
+import pytest
+
+from datasets.demo import generate_demo
+from datasets.face_dataset import FaceTrainDataset
+from datasets.label_files import load_train_list
+from datasets.recordio import (MAGIC, RecordIOError, RecordIOReader, RecordIOSet, RecordIOTrainDataset,
+                               RecordIOWriter, encode_frames, pack, pack_record, unpack, unpack_record)
+from foundation.errors import DatasetError
+
+
+@pytest.fixture(scope="module")
+def folder_set(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("rio") / "src")
+    generate_demo(root, train_identities=6, images_per_identity=3, val_identities=4, val_pairs=20, workers=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def rec_set(folder_set, tmp_path_factory):
+    dst = str(tmp_path_factory.mktemp("rio") / "rec")
+    pack(folder_set, dst)
+    return dst
+
+
+def _jpeg(value, size=24):
+    img = np.full((size, size, 3), value, np.uint8)
+    cv2.circle(img, (size // 2, size // 2), size // 4, (255 - value, 40, 200), -1)
+    return cv2.imencode(".jpg", img)[1].tobytes()
+
+
+def test_pack_unpack_round_trip_is_byte_equal(folder_set, rec_set, tmp_path):
+    assert sorted(os.listdir(rec_set)) == ["property", "train.idx", "train.rec", "val"]
+    assert open(os.path.join(rec_set, "property")).read() == "6,112,112"
+    recset = RecordIOSet(rec_set)
+    assert recset.layout == "header" and len(recset) == 18 and recset.num_classes == 6
+    out = str(tmp_path / "unpacked")
+    unpack(rec_set, out)
+    original = load_train_list(folder_set)
+    unpacked = load_train_list(out)
+    assert [lbl for _, lbl in unpacked] == [lbl for _, lbl in original]
+    for (a, _), (b, _) in zip(original, unpacked):
+        assert open(a, "rb").read() == open(b, "rb").read()
+    assert open(os.path.join(out, "val", "pair_label.txt")).read() == \
+        open(os.path.join(folder_set, "val", "pair_label.txt")).read()
+    with pytest.raises(DatasetError, match="not empty"):
+        unpack(rec_set, out)
+
+
+def test_samples_equal_the_folder_dataset(folder_set, rec_set):
+    a = FaceTrainDataset(load_train_list(folder_set), seed=3)
+    b = RecordIOTrainDataset(rec_set, seed=3)
+    for epoch in (0, 1):
+        a.set_epoch(epoch)
+        b.set_epoch(epoch)
+        for i in range(len(a)):
+            xa, la = a[i]
+            xb, lb = b[i]
+            assert la == lb and np.array_equal(xa, xb)
+    b[0]
+    clone = pickle.loads(pickle.dumps(b))  # picklable with an open file; reopens on use
+    assert np.array_equal(clone[1][0], b[1][0])
+
+
+def test_insightface_header_layout(tmp_path):
+    """Record 0 = (first identity record, end); images 1..4; identity records 5, 6 with image ranges;
+    image labels as flag>0 label arrays, as insightface's MS1M files have them."""
+    rec, idx = str(tmp_path / "train.rec"), str(tmp_path / "train.idx")
+    with RecordIOWriter(rec, idx) as w:
+        w.write(0, pack_record([5.0, 7.0], b""))
+        for key, label in ((1, 0), (2, 0), (3, 1), (4, 1)):
+            w.write(key, pack_record([float(label), 0.0], _jpeg(40 * key), id=key))
+        w.write(5, pack_record([1.0, 3.0], b""))
+        w.write(6, pack_record([3.0, 5.0], b""))
+    s = RecordIOSet(str(tmp_path))
+    assert s.layout == "header" and s.keys == [1, 2, 3, 4]
+    assert s.labels.tolist() == [0, 0, 1, 1] and s.identity_ranges == [(1, 3), (3, 5)]
+    img, label = s.decode(2)
+    assert img.shape == (24, 24, 3) and label == 1
+    x, y = RecordIOTrainDataset(s, image_size=112)[3]
+    assert x.shape == (3, 112, 112) and x.dtype == np.float32 and y == 1
+
+
+def test_plain_layout_every_record_an_image(tmp_path):
+    rec, idx = str(tmp_path / "train.rec"), str(tmp_path / "train.idx")
+    with RecordIOWriter(rec, idx) as w:
+        for key, label in enumerate((2, 0, 1, 0)):
+            w.write(key, pack_record(float(label), _jpeg(50 + key)))
+    s = RecordIOSet(str(tmp_path))
+    assert s.layout == "plain" and s.labels.tolist() == [2, 0, 1, 0] and s.num_classes == 3
+
+
+def test_framing_splits_at_aligned_magic_like_dmlc():
+    magic = struct.pack("<I", MAGIC)
+    payload = b"abcd" + magic + b"efgh" + magic + b"xy"
+    frames = encode_frames(payload)
+    # three parts (flags 1, 2, 3), the magic dropped from the data, padding to 4 bytes
+    heads = [struct.unpack_from("<II", frames, o) for o in (0, 12, 24)]
+    assert [h[0] for h in heads] == [MAGIC] * 3
+    assert [(h[1] >> 29, h[1] & ((1 << 29) - 1)) for h in heads] == [(1, 4), (2, 4), (3, 2)]
+    assert len(frames) % 4 == 0
+
+
+def test_reader_rejoins_split_records(tmp_path):
+    magic = struct.pack("<I", MAGIC)
+    payloads = [pack_record(1.0, b"abcd" + magic + magic + b"z"), pack_record(0.0, b"q" * 7)]
+    with RecordIOWriter(str(tmp_path / "a.rec"), str(tmp_path / "a.idx")) as w:
+        for k, p in enumerate(payloads):
+            w.write(k, p)
+    r = RecordIOReader(str(tmp_path / "a.rec"))
+    assert [r.read(k) for k in (0, 1)] == payloads
+    label, image, _, _ = unpack_record(r.read(0))
+    assert label == 1.0 and image == b"abcd" + magic + magic + b"z"
+
+
+def test_corrupt_records_are_named(rec_set, tmp_path):
+    bad = str(tmp_path / "bad")
+    shutil.copytree(rec_set, bad)
+    offsets = dict(line.split() for line in open(os.path.join(bad, "train.idx")))
+    with open(os.path.join(bad, "train.rec"), "r+b") as f:
+        f.seek(int(offsets["4"]))
+        f.write(b"\0\0\0\0")  # magic of record 4
+        f.seek(int(offsets["7"]) + 8 + 24)
+        f.write(b"garbage!" * 8)  # image bytes of record 7
+    s = RecordIOSet(bad)
+    with pytest.raises(RecordIOError, match=r"train\.rec: record 4: bad magic"):
+        s.decode(3)
+    with pytest.raises(RecordIOError, match=r"train\.rec: record 7: the image .* does not decode"):
+        s.decode(6)
+    # truncated file
+    with open(os.path.join(bad, "train.rec"), "r+b") as f:
+        f.truncate(int(offsets["18"]) + 20)
+    with pytest.raises(RecordIOError, match="record 18: truncated"):
+        s.image_bytes(17)
