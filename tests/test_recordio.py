@@ -1,20 +1,42 @@
 """RecordIO (insightface train.rec/.idx/property) sets: framing, both layouts, pack/unpack round trip,
 corrupt records named by index."""
+import json
 import os
 import pickle
+import re
 import shutil
 import struct
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
 
+from datasets.bin_file import write_bin
 from datasets.demo import generate_demo
 from datasets.face_dataset import FaceTrainDataset
-from datasets.label_files import load_train_list
-from datasets.recordio import (MAGIC, RecordIOError, RecordIOReader, RecordIOSet, RecordIOTrainDataset,
-                               RecordIOWriter, encode_frames, pack, pack_record, unpack, unpack_record)
+from datasets.label_files import load_pair_list, load_train_list
+from datasets.recordio import (
+    MAGIC,
+    RecordIOError,
+    RecordIOReader,
+    RecordIOSet,
+    RecordIOTrainDataset,
+    RecordIOWriter,
+    encode_frames,
+    pack,
+    pack_record,
+    unpack,
+    unpack_record,
+)
+from engine.builders import build_train_loader
+from engine.config import load_config
 from foundation.errors import DatasetError
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO_ROOT, "configs", "face_recognition", "MobileFaceNet.yaml")
+STEP_LINE = re.compile(r"epoch (\d+)/\d+ step (\d+)/\d+ loss ([-\d.naif]+) lr")
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +162,61 @@ def test_corrupt_records_are_named(rec_set, tmp_path):
         f.truncate(int(offsets["18"]) + 20)
     with pytest.raises(RecordIOError, match="record 18: truncated"):
         s.image_bytes(17)
+
+
+# --------------------------------------------------------------------------- training on a RecordIO set
+def _train_cli(data, out, *extra):
+    cmd = [sys.executable, os.path.join(REPO_ROOT, "main.py"), "-c", CONFIG, "-o", "Global.mode=train",
+           f"Global.dataset_dir={data}", f"Global.output={out}", "Global.num_threads=1", "Train.epochs_iters=1",
+           "Train.batch_size=6", "Train.num_workers=1", "Train.log_interval=1", "Evaluate.batch_size=16",
+           "Evaluate.folds=4", *extra]
+    env = dict(os.environ, FACEFEAT_NO_MKL_SHIM="1")  # as tests/test_train.py: same kernels in every run
+    res = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return open(os.path.join(out, "train.log"), encoding="utf-8").read()
+
+
+def _losses(log):
+    return {(int(m.group(1)), int(m.group(2))): m.group(3) for m in STEP_LINE.finditer(log)}
+
+
+def _acc(log):
+    return [float(v) for v in re.findall(r"eval: val verification acc ([\d.]+)", log)]
+
+
+@pytest.fixture(scope="module")
+def rec_with_bin(folder_set, rec_set, tmp_path_factory):
+    """The packed set without val/, its val pairs as an insightface lfw.bin beside train.rec."""
+    dst = str(tmp_path_factory.mktemp("rio") / "rec_bin")
+    shutil.copytree(rec_set, dst, ignore=shutil.ignore_patterns("val"))
+    pairs = load_pair_list(folder_set)
+    images = [open(p, "rb").read() for a, b, _ in pairs for p in (a, b)]
+    write_bin(os.path.join(dst, "lfw.bin"), images, [lbl == 1 for _, _, lbl in pairs])
+    return dst
+
+
+def test_training_on_recordio_matches_the_folder_set_and_resumes(folder_set, rec_set, rec_with_bin, tmp_path):
+    folder_log = _train_cli(folder_set, str(tmp_path / "folder"))
+    rec_log = _train_cli(rec_set, str(tmp_path / "rec"))
+    bin_log = _train_cli(rec_with_bin, str(tmp_path / "rec_bin"))
+    assert len(_losses(folder_log)) == 3  # 18 images, batch 6
+    assert _losses(rec_log) == _losses(folder_log) == _losses(bin_log)
+    assert _acc(rec_log) == _acc(folder_log)  # the same val/ pairs
+    assert "val pairs of" in bin_log and "lfw.bin" in bin_log and len(_acc(bin_log)) == 1
+    assert abs(_acc(bin_log)[0] - _acc(folder_log)[0]) < 1e-3  # the same pairs, read from the .bin
+    # resume both for a second epoch: the same losses again
+    folder_2 = _train_cli(folder_set, str(tmp_path / "folder"), "Train.epochs_iters=2",
+                          f"Train.resume_path={tmp_path / 'folder' / 'latest' / 'latest.pdparams'}")
+    rec_2 = _train_cli(rec_set, str(tmp_path / "rec"), "Train.epochs_iters=2",
+                       f"Train.resume_path={tmp_path / 'rec' / 'latest' / 'latest.pdparams'}")
+    assert (2, 3) in _losses(rec_2) and _losses(rec_2) == _losses(folder_2)
+    assert json.load(open(tmp_path / "rec" / "train_result.json"))["done_flag"] is True
+
+
+def test_property_must_agree_with_the_labels(rec_set, tmp_path):
+    bad = str(tmp_path / "bad")
+    shutil.copytree(rec_set, bad)
+    open(os.path.join(bad, "property"), "w").write("7,112,112")
+    cfg = load_config(CONFIG, ["Global.mode=train", f"Global.dataset_dir={bad}", "Train.batch_size=6"])
+    with pytest.raises(DatasetError, match=r"property says 7 classes but the labels in train.rec give 6"):
+        build_train_loader(cfg, bad)
