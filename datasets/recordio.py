@@ -241,10 +241,16 @@ def read_property(folder):
 
 
 class RecordIOSet:
-    """The image records of a RecordIO folder: keys (in sample order), labels, layout."""
+    """The image records of a RecordIO folder: keys (in sample order), labels, layout.
 
-    def __init__(self, folder):
+    strict=False (the dataset check) keeps going past records whose header cannot be read: their
+    label is -1 and `unreadable` lists {sample index: RecordIOError}.
+    """
+
+    def __init__(self, folder, strict=True):
         self.folder = os.path.abspath(str(folder))
+        self.strict = strict
+        self.unreadable = {}
         self.reader = RecordIOReader(os.path.join(self.folder, REC_NAME), os.path.join(self.folder, IDX_NAME))
         self.header = _header_layout(self.reader)
         self.identity_ranges = None
@@ -279,8 +285,16 @@ class RecordIOSet:
                 labels[a - 1:b - 1] = ident
             if (labels >= 0).all():
                 return labels
-        # every image header: one small read per record
-        return np.array([int(first_label(self.reader.read_unpacked(k)[0])) for k in self.keys], np.int64)
+        # every image header (plain layout)
+        labels = np.full(len(self.keys), -1, np.int64)
+        for i, key in enumerate(self.keys):
+            try:
+                labels[i] = int(first_label(self.reader.read_unpacked(key)[0]))
+            except RecordIOError as e:
+                if self.strict:
+                    raise
+                self.unreadable[i] = e
+        return labels
 
     def __len__(self):
         return len(self.keys)

@@ -211,6 +211,15 @@ def test_training_on_recordio_matches_the_folder_set_and_resumes(folder_set, rec
                        f"Train.resume_path={tmp_path / 'rec' / 'latest' / 'latest.pdparams'}")
     assert (2, 3) in _losses(rec_2) and _losses(rec_2) == _losses(folder_2)
     assert json.load(open(tmp_path / "rec" / "train_result.json"))["done_flag"] is True
+    # evaluate on the RecordIO folder without val/: its .bin files
+    out = str(tmp_path / "eval")
+    cmd = [sys.executable, os.path.join(REPO_ROOT, "main.py"), "-c", CONFIG, "-o", "Global.mode=evaluate",
+           "-o", f"Global.dataset_dir={rec_with_bin}", "-o", f"Global.output={out}", "-o", "Evaluate.folds=4",
+           "-o", f"Evaluate.weight_path={tmp_path / 'rec_bin' / 'best_model' / 'best_model.pdparams'}"]
+    res = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    metrics = json.load(open(os.path.join(out, "evaluate_result.json")))["metrics"]
+    assert "lfw" in json.dumps(metrics) and "pair_scores_lfw.csv" in os.listdir(out)
 
 
 def test_property_must_agree_with_the_labels(rec_set, tmp_path):
@@ -220,3 +229,40 @@ def test_property_must_agree_with_the_labels(rec_set, tmp_path):
     cfg = load_config(CONFIG, ["Global.mode=train", f"Global.dataset_dir={bad}", "Train.batch_size=6"])
     with pytest.raises(DatasetError, match=r"property says 7 classes but the labels in train.rec give 6"):
         build_train_loader(cfg, bad)
+
+
+# --------------------------------------------------------------------------- check_dataset
+def _check(dataset_dir, out):
+    cmd = [sys.executable, os.path.join(REPO_ROOT, "main.py"), "-c", CONFIG, "-o", "Global.mode=check_dataset",
+           "-o", f"Global.dataset_dir={dataset_dir}", "-o", f"Global.output={out}"]
+    res = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    return res, json.load(open(os.path.join(out, "check_dataset_result.json")))
+
+
+def test_check_dataset_on_recordio(rec_set, rec_with_bin, tmp_path):
+    res, result = _check(rec_with_bin, str(tmp_path / "ok"))
+    assert res.returncode == 0 and "Check dataset passed" in res.stderr + res.stdout
+    assert set(result) == {"done_flag", "check_pass", "attributes", "analysis", "dataset_path", "show_type",
+                           "dataset_type"}
+    a = result["analysis"]
+    assert result["check_pass"] and result["attributes"]["train_samples"] == 18
+    assert a["recordio"]["layout"] == "header" and a["recordio"]["records"] == 1 + 18 + 6
+    assert a["train"]["identities"] == 6 and a["train"]["images_per_identity"]["median"] == 3
+    assert a["val"]["source"] == "lfw.bin" and a["val"]["pairs"] == 20
+    shots = os.listdir(tmp_path / "ok" / "check_dataset" / "demo_img")
+    assert sum(n.startswith("train_") for n in shots) == 10 and sum(n.startswith("val_pair") for n in shots) == 10
+
+    bad = str(tmp_path / "bad")
+    shutil.copytree(rec_set, bad)
+    offsets = dict(line.split() for line in open(os.path.join(bad, "train.idx")))
+    with open(os.path.join(bad, "train.rec"), "r+b") as f:
+        f.seek(int(offsets["5"]))
+        f.write(b"\xff\xff\xff\xff")  # bad magic
+        f.seek(int(offsets["9"]) + 8 + 24)
+        f.write(b"not a jpeg" * 4)  # undecodable image
+    res, result = _check(bad, str(tmp_path / "bad_out"))
+    assert res.returncode == 1 and not result["check_pass"]
+    errors = result["analysis"]["errors"]
+    assert [(os.path.basename(e["file"]), e["line"]) for e in errors] == [("train.rec", 5), ("train.rec", 9)]
+    assert "bad magic" in errors[0]["message"] and "does not decode" in errors[1]["message"]
+    assert "train.rec:5" in res.stderr + res.stdout
