@@ -13,6 +13,10 @@ as its header says), which finds missing, empty, non-image and truncated files; 
 sample (CheckDataset.decode_sample, default 2000; all images when there are fewer, or when
 CheckDataset.decode_all is True) is fully decoded in parallel threads to catch corrupt pixel data,
 and any file in a format the header reader does not know is decoded too.
+
+A RecordIO folder (train.rec + train.idx, datasets/recordio.py) is checked by check_recordio:
+every record is read (framing, IRHeader, label), the same sample is decoded, and a corrupt record
+is an error whose file is train.rec and whose line is the record index.
 """
 import os
 import time

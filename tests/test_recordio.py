@@ -120,6 +120,35 @@ def test_plain_layout_every_record_an_image(tmp_path):
     assert s.layout == "plain" and s.labels.tolist() == [2, 0, 1, 0] and s.num_classes == 3
 
 
+def test_plain_layout_corrupt_record_strict_and_lenient(tmp_path):
+    rec, idx = str(tmp_path / "train.rec"), str(tmp_path / "train.idx")
+    with RecordIOWriter(rec, idx) as w:
+        for key, label in enumerate((0, 1, 1)):
+            w.write(key, pack_record(float(label), _jpeg(60 + key)))
+    offsets = dict(line.split() for line in open(idx))
+    with open(rec, "r+b") as f:
+        f.seek(int(offsets["1"]))
+        f.write(b"\0\0\0\0")
+    with pytest.raises(RecordIOError, match=r"train\.rec: record 1: bad magic"):
+        RecordIOSet(str(tmp_path))  # training refuses the set at once
+    s = RecordIOSet(str(tmp_path), strict=False)  # the check lists it and goes on
+    assert list(s.unreadable) == [1] and s.unreadable[1].key == 1 and s.labels.tolist() == [0, -1, 1]
+
+
+def test_image_label_must_match_the_identity_records(tmp_path):
+    rec, idx = str(tmp_path / "train.rec"), str(tmp_path / "train.idx")
+    with RecordIOWriter(rec, idx) as w:
+        w.write(0, pack_record([3.0, 5.0], b""))
+        w.write(1, pack_record(0.0, _jpeg(10)))
+        w.write(2, pack_record(0.0, _jpeg(20)))  # the identity records say class 1
+        w.write(3, pack_record([1.0, 2.0], b""))
+        w.write(4, pack_record([2.0, 3.0], b""))
+    s = RecordIOSet(str(tmp_path))
+    assert s.labels.tolist() == [0, 1]
+    with pytest.raises(RecordIOError, match="record 2: its label 0 differs from 1"):
+        s.decode(1)
+
+
 def test_framing_splits_at_aligned_magic_like_dmlc():
     magic = struct.pack("<I", MAGIC)
     payload = b"abcd" + magic + b"efgh" + magic + b"xy"
