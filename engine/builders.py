@@ -11,6 +11,7 @@ from paddle.optimizer.lr import LRScheduler
 
 from datasets.face_dataset import BatchLoader, FaceTrainDataset, SeededBatchSampler
 from datasets.label_files import load_train_list
+from datasets.recordio import REC_NAME, RecordIOSet, RecordIOTrainDataset, is_recordio_dir, read_property
 from foundation.errors import ConfigError, DatasetError
 from foundation.logger import get_logger
 from models import ArcMargin, FaceRecModel, build_backbone
@@ -43,7 +44,7 @@ def build_model(cfg, num_classes):
 @dataclass
 class TrainData:
     loader: object  # datasets.face_dataset.BatchLoader
-    dataset: object  # datasets.face_dataset.FaceTrainDataset
+    dataset: object  # datasets.face_dataset.FaceTrainDataset or datasets.recordio.RecordIOTrainDataset
     num_classes: int
     num_samples: int
     batch_size: int  # per process
@@ -77,18 +78,39 @@ def check_batch_size(batch_size, num_samples, world_size=1):
             f"no full batch can be formed. Use -o Train.batch_size={max(1, per_process)} or less, or add images")
 
 
+def recordio_classes(recset):
+    """The class count of a RecordIO set (max label + 1), checked against its `property` file."""
+    num_classes = recset.num_classes
+    prop = read_property(recset.folder)
+    if prop is not None and prop[0] != num_classes:
+        raise DatasetError(f"{recset.folder}/property says {prop[0]} classes but the labels in {REC_NAME} give "
+                           f"{num_classes} (ids 0..{num_classes - 1}): correct the first number of property, "
+                           "or check that train.rec and property come from the same set")
+    return num_classes
+
+
 def build_train_loader(cfg, dataset_dir, rank=0, world_size=1):
-    """The training data: seeded shuffle and flip, drop_last, sharded by rank when world_size > 1."""
-    samples = load_train_list(dataset_dir)
-    if not samples:
-        raise DatasetError(f"{dataset_dir}/train/label.txt lists no images: add lines '<image path> <identity id>'")
-    num_classes = check_num_classes(cfg, max(label for _, label in samples) + 1)
-    batch_size = cfg.Train.batch_size
-    check_batch_size(batch_size, len(samples), world_size)
+    """The training data: seeded shuffle and flip, drop_last, sharded by rank when world_size > 1.
+
+    A folder with train.rec is read as a RecordIO set (datasets/recordio.py), else train/label.txt."""
     seed = cfg.Global.seed
-    dataset = FaceTrainDataset(samples, flip_prob=cfg.Train.transforms.random_flip, seed=seed,
-                               image_size=cfg.Arch.image_size)
-    sampler = SeededBatchSampler(len(samples), batch_size, seed=seed, rank=rank, world_size=world_size,
+    flip, size = cfg.Train.transforms.random_flip, cfg.Arch.image_size
+    if is_recordio_dir(dataset_dir):
+        recset = RecordIOSet(dataset_dir)
+        if not len(recset):
+            raise DatasetError(f"{dataset_dir}/{REC_NAME} holds no image records")
+        num_classes = check_num_classes(cfg, recordio_classes(recset), label_file=REC_NAME)
+        dataset = RecordIOTrainDataset(recset, flip_prob=flip, seed=seed, image_size=size)
+    else:
+        samples = load_train_list(dataset_dir)
+        if not samples:
+            raise DatasetError(f"{dataset_dir}/train/label.txt lists no images: add lines '<image path> <identity id>'")
+        num_classes = check_num_classes(cfg, max(label for _, label in samples) + 1)
+        dataset = FaceTrainDataset(samples, flip_prob=flip, seed=seed, image_size=size)
+    num_samples = len(dataset)
+    batch_size = cfg.Train.batch_size
+    check_batch_size(batch_size, num_samples, world_size)
+    sampler = SeededBatchSampler(num_samples, batch_size, seed=seed, rank=rank, world_size=world_size,
                                  shuffle=True, drop_last=True)
     loader = BatchLoader(dataset, sampler, num_workers=cfg.Train.num_workers)
     steps = len(sampler)
@@ -97,7 +119,7 @@ def build_train_loader(cfg, dataset_dir, rank=0, world_size=1):
         where = " per process" if world_size > 1 else ""
         get_logger().info(f"{dropped} of {sampler.per_rank} images{where} are left out of each epoch "
                           f"(incomplete last batch; the shuffle changes which ones every epoch)")
-    return TrainData(loader, dataset, num_classes, len(samples), batch_size, world_size, steps)
+    return TrainData(loader, dataset, num_classes, num_samples, batch_size, world_size, steps)
 
 
 # --------------------------------------------------------------------------- optimizer and schedule

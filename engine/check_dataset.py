@@ -13,6 +13,10 @@ as its header says), which finds missing, empty, non-image and truncated files; 
 sample (CheckDataset.decode_sample, default 2000; all images when there are fewer, or when
 CheckDataset.decode_all is True) is fully decoded in parallel threads to catch corrupt pixel data,
 and any file in a format the header reader does not know is decoded too.
+
+A RecordIO folder (train.rec + train.idx, datasets/recordio.py) is checked by check_recordio:
+every record is read (framing, IRHeader, label), the same sample is decoded, and a corrupt record
+is an error whose file is train.rec and whose line is the record index.
 """
 import os
 import time
@@ -22,12 +26,30 @@ import cv2
 import matplotlib
 import numpy as np
 
+from datasets.bin_file import decode_image, read_bin
 from datasets.demo import ensure_demo
 from datasets.image_headers import HeaderError, image_header
-from datasets.label_files import ERROR, WARNING, ProblemList, format_problem, parse_pair_labels, parse_train_labels
+from datasets.label_files import (
+    ERROR,
+    PAIR_LABEL,
+    WARNING,
+    ProblemList,
+    format_problem,
+    parse_pair_labels,
+    parse_train_labels,
+)
+from datasets.recordio import (
+    PROPERTY_NAME,
+    REC_NAME,
+    RecordIOError,
+    RecordIOSet,
+    find_bins,
+    is_recordio_dir,
+    read_property,
+)
 from datasets.transforms import ImageReadError, max_image_pixels, read_image
 from foundation.atomic_io import atomic_replace_dir, atomic_write_json
-from foundation.errors import ConfigError
+from foundation.errors import ConfigError, DatasetError
 from foundation.logger import get_logger, log_to_file
 from foundation.progress import Progress
 from foundation.runtime import num_threads_from
@@ -176,16 +198,20 @@ def save_demo_images(train_entries, pair_entries, bad, demo_dir):
     if len(chosen) < NUM_DEMO and rest:
         extra = min(NUM_DEMO - len(chosen), len(rest))
         chosen += [rest[i] for i in sorted(rng.choice(len(rest), extra, replace=False))]
-    val_names = []
-    for k, e in enumerate(chosen):
-        a, b = _fit(read_image(e.abs_a), 160), _fit(read_image(e.abs_b), 160)
-        gap = np.full((160, 6, 3), 255, np.uint8)
-        text = "same person (1)" if e.label == 1 else "different (0)"
-        img = _banner(np.hstack([a, gap, b]), text, (40, 140, 40) if e.label == 1 else (40, 40, 170))
-        name = f"val_pair_{k:02d}_label{e.label}.jpg"
-        cv2.imwrite(os.path.join(demo_dir, name), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
-        val_names.append(name)
+    val_names = [_save_pair(demo_dir, k, read_image(e.abs_a), read_image(e.abs_b), e.label)
+                 for k, e in enumerate(chosen)]
     return train_names, val_names
+
+
+def _save_pair(demo_dir, k, img_a, img_b, label):
+    """The two images of a pair side by side with their label; returns the file name."""
+    a, b = _fit(img_a, 160), _fit(img_b, 160)
+    gap = np.full((160, 6, 3), 255, np.uint8)
+    text = "same person (1)" if label == 1 else "different (0)"
+    img = _banner(np.hstack([a, gap, b]), text, (40, 140, 40) if label == 1 else (40, 40, 170))
+    name = f"val_pair_{k:02d}_label{label}.jpg"
+    cv2.imwrite(os.path.join(demo_dir, name), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    return name
 
 
 def save_histogram(counts, path, title):
@@ -247,10 +273,14 @@ def check(dataset_dir, output_dir, max_errors=50, expected_num_classes=None, dec
     }
     analysis = result["analysis"]
     image_stats = None
+    rec_ids, recordio_demo = None, None
     if not os.path.isdir(root):
         what = "is a file, not a folder" if os.path.exists(root) else "does not exist"
         problems.add(ERROR, shown_root, None, f"the dataset folder {what} ({root})",
                      "pass the folder that holds train/ and val/ with -o Global.dataset_dir=DIR")
+    elif is_recordio_dir(root):
+        rec_ids, recordio_demo = check_recordio(root, shown_root, output_dir, result, problems, expected_num_classes,
+                                                decode_sample, decode_all, workers, log)
     else:
         start = time.perf_counter()
         train_entries, train_problems = parse_train_labels(root, cap=max_errors, shown_root=shown_root)
@@ -286,12 +316,13 @@ def check(dataset_dir, output_dir, max_errors=50, expected_num_classes=None, dec
                              f"({found} classes)",
                              f"set -o Train.num_classes={found}, or leave it null to take it from the data")
 
-    ids = np.array([e.identity for e in train_entries], np.int64)
+    ids = rec_ids if rec_ids is not None else np.array([e.identity for e in train_entries], np.int64)
     counts = np.bincount(ids)[np.unique(ids)] if ids.size else np.zeros(0, np.int64)
     attrs = result["attributes"]
     attrs["train_num_classes"] = int(ids.max()) + 1 if ids.size else 0
-    attrs["train_samples"] = len(train_entries)
-    attrs["val_samples"] = len(pair_entries)
+    attrs["train_samples"] = int(ids.size)
+    if recordio_demo is None:
+        attrs["val_samples"] = len(pair_entries)
     if ids.size:
         analysis["train"] = {
             "identities": int(counts.size),
@@ -334,7 +365,9 @@ def check(dataset_dir, output_dir, max_errors=50, expected_num_classes=None, dec
 
         def build(tmp_dir):
             os.chmod(tmp_dir, 0o755)  # mkdtemp makes it private; these are ordinary output files
-            names = save_demo_images(train_entries, pair_entries, bad, os.path.join(tmp_dir, "demo_img"))
+            demo_dir = os.path.join(tmp_dir, "demo_img")
+            names = (recordio_demo(demo_dir) if recordio_demo is not None
+                     else save_demo_images(train_entries, pair_entries, bad, demo_dir))
             save_histogram(counts, os.path.join(tmp_dir, "histogram.png"),
                            f"{counts.size} identities, {ids.size} images (median {np.median(counts):g} per identity)")
             return names
@@ -350,6 +383,161 @@ def check(dataset_dir, output_dir, max_errors=50, expected_num_classes=None, dec
     analysis["num_errors"] = problems.num_errors()
     analysis["num_warnings"] = problems.num_warnings()
     return result, problems
+
+
+# --------------------------------------------------------------------------- RecordIO folders
+def _recordio_val(root, shown_root, problems, max_errors, workers, log):
+    """(pair entries or None, bin pairs [(img a, img b, label)] or None, val analysis) of a RecordIO folder."""
+    if os.path.isfile(os.path.join(root, PAIR_LABEL)):
+        pair_entries, pair_problems = parse_pair_labels(root, cap=max_errors, shown_root=shown_root)
+        problems.extend(pair_problems)
+        pair_entries = pair_entries or []
+        pair_shown = os.path.join(shown_root, "val", "pair_label.txt")
+        refs = {}
+        for e in pair_entries:
+            refs.setdefault(e.abs_a, (pair_shown, e.line, e.rel_a))
+            refs.setdefault(e.abs_b, (pair_shown, e.line, e.rel_b))
+        stats = check_images(refs, problems, workers=workers, log=log) if refs else {"bad": set()}
+        same = sum(e.label for e in pair_entries)
+        val = {"source": "val/pair_label.txt", "pairs": len(pair_entries), "same_pairs": same,
+               "different_pairs": len(pair_entries) - same,
+               "images": len({p for e in pair_entries for p in (e.abs_a, e.abs_b)})} if pair_entries else None
+        return [e for e in pair_entries if e.abs_a not in stats["bad"] and e.abs_b not in stats["bad"]], None, val
+    bins = find_bins(root)
+    if not bins:
+        problems.add(ERROR, os.path.join(shown_root, REC_NAME), None,
+                     "no validation data: neither val/pair_label.txt nor a verification .bin beside train.rec",
+                     "put lfw.bin (or cfp_fp.bin, agedb_30.bin) beside train.rec, or add val/ with pair_label.txt")
+        return None, None, None
+    shown_pairs, val = None, None
+    for path in bins:
+        shown = os.path.join(shown_root, os.path.basename(path))
+        try:
+            images, issame = read_bin(path)
+        except DatasetError as e:
+            problems.add(ERROR, shown, None, str(e), "replace the file with a good copy from its source")
+            continue
+        if shown_pairs is None:
+            shown_pairs = []
+            for i in range(min(NUM_DEMO, len(issame))):
+                try:
+                    a = decode_image(images[2 * i], f"{shown} image #{2 * i}")
+                    b = decode_image(images[2 * i + 1], f"{shown} image #{2 * i + 1}")
+                except DatasetError as e:
+                    problems.add(ERROR, shown, None, str(e), "replace the file with a good copy from its source")
+                    break
+                shown_pairs.append((a, b, int(issame[i])))
+            same = int(issame.sum())
+            val = {"source": os.path.basename(path), "pairs": int(len(issame)), "same_pairs": same,
+                   "different_pairs": int(len(issame)) - same, "images": len(images),
+                   "bin_files": [os.path.basename(p) for p in bins]}
+    return None, shown_pairs, val
+
+
+def check_recordio(root, shown_root, output_dir, result, problems, expected_num_classes=None, decode_sample=2000,
+                   decode_all=False, workers=2, log=None):
+    """The RecordIO part of `check`: every record read (framing, header, label), a sample decoded,
+    the val pairs or .bin files checked; fills `result`; returns (counts, demo writer or None)."""
+    log = log or get_logger()
+    rec_shown = os.path.join(shown_root, REC_NAME)
+    attrs, analysis = result["attributes"], result["analysis"]
+    attrs["train_label_file"] = _relative(os.path.join(root, REC_NAME), output_dir)
+    start = time.perf_counter()
+    recset = None
+    try:
+        recset = RecordIOSet(root, strict=False)
+    except RecordIOError as e:
+        problems.add(ERROR, rec_shown, e.key, str(e), "restore train.rec and train.idx from their source")
+    except DatasetError as e:
+        problems.add(ERROR, rec_shown, None, str(e), "restore train.rec and train.idx from their source")
+    good, sizes = [], {}
+    if recset is not None:
+        for i in range(len(recset)):
+            try:
+                if i in recset.unreadable:
+                    raise recset.unreadable[i]
+                recset.image_bytes(i)
+                good.append(i)
+            except RecordIOError as e:
+                problems.add(ERROR, rec_shown, e.key, str(e).split(": ", 1)[-1],
+                             "restore train.rec from its source, or repack the set")
+        read_seconds = time.perf_counter() - start
+        if decode_all or len(good) <= decode_sample:
+            sample = good
+        else:
+            rng = np.random.default_rng(0)
+            sample = [good[i] for i in sorted(rng.choice(len(good), decode_sample, replace=False))]
+        start = time.perf_counter()
+        for i in sample:
+            try:
+                img, _ = recset.decode(i)
+                sizes[i] = (img.shape[1], img.shape[0])
+            except RecordIOError as e:
+                problems.add(ERROR, rec_shown, e.key, str(e).split(": ", 1)[-1],
+                             "restore train.rec from its source, or repack the set")
+        decode_seconds = time.perf_counter() - start
+        log.info(f"Read {len(recset)} image records of {recset.reader.rec_path} ({recset.layout} layout) in "
+                 f"{read_seconds:.2f} s, decoded {len(sample)} in {decode_seconds:.2f} s")
+        prop = read_property_problem(root, shown_root, recset, problems)
+        analysis["recordio"] = {"layout": recset.layout, "records": len(recset.reader.keys),
+                                "image_records": len(recset), "property": prop,
+                                "identity_records": len(recset.identity_ranges or [])}
+        analysis["image_check"] = {"listed_files": len(recset), "headers_read": len(recset), "decoded": len(sample),
+                                   "method": "every record read (framing, header, label); a fixed sample fully decoded",
+                                   "seconds": round(read_seconds + decode_seconds, 2)}
+        if expected_num_classes not in (None, "", 0) and int(expected_num_classes) != recset.num_classes:
+            problems.add(ERROR, "config Train.num_classes", None,
+                         f"Train.num_classes is {expected_num_classes} but train.rec has ids 0..{recset.num_classes - 1} "
+                         f"({recset.num_classes} classes)",
+                         f"set -o Train.num_classes={recset.num_classes}, or leave it null to take it from the data")
+    pair_entries, bin_pairs, val = _recordio_val(root, shown_root, problems, problems.cap, workers, log)
+    if val:
+        analysis["val"] = val
+        attrs["val_samples"] = val["pairs"]
+        if val["source"].endswith(".bin"):
+            attrs["val_label_file"] = _relative(os.path.join(root, val["source"]), output_dir)
+    ids = recset.labels[recset.labels >= 0] if recset is not None else np.zeros(0, np.int64)
+    if sizes:
+        ws = np.array([s[0] for s in sizes.values()])
+        hs = np.array([s[1] for s in sizes.values()])
+        values, freq = np.unique(ws * 100000 + hs, return_counts=True)
+        common = int(values[freq.argmax()])
+        analysis["image_size"] = {"min_width": int(ws.min()), "max_width": int(ws.max()),
+                                  "min_height": int(hs.min()), "max_height": int(hs.max()),
+                                  "most_common": f"{common // 100000}x{common % 100000}",
+                                  "not_112x112": int(((ws != 112) | (hs != 112)).sum()), "of_decoded": len(sizes)}
+
+    def demo(demo_dir):
+        os.makedirs(demo_dir, exist_ok=True)
+        rng = np.random.default_rng(0)
+        decoded = sorted(sizes)
+        train_names = []
+        for k, j in enumerate(sorted(rng.choice(len(decoded), min(NUM_DEMO, len(decoded)), replace=False))):
+            img, label = recset.decode(decoded[j])
+            name = f"train_{k:02d}_id{label}_record{recset.keys[decoded[j]]}.jpg"
+            cv2.imwrite(os.path.join(demo_dir, name), _banner(_fit(img, 160), f"id {label}", (90, 60, 20)),
+                        [cv2.IMWRITE_JPEG_QUALITY, 92])
+            train_names.append(name)
+        if pair_entries is not None:
+            _, val_names = save_demo_images([], pair_entries, set(), demo_dir)
+        else:
+            val_names = [_save_pair(demo_dir, k, a, b, label) for k, (a, b, label) in enumerate(bin_pairs or [])]
+        return train_names, val_names
+
+    return ids, demo
+
+
+def read_property_problem(root, shown_root, recset, problems):
+    try:
+        prop = read_property(root)
+    except DatasetError as e:
+        problems.add(ERROR, os.path.join(shown_root, PROPERTY_NAME), 1, str(e), "write 'num_classes,112,112' in it")
+        return None
+    if prop is not None and prop[0] != recset.num_classes:
+        problems.add(ERROR, os.path.join(shown_root, PROPERTY_NAME), 1,
+                     f"property says {prop[0]} classes but the labels in train.rec give {recset.num_classes}",
+                     f"correct its first number to {recset.num_classes}, or check that it belongs to this train.rec")
+    return list(prop) if prop else None
 
 
 def failure_message(problems):

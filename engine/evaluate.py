@@ -18,11 +18,11 @@ import matplotlib
 import numpy as np
 
 from datasets.demo import resolve_dataset_dir
-from datasets.label_files import load_pair_list
+from datasets.recordio import find_bins
 from engine import metrics as M
 from engine.inference_folder import export_checkpoint, resolve_model_source
 from engine.inference_model import InferenceModel
-from engine.verification import FORWARD_CHUNK, chunked, score_bin, score_pairs, unique_images
+from engine.verification import FORWARD_CHUNK, chunked, score_bin, score_pairs, unique_images, validation_source
 from foundation.atomic_io import atomic_save, atomic_write_json, atomic_write_text, unique_name
 from foundation.errors import DatasetError
 from foundation.logger import get_logger, log_to_file
@@ -124,7 +124,11 @@ def run(cfg):
     pairs, dataset_dir = None, cfg.Global.dataset_dir
     if not bins:
         dataset_dir = resolve_dataset_dir(dataset_dir)
-        pairs = load_pair_list(dataset_dir)
+        pairs, first_bin = validation_source(dataset_dir)
+        if first_bin is not None:  # a RecordIO folder without val/: every .bin beside train.rec
+            bins = find_bins(dataset_dir)
+            logger.info(f"{dataset_dir} has no val/: scoring the .bin files beside train.rec: "
+                        + ", ".join(os.path.basename(b) for b in bins))
 
     sets, curves, set_names = {}, [], {"val"} if pairs is not None else set()
     with tempfile.TemporaryDirectory(prefix="facefeat_eval_") as tmp_dir:

@@ -28,7 +28,7 @@ from visualdl import LogWriter
 
 from datasets.demo import resolve_dataset_dir
 from datasets.face_dataset import ImageReadError, LoaderWorkerError
-from datasets.label_files import load_pair_list
+from datasets.recordio import RecordIOError
 from engine.builders import build_model, build_optimizer, build_train_loader
 from engine.checkpoints import (
     carry_best_model,
@@ -48,7 +48,7 @@ from engine.distributed import LAUNCHED_ENV, launch_distributed, requested_proce
 from engine.inference_folder import export_inference, inference_files
 from engine.output_folder import OutputLock, record_outputs
 from engine.train_result import write_train_result
-from engine.verification import evaluate_pairs
+from engine.verification import evaluate_pairs, score_bin, validation_source
 from foundation.errors import DatasetError, UserError
 from foundation.logger import get_logger, log_to_file
 from foundation.progress import Progress, format_seconds
@@ -116,7 +116,7 @@ class Trainer:
 
         self.dataset_dir = resolve_dataset_dir(cfg.Global.dataset_dir)
         self.data = build_train_loader(cfg, self.dataset_dir, rank=self.rank, world_size=self.world_size)
-        self.val_pairs = load_pair_list(self.dataset_dir, check_images=True) if self.is_main else None
+        self.val_pairs, self.val_bin = validation_source(self.dataset_dir) if self.is_main else (None, None)
         self.num_classes = self.data.num_classes
         self.model = build_model(cfg, self.num_classes)
         self.embedding_size = int(self.model.embedding_size)
@@ -140,7 +140,8 @@ class Trainer:
                      + (f" x {d.world_size} processes" if d.world_size > 1 else "")
                      + f", {d.steps_per_epoch} steps/epoch, epochs {self.start_epoch}..{self.epochs}, "
                      f"device {self.device}{' (AMP O1)' if self.amp else ''}, "
-                     f"{len(self.val_pairs)} val pairs, output {self.output_dir}")
+                     + (f"{len(self.val_pairs)} val pairs" if self.val_bin is None else f"val pairs of {self.val_bin}")
+                     + f", output {self.output_dir}")
 
     def resume(self, files):
         want = {"model_name": self.model_name, "num_classes": self.num_classes, "embedding_size": self.embedding_size}
@@ -248,6 +249,9 @@ class Trainer:
                     self.vdl.add_scalar("train/lr", lr, self.global_step)
                     self.vdl.add_scalar("train/ips", ips, self.global_step)
                     window_start, window_images = now, 0
+        except RecordIOError as e:
+            raise DatasetError(f"training stopped at epoch {epoch}, step {step + 1}: {e}. Restore train.rec from "
+                               "its source (or repack it), then resume from latest/") from None
         except ImageReadError as e:
             raise DatasetError(f"training stopped at epoch {epoch}, step {step + 1}: {e}. The image is listed "
                                f"in {os.path.join(self.dataset_dir, 'train', 'label.txt')}: replace the file "
@@ -268,13 +272,17 @@ class Trainer:
                 with paddle.no_grad():
                     return backbone(paddle.to_tensor(nchw)).numpy()
 
-            m = evaluate_pairs(self.val_pairs, extract, batch_size=self.cfg.Evaluate.batch_size,
-                               flip=self.cfg.Evaluate.flip, folds=self.cfg.Evaluate.folds, num_workers=2)
+            opts = dict(batch_size=self.cfg.Evaluate.batch_size, flip=self.cfg.Evaluate.flip,
+                        folds=self.cfg.Evaluate.folds, num_workers=2)
+            if self.val_bin is not None:  # a RecordIO set without val/: its .bin
+                m = score_bin(self.val_bin, extract, **opts)[0]
+            else:
+                m = evaluate_pairs(self.val_pairs, extract, **opts)
         finally:
             backbone.train()
         self.log.info(f"epoch {epoch} eval: val verification acc {m['acc']:.4f} +- {m.get('acc_std', 0.0):.4f} "
                       f"({m.get('folds', '')}-fold, flip {'on' if self.cfg.Evaluate.flip else 'off'}, "
-                      f"{m.get('num_pairs', len(self.val_pairs))} pairs), threshold "
+                      f"{m['num_pairs']} pairs), threshold "
                       f"{m.get('best_threshold', float('nan')):.2f}")
         self.vdl.add_scalar("eval/acc", m["acc"], self.global_step)
         return float(m["acc"])

@@ -10,6 +10,8 @@ import time
 import numpy as np
 
 from datasets.bin_file import decode_image, read_bin
+from datasets.label_files import PAIR_LABEL, load_pair_list
+from datasets.recordio import REC_NAME, find_bins, is_recordio_dir
 from datasets.transforms import ImageReadError, read_image
 from engine import metrics as M
 from engine.batch_pipeline import extract_features
@@ -102,3 +104,16 @@ def score_bin(path, extract_fn, batch_size=64, flip=True, folds=10, num_workers=
                                            extract_fn, load_fn=load, batch_size=batch_size, flip=flip, folds=folds,
                                            num_workers=num_workers, desc=os.path.basename(path))
     return metrics, cosine, sq_dist, issame.astype(int)
+
+
+def validation_source(dataset_dir):
+    """(pairs, None) from val/pair_label.txt, or (None, .bin path) for a RecordIO folder without val/:
+    its first verification .bin (lfw, cfp_fp, agedb_30, then others by name)."""
+    if is_recordio_dir(dataset_dir) and not os.path.isfile(os.path.join(str(dataset_dir), PAIR_LABEL)):
+        bins = find_bins(dataset_dir)
+        if not bins:
+            raise DatasetError(f"{dataset_dir} has {REC_NAME} but neither val/pair_label.txt nor a verification "
+                               ".bin file (lfw.bin, cfp_fp.bin, ...) beside it: add one to validate on")
+        return None, bins[0]
+    # every val image's header is read too: a missing or corrupt one stops the run before epoch 1
+    return load_pair_list(dataset_dir, check_images=True), None
