@@ -172,11 +172,12 @@ class PipelineGlobal:
 @dataclass
 class DetSection:
     enable: bool = setting(True, "False: every image is already a face crop")
-    type: str = setting("haar", "haar (bundled cascades) or paddle (a detection model in model_dir)",
-                        choices=("haar", "paddle"))
-    model_dir: Optional[str] = setting(None, "paddle: exported face detector folder; haar: optional cascade .xml")
+    type: str = setting("yunet", "yunet (bundled YuNet: boxes and 5 landmarks) or paddle (an exported "
+                        "PaddleDetection/PaddleX face detector in model_dir; landmarks from YuNet)",
+                        choices=("yunet", "paddle"))
+    model_dir: Optional[str] = setting(None, "paddle: exported face detector folder (unused by yunet)")
     threshold: float = setting(0.6, "detection score threshold", min=0.0, max=1.0)
-    margin: float = setting(0.2, "crop margin (fraction of the box side) when no eyes are found", min=0.0, max=2.0)
+    margin: float = setting(0.2, "square-crop margin (fraction of the box side) for a face without landmarks", min=0.0, max=2.0)
     min_size: int = setting(24, "smallest face side in pixels", min=1)
 
 
