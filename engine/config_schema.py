@@ -127,6 +127,8 @@ class EvaluateSection:
     flip: bool = setting(True, "add each image's horizontally flipped feature (insightface protocol)")
     folds: int = setting(10, "cross-validation folds for the threshold", min=2)
     bin_paths: List[str] = setting([], "insightface .bin files to score instead of the val pairs")
+    detect: bool = setting(False, "val pair images are raw photos: detect (YuNet) and align each one's main "
+                           "face first (no face: the whole image, counted)")
 
 
 @dataclass
@@ -145,6 +147,8 @@ class PredictSection:
     batch_size: int = setting(1, "images per forward pass", min=1)
     model_dir: str = setting("output/best_model/inference", "exported inference folder")
     input: Any = setting("dataset/face_demo/val/images", "image, folder (recursive), URL, or a list of these")
+    detect: bool = setting(False, "inputs are raw photos: detect (YuNet) and align each one's main face first "
+                           "(no face: an error for a named file, skipped in a folder)")
     kernel_option: KernelOption = setting(KernelOption, "")
 
 
@@ -205,6 +209,7 @@ class IndexSection:
 class PipelinePredict:
     input: Any = setting("dataset/face_demo/val/images/p00000", "image, folder (recursive) or a list")
     save_to_img: bool = setting(True, "also save <name>_res.jpg with boxes, labels and scores")
+    draw_landmarks: bool = setting(False, "also draw each face's 5 landmarks on <name>_res.jpg")
 
 
 @dataclass

@@ -283,7 +283,8 @@ class MainFaceCropper:
     each thread builds its own detector with the same settings.
 
         cropper = MainFaceCropper(type="yunet", threshold=0.6)
-        chip, faces = cropper.crop(img_bgr)     # chip None when faces == []
+        chip, faces = cropper.crop(img_bgr)         # chip None when faces == []
+        chip, face, faces = cropper.main(img_bgr)   # with the main Face itself
     """
 
     def __init__(self, margin=0.2, size=112, **det):
@@ -299,10 +300,16 @@ class MainFaceCropper:
             d = self._local.detector = build_detector(**self.det)
         return d
 
-    def crop(self, img_bgr):
-        """(aligned size x size BGR chip of the main face or None, every detected face)."""
+    def main(self, img_bgr):
+        """(aligned size x size BGR chip of the main face, that Face, every detected face); the
+        first two are None when there is no face."""
         faces = self.detector().detect(img_bgr)
         face = main_face(faces, img_bgr.shape)
         if face is None:
-            return None, faces
-        return face_chip(img_bgr, face, self.margin, self.size), faces
+            return None, None, faces
+        return face_chip(img_bgr, face, self.margin, self.size), face, faces
+
+    def crop(self, img_bgr):
+        """(aligned chip of the main face or None, every detected face)."""
+        chip, _, faces = self.main(img_bgr)
+        return chip, faces

@@ -229,3 +229,26 @@ def test_paddle_detector_adapter_runs_an_exported_detection_model(tmp_path):
         PaddleFaceDetector(str(tmp_path))
     with pytest.raises(UserError, match="not one of yunet, paddle"):
         build_detector(type="haar")
+
+
+# --------------------------------------------------------------------------- drawn results
+def test_drawn_result_shows_the_label_without_detection_and_landmarks_on_request(tmp_path):
+    from engine.results import RecognitionResult
+
+    img = np.full((112, 112, 3), 90, np.uint8)
+    face = {"box": [0, 0, 112, 112], "det_score": 1.0, "labels": ["person_0"], "scores": [0.93],
+            "label": "person_0", "score": 0.93}
+    path = RecognitionResult("x.png", [face], "x", img).save_to_img(str(tmp_path / "x.png"))
+    out = cv2.imread(path).astype(int)
+    assert np.abs(out[:18, :40] - 90).max() > 60  # the label's box and text at the top-left
+    assert np.abs(out[40:, :] - 90).max() == 0  # no box drawn around the whole image
+    big = np.full((200, 200, 3), 90, np.uint8)
+    marked = dict(face, box=[50, 50, 150, 150],
+                  landmarks=[[80, 90], [120, 90], [100, 110], [85, 130], [115, 130]])
+    plain = cv2.imread(RecognitionResult("a", [marked], "a", big).save_to_img(str(tmp_path / "a.png"))).astype(int)
+    dots = cv2.imread(RecognitionResult("b", [marked], "b", big).save_to_img(str(tmp_path / "b.png"),
+                                                                             draw_landmarks=True)).astype(int)
+    for x, y in marked["landmarks"]:
+        assert np.abs(dots[y, x] - plain[y, x]).max() > 60
+    changed = np.argwhere(np.abs(dots - plain).max(axis=2) > 0)
+    assert changed[:, 0].min() >= 85 and changed[:, 0].max() <= 135  # only around the 5 points
