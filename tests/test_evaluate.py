@@ -6,7 +6,9 @@ between code paths, not accuracy.
 import csv
 import json
 import os
+import shutil
 
+import cv2
 import numpy as np
 import pytest
 
@@ -244,10 +246,6 @@ LFW = os.path.normpath(os.path.join(os.path.dirname(os.path.dirname(os.path.absp
 def test_detect_aligns_raw_pair_photos_and_counts_photos_without_a_face(setup, tmp_path):
     """Evaluate.detect on 10 raw LFW pairs (5 same, 5 different, interleaved) with one photo replaced
     by a flat grey picture: every pair is scored, the grey one whole, and the metrics say so."""
-    import shutil
-
-    import cv2
-
     with open(os.path.join(LFW, "pair_label.txt")) as f:
         rows = [line.split() for line in f if line.strip()]
     pairs = [p for pair in zip(rows[:5], rows[300:305]) for p in pair]

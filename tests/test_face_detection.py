@@ -126,3 +126,15 @@ def test_main_face_cropper_aligns_lfw_photos_so_yunet_sees_the_template(tmp_path
         assert err.max() < 10.0 and err.mean() < 5.0, (rel, err)  # a swapped order would be ~35 px off
     chip, faces = cropper.crop(np.full((100, 100, 3), 127, np.uint8))
     assert chip is None and faces == []
+
+
+@needs_lfw
+def test_landmarks_inside_a_box_from_another_detector():
+    """What Det.type paddle relies on: given only a box, YuNet run on the enlarged box region finds the
+    same 5 landmarks as on the whole photo."""
+    det = YuNetDetector(threshold=0.3, min_size=1)
+    img = cv2.imread(os.path.join(LFW, "images", LFW_PHOTOS[0]))
+    face = main_face(det.detect(img), img.shape)
+    points = det.landmarks_in(img, face.box)
+    np.testing.assert_allclose(points, face.landmarks, atol=3.0)
+    assert det.landmarks_in(np.full((250, 250, 3), 127, np.uint8), [50, 50, 150, 150]) is None

@@ -1,5 +1,6 @@
 """Folder-per-identity import: identity split, balanced pairs, clear errors, ORL import passes check_dataset."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -8,7 +9,9 @@ import numpy as np
 import pytest
 
 from datasets.import_folders import import_folders
+from datasets.import_folders import main as import_main
 from datasets.label_files import load_pair_list, load_train_list
+from engine.align_folders import main as align_main
 from foundation.errors import DatasetError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -142,10 +145,6 @@ LFW_PEOPLE = {"Abdullah_Gul": 4, "Adrien_Brody": 4, "Al_Sharpton": 4, "Albert_Co
 def test_aligned_import_of_lfw_people_and_a_photo_without_a_face(tmp_path, capsys):
     """Four LFW people (4 photos each) and one flat grey 'photo': every real photo becomes an aligned
     112x112 PNG, the grey one is left out, counted, printed and listed in convert_report.txt."""
-    import shutil
-
-    from engine.align_folders import main as align_main
-
     src = tmp_path / "src"
     for person, n in LFW_PEOPLE.items():
         (src / person).mkdir(parents=True)
@@ -196,8 +195,6 @@ def test_convert_hook_drops_and_notes_images_and_refuses_link(source, tmp_path):
 
 
 def test_import_folders_align_flag_points_at_the_aligning_command(source, tmp_path, capsys):
-    from datasets.import_folders import main as import_main
-
     with pytest.raises(SystemExit) as e:
         import_main([source, str(tmp_path / "d"), "--align"])
     assert e.value.code == 2 and "python -m engine.align_folders" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from engine import create_model
 from engine import predict as P
 from engine import predictor
 from foundation.errors import UserError
+from models.face_detector import MainFaceCropper
 
 
 @pytest.fixture(scope="module")
@@ -208,8 +209,6 @@ needs_lfw = pytest.mark.skipif(not os.path.isdir(LFW), reason="LFW photos not av
 
 @needs_lfw
 def test_detect_embeds_the_aligned_main_face_and_skips_photos_without_one(model_dir, tmp_path):
-    from models.face_detector import MainFaceCropper
-
     photos = tmp_path / "photos"
     photos.mkdir()
     for rel in ("Colin_Powell/Colin_Powell_0001.jpg", "Tony_Blair/Tony_Blair_0002.jpg"):
