@@ -7,8 +7,8 @@ every person are queries; a query is correct at rank 1 when its top gallery labe
 Reported: mean and std over the 10 enrolment choices (every image is enrolled once), rank-1 and
 rank-5 (rank-5 only means something with more than 5 people), and the mean cosine of the top-1
 match for correct and wrong answers. Faces: --det none embeds the whole image (ORL images are
-face crops, resized to 112x112 without keeping the aspect, as in training); --det haar runs the
-pipeline's Haar detector and alignment, falling back to the whole image when it finds no face
+face crops, resized to 112x112 without keeping the aspect, as in training); --det yunet runs the
+pipeline's YuNet detector and alignment, falling back to the whole image when it finds no face
 (the count is printed).
 
     python benchmarks/orl_identification.py --model-dir output/best_model/inference --people s31-s40
@@ -84,7 +84,7 @@ def main(argv=None):
     ap.add_argument("--heldout-from", default=None,
                     help="dataset folder from datasets/import_folders.py: use the ORL people NOT listed in its "
                          "train/identities.txt (the ones the model never saw)")
-    ap.add_argument("--det", choices=("none", "haar"), default="none")
+    ap.add_argument("--det", choices=("none", "yunet"), default="none")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="also write the result here")
@@ -105,7 +105,7 @@ def main(argv=None):
         people = [p for p in people if p not in trained]
         if len(people) < 2:
             raise SystemExit(f"fewer than 2 ORL people are held out by {ids_file}")
-    pipe = RecognitionPipeline(args.model_dir, det={"enable": args.det == "haar", "threshold": 0.0},
+    pipe = RecognitionPipeline(args.model_dir, det={"enable": args.det == "yunet", "threshold": 0.3},
                                num_threads=args.threads, batch_size=args.batch_size)
     paths, person, image = [], [], []
     for p in people:
@@ -119,8 +119,8 @@ def main(argv=None):
     crops, fallbacks = [], 0
     for path in paths:
         img = read_image(path)
-        found = pipe.faces_of(img) if args.det == "haar" else []
-        if args.det == "haar" and not found:
+        found = pipe.faces_of(img) if args.det == "yunet" else []
+        if args.det == "yunet" and not found:
             fallbacks += 1
         crops.append(max(found, key=lambda fc: fc[0].score)[1] if found else img)
     feats = pipe.embed(crops)
@@ -136,7 +136,7 @@ def main(argv=None):
                     "mean/std over the 10 enrolment choices",
         "model_dir": os.path.abspath(args.model_dir), "model_name": pipe.model.model_name,
         "people": len(people), "people_list": people, "images": len(paths), "det": args.det,
-        "haar_fallbacks": fallbacks if args.det == "haar" else None,
+        "det_fallbacks": fallbacks if args.det == "yunet" else None,
         "rank1_mean": stat("rank1")[0], "rank1_std": stat("rank1")[1],
         "rank5_mean": stat("rank5")[0], "rank5_std": stat("rank5")[1],
         "top1_cos_correct": stat("cos_correct")[0] if any(r["cos_correct"] is not None for r in rows) else None,
@@ -144,7 +144,7 @@ def main(argv=None):
         "embed_seconds": seconds, "per_enrolment": rows,
     }
     print(f"ORL identification: {len(people)} people, {len(paths)} images, det={args.det}"
-          + (f" (Haar found no face in {fallbacks}: whole image used)" if args.det == "haar" else "")
+          + (f" (YuNet found no face in {fallbacks}: whole image used)" if args.det == "yunet" else "")
           + f", model {pipe.model.model_name} from {args.model_dir}")
     print(f"rank-1 {100 * summary['rank1_mean']:.2f} % +- {100 * summary['rank1_std']:.2f}, "
           f"rank-5 {100 * summary['rank5_mean']:.2f} % +- {100 * summary['rank5_std']:.2f} "

@@ -14,6 +14,11 @@ datasets/transforms.read_image, so e.g. the ORL faces' PGM files are used as the
 makes symbolic links instead of copies. Folder and file names with spaces are written with '_'
 because the label files are space-separated. The output is built in a temporary folder and
 renamed into place, so a failed import leaves no half-written dataset.
+
+Raw photos (several faces, background, any size) can be detected and aligned on the way in:
+`python -m engine.align_folders SRC DST ...` (same options) passes a `convert` callable that turns
+each photo into its aligned 112x112 face. That command lives in engine because this package may
+not import the detector (models); `import_folders(..., convert=f)` is the hook it uses.
 """
 import argparse
 import os
@@ -22,6 +27,7 @@ import shutil
 import sys
 import tempfile
 
+import cv2
 import numpy as np
 
 from datasets.transforms import IMAGE_EXTENSIONS, list_images
@@ -116,8 +122,46 @@ def _place(src, dst, mode):
         shutil.copyfile(src, dst)
 
 
-def import_folders(src, dst, val_identities=10, pairs=None, seed=0, mode="copy", overwrite=False, log=print):
-    """Build DST/train and DST/val from SRC/<identity>/<images>; returns a summary dict."""
+CONVERT_REPORT = "convert_report.txt"
+
+
+def _convert_all(people, convert, staging, log):
+    """Run `convert` over every image: {source path: staged .png}, [(path, note) dropped], [(path, note) kept
+    with a note]. convert(path) -> (BGR image or None, note)."""
+    staged, dropped, noted = {}, [], []
+    total = sum(len(v) for v in people.values())
+    done = 0
+    os.makedirs(staging)
+    for name in sorted(people):
+        for path in people[name]:
+            img, note = convert(path)
+            if img is None:
+                dropped.append((path, note or "dropped"))
+            else:
+                out = os.path.join(staging, f"{len(staged)}.png")
+                ok, data = cv2.imencode(".png", img)
+                if not ok:
+                    raise DatasetError(f"cannot encode the converted image of {path}")
+                data.tofile(out)
+                staged[path] = out
+                if note:
+                    noted.append((path, note))
+            done += 1
+            if done % 500 == 0 or done == total:
+                log(f"converted {done}/{total} images ({len(dropped)} dropped so far)")
+    return staged, dropped, noted
+
+
+def import_folders(src, dst, val_identities=10, pairs=None, seed=0, mode="copy", overwrite=False, log=print,
+                   convert=None):
+    """Build DST/train and DST/val from SRC/<identity>/<images>; returns a summary dict.
+
+    convert: None (the files are copied or linked as they are) or a callable path -> (BGR image or
+    None, note) applied to every image first; its images are written as PNG, an image it returns
+    None for is left out, and every such image and every non-empty note is listed in
+    DST/convert_report.txt (and in the summary: "dropped", "noted")."""
+    if convert is not None and mode == "link":
+        raise DatasetError("--link cannot be used when images are converted (aligned faces are new files)")
     people = scan_identities(src)
     empty = [n for n, imgs in people.items() if not imgs]
     people = {n: imgs for n, imgs in people.items() if imgs}
@@ -126,6 +170,38 @@ def import_folders(src, dst, val_identities=10, pairs=None, seed=0, mode="copy",
                            f"(expected SRC/<person>/<image files {', '.join(IMAGE_EXTENSIONS)}>)")
     if empty:
         log(f"Skipping {len(empty)} folders without images: {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}")
+    dst = os.path.abspath(dst)
+    if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)) and not overwrite:
+        raise DatasetError(f"destination '{dst}' already exists and is not empty: choose a new folder or pass --overwrite")
+    if os.path.abspath(src) == dst or dst.startswith(os.path.abspath(src) + os.sep):
+        raise DatasetError("destination must not be inside the source folder")
+    parent = os.path.dirname(dst)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(dst) + ".", suffix=".tmp", dir=parent)
+    try:
+        os.chmod(tmp, 0o755)
+        summary = _build(src, dst, tmp, people, empty, val_identities, pairs, seed, mode, log, convert)
+        move_dir_into_place(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def _build(src, dst, tmp, people, empty, val_identities, pairs, seed, mode, log, convert):
+    """Everything of import_folders after the checks of SRC and DST, written into `tmp`."""
+    staged, dropped, noted = {}, [], []
+    if convert is not None:
+        staged, dropped, noted = _convert_all(people, convert, os.path.join(tmp, ".convert"), log)
+        lost = [n for n in people if not any(p in staged for p in people[n])]
+        people = {n: [p for p in imgs if p in staged] for n, imgs in people.items() if n not in lost}
+        if lost:
+            log(f"Skipping {len(lost)} folders with no image left after conversion: "
+                f"{', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}")
+        empty = empty + lost
+        if not people:
+            raise DatasetError(f"no image of '{src}' was kept by the conversion ({len(dropped)} dropped, e.g. "
+                               f"{dropped[0][0]}: {dropped[0][1]})" if dropped else f"no image in '{src}'")
     names = sorted(people)
     safe = {}
     for n in names:  # label files are space-separated: no whitespace in written paths
@@ -155,49 +231,53 @@ def import_folders(src, dst, val_identities=10, pairs=None, seed=0, mode="copy",
         pair_list = make_pairs(val_people, num_pairs, seed)
     else:
         pair_list = []
-    dst = os.path.abspath(dst)
-    if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)) and not overwrite:
-        raise DatasetError(f"destination '{dst}' already exists and is not empty: choose a new folder or pass --overwrite")
-    if os.path.abspath(src) == dst or dst.startswith(os.path.abspath(src) + os.sep):
-        raise DatasetError("destination must not be inside the source folder")
 
     def rel_name(name, path):
         inner = os.path.relpath(path, os.path.join(src, name))
+        if convert is not None:  # converted images are PNG files
+            inner = os.path.splitext(inner)[0] + ".png"
         return "/".join(["images", safe[name]] + [_safe(part) for part in inner.split(os.sep)])
 
-    parent = os.path.dirname(dst)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(dst) + ".", suffix=".tmp", dir=parent)
-    try:
-        os.chmod(tmp, 0o755)
-        lines = [f"# imported from {os.path.abspath(src)} by datasets/import_folders.py (seed {seed}): "
-                 "<image path relative to train/> <identity id>"]
-        id_lines = ["# <identity id> <source folder name>"]
-        for ident, name in enumerate(train_names):
-            id_lines.append(f"{ident} {name}")
-            for path in people[name]:
-                rel = rel_name(name, path)
-                _place(path, os.path.join(tmp, "train", *rel.split("/")), mode)
-                lines.append(f"{rel} {ident}")
-        os.makedirs(os.path.join(tmp, "train"), exist_ok=True)
-        with open(os.path.join(tmp, "train", "label.txt"), "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-        with open(os.path.join(tmp, "train", "identities.txt"), "w", encoding="utf-8") as f:
-            f.write("\n".join(id_lines) + "\n")
-        os.makedirs(os.path.join(tmp, "val"), exist_ok=True)
-        for name in val_names:
-            for path in people[name]:
-                _place(path, os.path.join(tmp, "val", *rel_name(name, path).split("/")), mode)
-        lines = [f"# imported from {os.path.abspath(src)} by datasets/import_folders.py (seed {seed}): "
-                 "<image a> <image b> <1 same person | 0 different>"]
-        for na, a, nb, b, label in pair_list:
-            lines.append(f"{rel_name(na, people[na][a])} {rel_name(nb, people[nb][b])} {label}")
-        with open(os.path.join(tmp, "val", "pair_label.txt"), "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-        move_dir_into_place(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    def place(path, dst_path):
+        if convert is not None:
+            os.makedirs(os.path.dirname(dst_path), exist_ok=True)
+            os.replace(staged[path], dst_path)
+        else:
+            _place(path, dst_path, mode)
+
+    how = "converted by engine/align_folders.py" if convert is not None else "by datasets/import_folders.py"
+    lines = [f"# imported from {os.path.abspath(src)} {how} (seed {seed}): "
+             "<image path relative to train/> <identity id>"]
+    id_lines = ["# <identity id> <source folder name>"]
+    for ident, name in enumerate(train_names):
+        id_lines.append(f"{ident} {name}")
+        for path in people[name]:
+            rel = rel_name(name, path)
+            place(path, os.path.join(tmp, "train", *rel.split("/")))
+            lines.append(f"{rel} {ident}")
+    os.makedirs(os.path.join(tmp, "train"), exist_ok=True)
+    with open(os.path.join(tmp, "train", "label.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(tmp, "train", "identities.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(id_lines) + "\n")
+    os.makedirs(os.path.join(tmp, "val"), exist_ok=True)
+    for name in val_names:
+        for path in people[name]:
+            place(path, os.path.join(tmp, "val", *rel_name(name, path).split("/")))
+    lines = [f"# imported from {os.path.abspath(src)} {how} (seed {seed}): "
+             "<image a> <image b> <1 same person | 0 different>"]
+    for na, a, nb, b, label in pair_list:
+        lines.append(f"{rel_name(na, people[na][a])} {rel_name(nb, people[nb][b])} {label}")
+    with open(os.path.join(tmp, "val", "pair_label.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    report = None
+    if convert is not None:
+        shutil.rmtree(os.path.join(tmp, ".convert"), ignore_errors=True)  # images of dropped people
+        report = os.path.join(dst, CONVERT_REPORT)
+        with open(os.path.join(tmp, CONVERT_REPORT), "w", encoding="utf-8") as f:
+            f.write("# <source image>\t<what happened>: dropped images first, then images kept with a note\n")
+            f.writelines(f"{p}\tdropped: {note}\n" for p, note in dropped)
+            f.writelines(f"{p}\tkept: {note}\n" for p, note in noted)
     counts = [len(people[n]) for n in val_names]
     return {
         "train_identities": len(train_names), "train_images": sum(len(people[n]) for n in train_names),
@@ -205,12 +285,14 @@ def import_folders(src, dst, val_identities=10, pairs=None, seed=0, mode="copy",
         "same_pairs": sum(p[4] for p in pair_list), "same_pairs_possible": _same_pairs_possible(counts),
         "val_single_image_identities": sum(1 for c in counts if c == 1),
         "val_names": val_names, "train_names": train_names, "skipped_empty": empty, "dst": dst,
+        "dropped": dropped, "noted": noted, "report": report,
     }
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m datasets.import_folders",
-                                     description="Folder per identity -> train/label.txt + val/pair_label.txt, split by identity.")
+def build_parser(prog="python -m datasets.import_folders",
+                 description="Folder per identity -> train/label.txt + val/pair_label.txt, split by identity."):
+    """The command line of the importer (engine/align_folders.py adds its detector options to it)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("src", help="folder with one sub-folder of images per person")
     parser.add_argument("dst", help="dataset folder to create (train/ and val/ inside)")
     parser.add_argument("--val-identities", type=int, default=10, help="people held out for validation pairs (default 10)")
@@ -222,22 +304,45 @@ def main(argv=None):
     group.add_argument("--link", dest="mode", action="store_const", const="link", help="symbolic links to the images")
     parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     parser.set_defaults(mode="copy")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_import(args, convert=None, show=5):
+    """Import as `args` (from build_parser) say, print the summary; returns the exit code."""
     try:
-        s = import_folders(args.src, args.dst, args.val_identities, args.pairs, args.seed, args.mode, args.overwrite)
+        s = import_folders(args.src, args.dst, args.val_identities, args.pairs, args.seed, args.mode, args.overwrite,
+                           convert=convert)
     except DatasetError as e:
         print(f"Error: {e}", file=sys.stderr)
         return e.exit_code
+    how = "converted" if convert is not None else args.mode
     print(f"Imported {s['train_images']} train images of {s['train_identities']} identities and "
-          f"{s['val_images']} val images of {s['val_identities']} identities into {s['dst']} ({args.mode})")
+          f"{s['val_images']} val images of {s['val_identities']} identities into {s['dst']} ({how})")
     if s["val_identities"]:
         print(f"Validation pairs: {s['pairs']} ({s['same_pairs']} same, {s['pairs'] - s['same_pairs']} different; "
               f"{s['same_pairs_possible']} same-person pairs were possible"
               + (f", {s['val_single_image_identities']} val identities have a single image" if s['val_single_image_identities'] else "")
               + ")")
+    for what, rows in (("left out", s["dropped"]), ("kept with a note", s["noted"])):
+        if rows:
+            shown = "; ".join(f"{p} ({note})" for p, note in rows[:show])
+            print(f"{len(rows)} image(s) {what}: {shown}{' ...' if len(rows) > show else ''}")
+    if s["report"]:
+        print(f"Every image left out or noted is listed in {s['report']}")
     print(f"Next: python main.py -c configs/face_recognition/MobileFaceNet.yaml -o Global.mode=check_dataset "
           f"-o Global.dataset_dir={args.dst}")
     return 0
+
+
+def main(argv=None):
+    parser = build_parser()
+    parser.add_argument("--align", action="store_true",
+                        help="detect and align faces: run python -m engine.align_folders with the same arguments")
+    args = parser.parse_args(argv)
+    if args.align:  # the detector is in models/, which this package may not import
+        parser.error("--align: run `python -m engine.align_folders SRC DST ...` (same options): it detects and "
+                     "aligns the faces; this command copies images as they are")
+    return run_import(args)
 
 
 if __name__ == "__main__":

@@ -132,6 +132,8 @@ class EvaluateSection:
     flip: bool = setting(True, "add each image's horizontally flipped feature (insightface protocol)")
     folds: int = setting(10, "cross-validation folds for the threshold", min=2)
     bin_paths: List[str] = setting([], "insightface .bin files to score instead of the val pairs")
+    detect: bool = setting(False, "val pair images are raw photos: detect (YuNet) and align each one's main "
+                           "face first (no face: the whole image, counted)")
 
 
 @dataclass
@@ -150,6 +152,8 @@ class PredictSection:
     batch_size: int = setting(1, "images per forward pass", min=1)
     model_dir: str = setting("output/best_model/inference", "exported inference folder")
     input: Any = setting("dataset/face_demo/val/images", "image, folder (recursive), URL, or a list of these")
+    detect: bool = setting(False, "inputs are raw photos: detect (YuNet) and align each one's main face first "
+                           "(no face: an error for a named file, skipped in a folder)")
     kernel_option: KernelOption = setting(KernelOption, "")
 
 
@@ -179,11 +183,12 @@ class PipelineGlobal:
 @dataclass
 class DetSection:
     enable: bool = setting(True, "False: every image is already a face crop")
-    type: str = setting("haar", "haar (bundled cascades) or paddle (a detection model in model_dir)",
-                        choices=("haar", "paddle"))
-    model_dir: Optional[str] = setting(None, "paddle: exported face detector folder; haar: optional cascade .xml")
+    type: str = setting("yunet", "yunet (bundled YuNet: boxes and 5 landmarks) or paddle (an exported "
+                        "PaddleDetection/PaddleX face detector in model_dir; landmarks from YuNet)",
+                        choices=("yunet", "paddle"))
+    model_dir: Optional[str] = setting(None, "paddle: exported face detector folder (unused by yunet)")
     threshold: float = setting(0.6, "detection score threshold", min=0.0, max=1.0)
-    margin: float = setting(0.2, "crop margin (fraction of the box side) when no eyes are found", min=0.0, max=2.0)
+    margin: float = setting(0.2, "square-crop margin (fraction of the box side) for a face without landmarks", min=0.0, max=2.0)
     min_size: int = setting(24, "smallest face side in pixels", min=1)
 
 
@@ -211,6 +216,7 @@ class IndexSection:
 class PipelinePredict:
     input: Any = setting("dataset/face_demo/val/images/p00000", "image, folder (recursive) or a list")
     save_to_img: bool = setting(True, "also save <name>_res.jpg with boxes, labels and scores")
+    draw_landmarks: bool = setting(False, "also draw each face's 5 landmarks on <name>_res.jpg")
 
 
 @dataclass

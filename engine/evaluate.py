@@ -7,6 +7,10 @@ temporary inference model first, so a checkpoint and its exported folder score t
 
 Writes to Global.output: evaluate_result.json ({"done_flag": true, "metrics": {...}}),
 evaluate_roc.png, pair_scores_<set>.csv (one row per pair, for error analysis), evaluate.log.
+
+Evaluate.detect: the val pair images are raw photos; each one's main face is detected (YuNet) and
+aligned to the 112x112 template first. An image without a face is scored whole; how many were is
+in the metrics ("detect") and the log. .bin files hold aligned faces already and are never detected.
 """
 import csv
 import io
@@ -22,11 +26,20 @@ from datasets.recordio import find_bins
 from engine import metrics as M
 from engine.inference_folder import export_checkpoint, resolve_model_source
 from engine.inference_model import InferenceModel
-from engine.verification import FORWARD_CHUNK, chunked, score_bin, score_pairs, unique_images, validation_source
+from engine.verification import (
+    FORWARD_CHUNK,
+    aligned_face_loader,
+    chunked,
+    score_bin,
+    score_pairs,
+    unique_images,
+    validation_source,
+)
 from foundation.atomic_io import atomic_save, atomic_write_json, atomic_write_text, unique_name
 from foundation.errors import DatasetError
 from foundation.logger import get_logger, log_to_file
 from foundation.runtime import num_threads_from, set_threads
+from models.face_detector import MainFaceCropper
 
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
@@ -141,7 +154,18 @@ def run(cfg):
             labels = np.array([int(p[2]) for p in pairs])
             logger.info(f"val pairs of {dataset_dir}: {len(pairs)} pairs, {len(images)} distinct images, "
                         f"batch {batch_size} (forwarded in slices of {FORWARD_CHUNK}), flip {'on' if flip else 'off'}")
-            m, cos, dist = score_pairs(images, ia, ib, labels, extract, batch_size=batch_size, flip=flip, folds=folds)
+            extra, fallbacks = {}, []
+            if cfg.Evaluate.detect:
+                extra["load_fn"] = aligned_face_loader(MainFaceCropper(), fallbacks)
+                logger.info("Evaluate.detect: the main face of every val image is detected and aligned")
+            m, cos, dist = score_pairs(images, ia, ib, labels, extract, batch_size=batch_size, flip=flip, folds=folds,
+                                       **extra)
+            if cfg.Evaluate.detect:
+                m["detect"] = {"aligned": len(images) - len(fallbacks), "no_face_used_whole": len(fallbacks),
+                               "no_face_first": sorted(fallbacks)[:10]}
+                if fallbacks:
+                    logger.warning(f"Evaluate.detect: no face in {len(fallbacks)} of {len(images)} val images "
+                                   f"(scored whole), e.g. {', '.join(sorted(fallbacks)[:3])}")
             m["source"] = os.path.join(str(dataset_dir), "val", "pair_label.txt")
             sets["val"] = m
             root = os.path.join(str(dataset_dir), "val")

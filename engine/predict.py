@@ -34,9 +34,10 @@ def run(cfg):
     logger = log_to_file(os.path.join(output, "predict.log"))
     predictor = FaceFeaturePredictor(
         model_dir, device=cfg.Global.device, num_threads=cfg.Global.num_threads,
-        run_mode=cfg.Predict.kernel_option.run_mode)
+        run_mode=cfg.Predict.kernel_option.run_mode, detect=cfg.Predict.detect)
     batch_size = cfg.Predict.batch_size
-    logger.info(f"{predictor}: batch {batch_size}, run mode {predictor.model.run_mode}")
+    logger.info(f"{predictor}: batch {batch_size}, run mode {predictor.model.run_mode}"
+                + (", detect + align the main face of each photo" if cfg.Predict.detect else ""))
     written = 0
     for res in predictor.predict(items, batch_size=batch_size):
         res.print(json_format=False)

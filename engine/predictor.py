@@ -10,6 +10,12 @@
 
 Inputs are those of engine.model_inputs. Every feature is L2-normalised, whatever the batch
 size (the reference normalises only the first feature of a batch).
+
+With detect=True (Predict.detect, create_model(..., detect=True)) each input is a raw photo: its
+main face (YuNet; highest score, then largest, then closest to the centre) is aligned to the
+112x112 template and embedded, and the result also holds that face's `face`: box, det_score and
+landmarks. A photo without a face is an error when named directly and is skipped (and counted in
+`failures`) when found in a folder. Without it each image is taken to be a face crop already.
 """
 import os
 
@@ -24,13 +30,15 @@ from engine.results import FeatureResult, Similarity
 from foundation.errors import UserError
 from foundation.logger import get_logger
 from foundation.runtime import num_threads_from, set_threads
+from models.face_detector import MainFaceCropper
 
 
 # --------------------------------------------------------------------------- predictor
 class FaceFeaturePredictor:
     """An exported face feature model plus pre-processing; see the module docstring."""
 
-    def __init__(self, model_dir, device="cpu", num_threads=None, run_mode="paddle", model_name=None):
+    def __init__(self, model_dir, device="cpu", num_threads=None, run_mode="paddle", model_name=None, detect=False,
+                 det=None):
         threads = num_threads_from(num_threads or 0)
         set_threads(threads)
         self.model = InferenceModel(model_dir, device=device, num_threads=threads, run_mode=run_mode)
@@ -38,6 +46,8 @@ class FaceFeaturePredictor:
         self.model_name = self.model.model_name
         self.embedding_size = self.model.embedding_size
         self.failures = []  # (input path, message) of images skipped by the last predict()
+        # detect: raw photos -> the aligned main face (det: options of models.face_detector.build_detector)
+        self.cropper = MainFaceCropper(**(det or {})) if detect else None
         if model_name and self.model_name and model_name != self.model_name:
             get_logger().warning(f"create_model('{model_name}'): {model_dir} holds a {self.model_name} model")
 
@@ -55,7 +65,22 @@ class FaceFeaturePredictor:
         items = inputs if is_expanded(inputs) else expand_inputs(inputs)
         self.failures = []
         log = get_logger()
-        for indices, batch, failures in prefetch_batches(items, load_item, batch_size, num_workers, skip_errors=True):
+        faces = {}  # item index -> the embedded face (detect only)
+
+        def load(index):
+            item = items[index]
+            img = load_item(item)
+            if self.cropper is None:
+                return img
+            chip, face, _ = self.cropper.main(img)
+            if chip is None:
+                raise UserError(f"no face found in {item.input_path or item.name} (Predict.detect is on; "
+                                "images that are face crops already need it off)")
+            faces[index] = face.to_dict()
+            return chip
+
+        order = list(range(len(items)))
+        for indices, batch, failures in prefetch_batches(order, load, batch_size, num_workers, skip_errors=True):
             for f in failures:
                 item = items[f.index]
                 if item.explicit:
@@ -67,7 +92,7 @@ class FaceFeaturePredictor:
             # every row on its own (the reference normalised only row 0 of a batch)
             feats = l2_normalize(self.model.predict(batch)).astype(np.float32)
             for i, feat in zip(indices, feats):
-                yield FeatureResult(items[i].input_path, feat, items[i].name)
+                yield FeatureResult(items[i].input_path, feat, items[i].name, faces.pop(i, None))
 
     __call__ = predict
 
@@ -94,8 +119,9 @@ def default_model_dir(model_name):
     return load_config(path).Predict.model_dir
 
 
-def create_model(model_name=None, model_dir=None, device="cpu", num_threads=None, run_mode="paddle"):
-    """A FaceFeaturePredictor. Without model_dir, model_name's config gives Predict.model_dir."""
+def create_model(model_name=None, model_dir=None, device="cpu", num_threads=None, run_mode="paddle", detect=False):
+    """A FaceFeaturePredictor. Without model_dir, model_name's config gives Predict.model_dir; with
+    detect, inputs are raw photos whose main face is detected and aligned first."""
     if model_dir is None:
         if not model_name:
             raise UserError("create_model needs a model name (e.g. 'MobileFaceNet') or model_dir=<inference folder>")
@@ -105,4 +131,4 @@ def create_model(model_name=None, model_dir=None, device="cpu", num_threads=None
                             f"first (python main.py -c configs/face_recognition/{model_name}.yaml -o Global.mode=train) "
                             "or pass model_dir=<inference folder>")
     return FaceFeaturePredictor(model_dir, device=device, num_threads=num_threads, run_mode=run_mode,
-                                model_name=model_name)
+                                model_name=model_name, detect=detect)

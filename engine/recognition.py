@@ -14,7 +14,10 @@ where labels/scores are the top-k gallery matches (cosine, best first) and `labe
 decision: the gallery label, or "unknown" when its cosine is below rec_threshold (or the gallery
 is empty). An image without a face gives an empty face list.
 
-Gallery images: each contributes its most prominent face (highest detection score, then largest);
+Every face, gallery and query, is aligned by models.alignment.face_chip (5 landmarks onto the
+112x112 template; a square crop with Det.margin for a face without landmarks).
+Gallery images: each contributes its main face (models.alignment.main_face: highest detection
+score, then largest, then closest to the centre);
 an unreadable image or one without a face is reported, skipped and counted.
 
 Shared by the build_index / append_index / remove_index and recognize modes and the Python API.
@@ -34,7 +37,8 @@ from foundation.errors import UserError
 from foundation.logger import get_logger
 from foundation.progress import Progress
 from foundation.runtime import num_threads_from, set_threads
-from models.face_detector import align_face, build_detector
+from models.alignment import face_chip, main_face
+from models.face_detector import build_detector
 
 
 def gallery_items(gallery, label_file=None):
@@ -82,7 +86,7 @@ class RecognitionPipeline:
         det = {
             "enable": cfg.Det.enable,
             "type": cfg.Det.type,
-            "model_dir": cfg.Det.model_dir,  # None: the bundled haar cascades
+            "model_dir": cfg.Det.model_dir,  # Det.type paddle only
             "threshold": cfg.Det.threshold,
             "min_size": cfg.Det.min_size,
             "margin": cfg.Det.margin,
@@ -114,7 +118,7 @@ class RecognitionPipeline:
 
     def faces_of(self, img_bgr):
         """[(Face, aligned 112x112 crop)] for every detected face, best first."""
-        return [(f, align_face(img_bgr, f, self.margin)) for f in self.detector.detect(img_bgr)]
+        return [(f, face_chip(img_bgr, f, self.margin)) for f in self.detector.detect(img_bgr)]
 
     # ------------------------------------------------------------------ gallery
     def _new_index(self):
@@ -148,8 +152,8 @@ class RecognitionPipeline:
                     skipped.append((path, "no face detected"))
                     log.warning(f"skipped gallery image {path}: no face detected")
                 else:
-                    face, crop = max(found, key=lambda fc: (fc[0].score, (fc[0].box[2] - fc[0].box[0]) *
-                                                            (fc[0].box[3] - fc[0].box[1])))
+                    face = main_face([f for f, _ in found], img.shape)
+                    crop = next(c for f, c in found if f is face)
                     pending.append((crop, label, path))
                     if len(pending) >= self.batch_size:
                         flush()

@@ -37,7 +37,7 @@ def run(cfg):
             res.print()
             res.save_to_json(output)
             if save_img:
-                res.save_to_img(output)
+                res.save_to_img(output, draw_landmarks=cfg.Predict.draw_landmarks)
             n_images += 1
             n_faces += len(res["faces"])
             n_known += sum(f["label"] != UNKNOWN_LABEL for f in res["faces"])

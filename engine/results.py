@@ -14,13 +14,19 @@ from engine.gallery_index import UNKNOWN_LABEL
 from foundation.atomic_io import atomic_write_bytes, atomic_write_json
 from foundation.errors import UserError
 
+# dot colours (BGR) of the 5 landmarks: image-left eye, image-right eye, nose, mouth corners
+LANDMARK_COLORS = ((255, 255, 0), (255, 255, 0), (0, 255, 255), (255, 0, 255), (255, 0, 255))
+
 
 # --------------------------------------------------------------------------- results
 class FeatureResult(dict):
-    """One image's result: {"input_path": str or None (numpy input), "feature": np.ndarray [D]}."""
+    """One image's result: {"input_path": str or None (numpy input), "feature": np.ndarray [D]},
+    plus "face" ({box, det_score, landmarks} of the embedded face) when predict detected it."""
 
-    def __init__(self, input_path, feature, name):
+    def __init__(self, input_path, feature, name, face=None):
         super().__init__(input_path=input_path, feature=feature)
+        if face is not None:
+            self["face"] = face
         self.name = name  # file stem for save_to_json: the image's stem, or array_<i>
 
     @property
@@ -33,7 +39,10 @@ class FeatureResult(dict):
 
     def to_dict(self):
         """JSON-ready: the feature as a list of floats."""
-        return {"input_path": self["input_path"], "feature": [float(v) for v in self["feature"]]}
+        out = {"input_path": self["input_path"], "feature": [float(v) for v in self["feature"]]}
+        if "face" in self:
+            out["face"] = self["face"]
+        return out
 
     @property
     def json(self):
@@ -100,23 +109,41 @@ class RecognitionResult(dict):
         atomic_write_json(path, dict(self))
         return path
 
-    def save_to_img(self, save_path):
-        """Draw each face box with its top-1 label and score; a folder gets <stem>_res.jpg."""
+    def save_to_img(self, save_path, draw_landmarks=False):
+        """Draw each face box with its top-1 label and score (and its 5 landmarks with
+        draw_landmarks); a folder gets <stem>_res.jpg. A face that is the whole image (detection
+        off) gets no box, only its label at the top-left."""
         if self._image is None:
             raise UserError(f"{self.name}: the image is no longer held; recognize(..., keep_images=True)")
         img = self._image.copy()
-        thick = max(1, int(round(max(img.shape[:2]) / 300)))
+        h, w = img.shape[:2]
+        thick = max(1, int(round(max(h, w) / 300)))
         for f in self["faces"]:
             x1, y1, x2, y2 = [int(round(v)) for v in f["box"]]
+            whole = x1 <= 0 and y1 <= 0 and x2 >= w and y2 >= h
             known = f["label"] != UNKNOWN_LABEL
             color = (40, 200, 40) if known else (40, 40, 230)
-            cv2.rectangle(img, (x1, y1), (x2, y2), color, thick)
+            if not whole:
+                cv2.rectangle(img, (x1, y1), (x2, y2), color, thick)
             text = f["label"] if f["score"] is None else f"{f['label']} {f['score']:.2f}"
             scale = max(0.35, min(1.2, (x2 - x1) / 160))
             (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-            ty = y1 - 4 if y1 - th - 6 >= 0 else y2 + th + 4
-            cv2.rectangle(img, (x1, ty - th - 3), (x1 + tw + 4, ty + base - 1), color, -1)
-            cv2.putText(img, text, (x1 + 2, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+            if tw + 4 > w:  # a small image: shrink the text to its width
+                scale *= (w - 4) / float(tw + 4)
+                (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+            tx = min(max(0, x1), max(0, w - tw - 4))
+            if whole or (y1 - th - 6 < 0 and y2 + th + base + 4 > h):
+                ty = max(0, y1) + th + 3  # inside the box, at its top
+            elif y1 - th - 6 >= 0:
+                ty = y1 - 4
+            else:
+                ty = y2 + th + 4
+            cv2.rectangle(img, (tx, ty - th - 3), (tx + tw + 4, ty + base - 1), color, -1)
+            cv2.putText(img, text, (tx + 2, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+            if draw_landmarks and f.get("landmarks"):
+                radius = max(1, int(round((x2 - x1) / 60)))
+                for (px, py), dot in zip(f["landmarks"], LANDMARK_COLORS):
+                    cv2.circle(img, (int(round(px)), int(round(py))), radius, dot, -1, cv2.LINE_AA)
         save_path = str(save_path)
         path = save_path if save_path.lower().endswith((".jpg", ".png")) else os.path.join(save_path, f"{self.name}_res.jpg")
         ok, data = cv2.imencode(os.path.splitext(path)[1], img)

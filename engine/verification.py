@@ -43,6 +43,20 @@ def _read_path(path):
         raise DatasetError(f"{e}; fix the image or remove its pair from val/pair_label.txt") from None
 
 
+def aligned_face_loader(cropper, fallbacks):
+    """load_fn for score_pairs on raw photos: the main face of each image aligned by `cropper`
+    (models.face_detector.MainFaceCropper); an image without a face is used whole and its path is
+    appended to `fallbacks` (so every pair is still scored and the count is reported)."""
+    def load(path):
+        img = _read_path(path)
+        chip, _, _ = cropper.main(img)
+        if chip is None:
+            fallbacks.append(path)
+            return img
+        return chip
+    return load
+
+
 def unique_images(pairs):
     """(distinct image paths in first-seen order, index_a, index_b) of (path_a, path_b, label) pairs."""
     index = {}

@@ -6,7 +6,9 @@ between code paths, not accuracy.
 import csv
 import json
 import os
+import shutil
 
+import cv2
 import numpy as np
 import pytest
 
@@ -234,3 +236,32 @@ def test_chunked_forward_matches_one_call():
 def test_too_few_pairs_for_the_folds():
     with pytest.raises(DatasetError, match="3 pairs cannot be split into 10 folds"):
         V.evaluate_pairs([("a", "b", 1), ("c", "d", 0), ("e", "f", 1)], lambda b: b)
+
+
+LFW = os.path.normpath(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
+                                    "data", "lfw_dev"))
+
+
+@pytest.mark.skipif(not os.path.isdir(LFW), reason="LFW photos not available at ../shared/data/lfw_dev")
+def test_detect_aligns_raw_pair_photos_and_counts_photos_without_a_face(setup, tmp_path):
+    """Evaluate.detect on 10 raw LFW pairs (5 same, 5 different, interleaved) with one photo replaced
+    by a flat grey picture: every pair is scored, the grey one whole, and the metrics say so."""
+    with open(os.path.join(LFW, "pair_label.txt")) as f:
+        rows = [line.split() for line in f if line.strip()]
+    pairs = [p for pair in zip(rows[:5], rows[300:305]) for p in pair]
+    data = tmp_path / "data"
+    for a, b, _ in pairs:
+        for rel in (a, b):
+            (data / "val" / os.path.dirname(rel)).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(os.path.join(LFW, rel), data / "val" / rel)
+    cv2.imwrite(str(data / "val" / "grey.png"), np.full((250, 250, 3), 128, np.uint8))
+    pairs[1] = ["grey.png", pairs[1][1], "0"]
+    (data / "val" / "pair_label.txt").write_text("".join(" ".join(p) + "\n" for p in pairs))
+    cfg = config(Global__mode="evaluate", Global__dataset_dir=str(data), Global__output=str(tmp_path / "out"),
+                 Evaluate__weight_path=setup["inference"], Evaluate__detect=True)
+    assert E.run(cfg) == 0
+    result = json.loads((tmp_path / "out" / "evaluate_result.json").read_text())["metrics"]
+    detect = result["sets"]["val"]["detect"] if "sets" in result else result["detect"]
+    n_images = len({p for a, b, _ in pairs for p in (a, b)})
+    assert detect["no_face_used_whole"] == 1 and detect["aligned"] == n_images - 1
+    assert detect["no_face_first"][0].endswith("grey.png")

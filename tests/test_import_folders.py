@@ -1,5 +1,6 @@
 """Folder-per-identity import: identity split, balanced pairs, clear errors, ORL import passes check_dataset."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -8,7 +9,9 @@ import numpy as np
 import pytest
 
 from datasets.import_folders import import_folders
+from datasets.import_folders import main as import_main
 from datasets.label_files import load_pair_list, load_train_list
+from engine.align_folders import main as align_main
 from foundation.errors import DatasetError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,3 +133,68 @@ def test_orl_import_passes_check_dataset(tmp_path):
     assert a["train_num_classes"] == 30 and a["train_samples"] == 300 and a["val_samples"] == 600
     assert an["image_size"]["most_common"] == "92x112"
     assert len(a["train_sample_paths"]) == 10 and len(a["val_sample_paths"]) == 10
+
+
+# --------------------------------------------------------------------------- aligned import (engine.align_folders)
+LFW = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "lfw_dev"))
+needs_lfw = pytest.mark.skipif(not os.path.isdir(LFW), reason="LFW photos not available at ../shared/data/lfw_dev")
+LFW_PEOPLE = {"Abdullah_Gul": 4, "Adrien_Brody": 4, "Al_Sharpton": 4, "Albert_Costa": 4}
+
+
+@needs_lfw
+def test_aligned_import_of_lfw_people_and_a_photo_without_a_face(tmp_path, capsys):
+    """Four LFW people (4 photos each) and one flat grey 'photo': every real photo becomes an aligned
+    112x112 PNG, the grey one is left out, counted, printed and listed in convert_report.txt."""
+    src = tmp_path / "src"
+    for person, n in LFW_PEOPLE.items():
+        (src / person).mkdir(parents=True)
+        for k in range(1, n + 1):
+            name = f"{person}_{k:04d}.jpg"
+            shutil.copyfile(os.path.join(LFW, "images", person, name), src / person / name)
+    cv2.imwrite(str(src / "Al_Sharpton" / "grey.png"), np.full((250, 250, 3), 128, np.uint8))
+    dst = tmp_path / "aligned"
+    assert align_main([str(src), str(dst), "--val-identities", "2", "--pairs", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "1 image(s) left out" in out and "grey.png (no face)" in out and "convert_report.txt" in out
+    train, pairs = load_train_list(str(dst)), load_pair_list(str(dst))
+    images = [p for p, _ in train] + [p for a, b, _ in pairs for p in (a, b)]
+    written = [os.path.join(r, f) for r, _, fs in os.walk(dst) for f in fs if f.endswith(".png")]
+    assert len(written) == 16  # every real photo had its face found
+    for path in images:
+        img = cv2.imread(path)
+        assert path.endswith(".png") and img.shape == (112, 112, 3)
+    report = (dst / "convert_report.txt").read_text()
+    assert "grey.png\tdropped: no face" in report
+    assert not any(".convert" in name for name in os.listdir(dst))
+    # the aligned set passes check_dataset
+    proc = subprocess.run([sys.executable, "main.py", "-c", "configs/face_recognition/MobileFaceNet.yaml",
+                           "-o", "Global.mode=check_dataset", "-o", f"Global.dataset_dir={dst}",
+                           "-o", f"Global.output={tmp_path / 'out'}"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_convert_hook_drops_and_notes_images_and_refuses_link(source, tmp_path):
+    """The importer's convert hook (what engine.align_folders plugs a detector into): an image the
+    callable rejects is left out and reported; a person left with nothing is skipped."""
+    def convert(path):
+        if "single" in path:
+            return None, "no face"
+        img = cv2.imread(path)
+        return cv2.resize(img, (112, 112)), ("2 faces, the main one kept" if path.endswith("img 0.png") else "")
+
+    dst = tmp_path / "dst"
+    s = import_folders(source, str(dst), val_identities=2, pairs=4, seed=0, log=lambda *a: None, convert=convert)
+    assert [os.path.basename(p) for p, _ in s["dropped"]] == ["img 0.png"] and "single" in s["skipped_empty"]
+    assert len(s["noted"]) == 9  # every remaining person's img 0
+    report = (dst / "convert_report.txt").read_text().splitlines()
+    assert sum("dropped: no face" in line for line in report) == 1
+    assert all(p.endswith(".png") and cv2.imread(p).shape == (112, 112, 3) for p, _ in load_train_list(str(dst)))
+    with pytest.raises(DatasetError, match="--link cannot be used"):
+        import_folders(source, str(tmp_path / "d2"), 2, 4, 0, "link", convert=convert)
+
+
+def test_import_folders_align_flag_points_at_the_aligning_command(source, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        import_main([source, str(tmp_path / "d"), "--align"])
+    assert e.value.code == 2 and "python -m engine.align_folders" in capsys.readouterr().err

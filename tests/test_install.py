@@ -6,7 +6,7 @@ Paddle, numpy, OpenCV... of the environment running the tests: --system-site-pac
 .pth file naming this environment's site-packages when the tests run in a virtualenv themselves
 (--system-site-packages only reaches the base interpreter's). Every command then runs from an
 empty folder with PYTHONPATH unset, so the repository is not importable and what runs is the
-copy in the new site-packages: configs, Haar cascades and C++ sources included (package data).
+copy in the new site-packages: configs, the YuNet weights and C++ sources included (package data).
 
 Building a wheel offline needs setuptools 70.1+ (or the `wheel` package) in this environment:
 the `test` extra asks for it.
@@ -104,7 +104,7 @@ def test_the_installed_copy_is_what_imports_from_another_folder(installed):
     code = ("import json, os, sys, engine, engine.config, engine.cpu_speed, models.face_detector, "
             "models.fast_cpu_ops\n"
             "print(json.dumps({'engine': engine.__file__, 'config_dir': engine.config.CONFIG_DIR,\n"
-            "    'cascades': models.face_detector.CASCADE_DIR, 'cc': models.fast_cpu_ops.SOURCE,\n"
+            "    'weights': models.face_detector.WEIGHTS_DIR, 'cc': models.fast_cpu_ops.SOURCE,\n"
             "    'shim': engine.cpu_speed.SHIM_SOURCE, 'path': sys.path, 'cwd': os.getcwd()}))")
     proc = _run([installed["python"], "-c", code], installed["env"], installed["elsewhere"])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -123,7 +123,7 @@ def test_the_installed_copy_is_what_imports_from_another_folder(installed):
     # ...and the files the code locates through __file__ are where it looks for them.
     assert {"MobileFaceNet.yaml", "ResNet50_face.yaml", "pipeline.yaml"} <= set(os.listdir(info["config_dir"]))
     assert os.path.realpath(info["config_dir"]) == os.path.join(site, "configs", "face_recognition")
-    assert {"haarcascade_eye.xml.gz", "haarcascade_frontalface_alt2.xml.gz"} <= set(os.listdir(info["cascades"]))
+    assert {"face_detection_yunet_2026may.onnx", "LICENSE", "README.md"} <= set(os.listdir(info["weights"]))
     assert os.path.isfile(info["cc"]) and os.path.isfile(info["shim"])
     with open(installed["venv"] / "bin" / "facefeat", encoding="utf-8") as f:
         assert str(installed["python"]) in f.read(1000)  # the console script runs the new venv's Python

@@ -14,6 +14,7 @@ from engine import create_model
 from engine import predict as P
 from engine import predictor
 from foundation.errors import UserError
+from models.face_detector import MainFaceCropper
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +200,40 @@ def test_api_results_with_the_same_stem_never_overwrite_each_other(model_dir, tm
     assert len(set(paths)) == 2 and sorted(os.listdir(out)) == ["00_2_res.json", "00_res.json"]
     saved = [json.load(open(p))["input_path"] for p in paths]
     assert saved == [str(tmp_path / "a" / "00.jpg"), str(tmp_path / "b" / "00.jpg")]
+
+
+# --------------------------------------------------------------------------- Predict.detect (raw photos)
+LFW = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "data", "lfw_dev"))
+needs_lfw = pytest.mark.skipif(not os.path.isdir(LFW), reason="LFW photos not available at ../shared/data/lfw_dev")
+
+
+@needs_lfw
+def test_detect_embeds_the_aligned_main_face_and_skips_photos_without_one(model_dir, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for rel in ("Colin_Powell/Colin_Powell_0001.jpg", "Tony_Blair/Tony_Blair_0002.jpg"):
+        shutil.copyfile(os.path.join(LFW, "images", rel), photos / os.path.basename(rel))
+    cv2.imwrite(str(photos / "grey.png"), np.full((200, 200, 3), 128, np.uint8))
+    detecting = create_model(model_dir=model_dir, num_threads=2, detect=True)
+    results = list(detecting.predict(str(photos), batch_size=2, num_workers=2))
+    assert [os.path.basename(r["input_path"]) for r in results] == ["Colin_Powell_0001.jpg", "Tony_Blair_0002.jpg"]
+    assert len(detecting.failures) == 1 and "no face found" in detecting.failures[0][1]
+    # the same feature as embedding the aligned chip by hand with detection off
+    chip, face, _ = MainFaceCropper().main(cv2.imread(str(photos / "Colin_Powell_0001.jpg")))
+    plain = create_model(model_dir=model_dir, num_threads=2)
+    np.testing.assert_allclose(results[0]["feature"], plain.feature(chip), atol=1e-5)
+    assert results[0]["face"]["box"] == face.to_dict()["box"] and len(results[0]["face"]["landmarks"]) == 5
+    saved = json.loads(open(results[0].save_to_json(str(tmp_path / "out"))).read())
+    assert saved["face"]["det_score"] >= 0.6
+    with pytest.raises(UserError, match="no face found in .*grey.png"):
+        list(detecting.predict(str(photos / "grey.png")))
+
+
+@needs_lfw
+def test_cli_predict_detect(model_dir, tmp_path):
+    src = os.path.join(LFW, "images", "Colin_Powell", "Colin_Powell_0001.jpg")
+    cfg = config(Global__mode="predict", Global__output=str(tmp_path), Predict__model_dir=model_dir,
+                 Predict__input=src, Predict__detect=True)
+    assert P.run(cfg) == 0
+    out = json.loads((tmp_path / "predict" / "Colin_Powell_0001_res.json").read_text())
+    assert len(out["feature"]) == 128 and len(out["face"]["landmarks"]) == 5

@@ -2,6 +2,7 @@
 the CLI, with a random-init MobileFaceNet exported to a temporary folder (no training)."""
 import json
 import os
+import shutil
 
 import cv2
 import numpy as np
@@ -10,8 +11,9 @@ import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIPELINE = os.path.join(REPO_ROOT, "configs", "face_recognition", "pipeline.yaml")
-ORL = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "data", "orl_faces"))
-needs_orl = pytest.mark.skipif(not os.path.isdir(ORL), reason="ORL faces not available at ../shared/data/orl_faces")
+LFW = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "data", "lfw_dev"))
+needs_lfw = pytest.mark.skipif(not os.path.isdir(LFW), reason="LFW photos not available at ../shared/data/lfw_dev")
+LFW_PEOPLE = ("Colin_Powell", "Tony_Blair")
 
 
 @pytest.fixture(scope="module")
@@ -61,62 +63,6 @@ def _cli(*overrides):
     from main import main
 
     return main(["-c", PIPELINE, *[x for o in overrides for x in ("-o", o)]])
-
-
-# --------------------------------------------------------------------------- detector / alignment
-def test_similarity_transform_maps_eyes_onto_the_template():
-    from models.face_detector import ARCFACE_TEMPLATE, Face, align_face, similarity_transform
-
-    angle, scale, shift = np.deg2rad(12), 1.7, np.array([30.0, 12.0])
-    rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    eyes = ARCFACE_TEMPLATE[:2] @ rot.T + shift
-    m = similarity_transform(eyes, ARCFACE_TEMPLATE[:2])
-    mapped = eyes @ m[:, :2].T + m[:, 2]
-    np.testing.assert_allclose(mapped, ARCFACE_TEMPLATE[:2], atol=1e-4)
-    five = ARCFACE_TEMPLATE @ rot.T + shift
-    m5 = similarity_transform(five, ARCFACE_TEMPLATE)
-    np.testing.assert_allclose(five @ m5[:, :2].T + m5[:, 2], ARCFACE_TEMPLATE, atol=1e-3)
-    img = np.zeros((200, 200, 3), np.uint8)
-    assert align_face(img, Face([10, 10, 90, 90], 1.0, eyes.astype(np.float32))).shape == (112, 112, 3)
-    assert align_face(img, Face([10, 10, 90, 90], 1.0)).shape == (112, 112, 3)
-
-
-def test_group_rectangles_merges_neighbours_and_drops_lonely_boxes():
-    from models.face_detector import group_rectangles
-
-    cluster = [(100 + d, 50 + d, 40, 40) for d in (-1, 0, 1, 2)]
-    lonely = [(10, 10, 30, 30)]
-    out = group_rectangles(cluster + lonely, min_neighbors=2)
-    assert len(out) == 1
-    x, y, w, h, n = out[0]
-    assert (abs(x - 100.5) <= 1 and abs(y - 50.5) <= 1 and w == 40 and n == 4)
-    assert group_rectangles(cluster, min_neighbors=4) == []
-
-
-def test_haar_finds_no_face_in_a_flat_image():
-    from models.face_detector import HaarFaceDetector
-
-    det = HaarFaceDetector()
-    assert det.detect(np.full((120, 160, 3), 127, np.uint8)) == []
-
-
-@needs_orl
-def test_haar_detector_on_orl_faces_pasted_into_a_scene():
-    from models.face_detector import HaarFaceDetector, align_face
-
-    a = cv2.imread(os.path.join(ORL, "s1", "1.pgm"))
-    b = cv2.imread(os.path.join(ORL, "s2", "1.pgm"))
-    scene = np.full((240, 320, 3), 128, np.uint8)
-    scene[40:152, 20:112] = a
-    scene[100:212, 200:292] = b
-    faces = HaarFaceDetector(threshold=0.6).detect(scene)
-    assert len(faces) == 2
-    centres = sorted(((f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2) for f in faces)
-    assert abs(centres[0][0] - 66) < 20 and abs(centres[0][1] - 96) < 25   # inside the first pasted face
-    assert abs(centres[1][0] - 246) < 20 and abs(centres[1][1] - 156) < 25
-    for f in faces:
-        assert 0.6 <= f.score <= 1.0
-        assert align_face(scene, f).shape == (112, 112, 3)
 
 
 # --------------------------------------------------------------------------- pipeline (Python API)
@@ -211,8 +157,8 @@ def test_cli_refuses_missing_index_and_index_of_another_model(model_dir, gallery
 
 
 def test_cli_gallery_without_faces_is_reported_and_counted(model_dir, gallery, tmp_path, capsys):
-    """Haar detection on: a flat grey gallery image has no face and is skipped with a count; the
-    synthetic crops have none either, so nothing is enrolled -> exit 1 and no index written."""
+    """YuNet detection on: a flat grey gallery image has no face and is skipped with a count, so
+    nothing is enrolled -> exit 1 and no index written."""
     g = tmp_path / "g" / "nobody"
     g.mkdir(parents=True)
     cv2.imwrite(str(g / "grey.png"), np.full((120, 120, 3), 128, np.uint8))
@@ -224,16 +170,14 @@ def test_cli_gallery_without_faces_is_reported_and_counted(model_dir, gallery, t
     assert not ix.exists()
 
 
-@needs_orl
-def test_cli_haar_gallery_on_orl_and_query_without_face(model_dir, tmp_path, capsys):
+@needs_lfw
+def test_cli_yunet_gallery_on_lfw_photos_and_query_without_face(model_dir, tmp_path, capsys):
     g = tmp_path / "g"
-    for person in ("s1", "s2"):
+    for person in LFW_PEOPLE[:2]:
         (g / person).mkdir(parents=True)
         for k in (1, 2):
-            img = cv2.imread(os.path.join(ORL, person, f"{k}.pgm"))
-            scene = cv2.copyMakeBorder(img, 40, 40, 60, 60, cv2.BORDER_CONSTANT, value=(128, 128, 128))
-            cv2.imwrite(str(g / person / f"{k}.png"), scene)
-    cv2.imwrite(str(g / "s2" / "blank.png"), np.full((150, 150, 3), 90, np.uint8))
+            shutil.copyfile(os.path.join(LFW, "images", person, f"{person}_{k:04d}.jpg"), g / person / f"{k}.jpg")
+    cv2.imwrite(str(g / LFW_PEOPLE[1] / "blank.png"), np.full((150, 150, 3), 90, np.uint8))
     q = tmp_path / "q"
     q.mkdir()
     cv2.imwrite(str(q / "blank.png"), np.full((150, 150, 3), 90, np.uint8))
@@ -286,5 +230,28 @@ def test_paddle_detector_adapter_runs_an_exported_detection_model(tmp_path):
     assert faces[0].score == pytest.approx(0.9)
     with pytest.raises(UserError, match="no inference.json"):
         PaddleFaceDetector(str(tmp_path))
-    with pytest.raises(UserError, match="not one of haar, paddle"):
-        build_detector(type="yunet")
+    with pytest.raises(UserError, match="not one of yunet, paddle"):
+        build_detector(type="haar")
+
+
+# --------------------------------------------------------------------------- drawn results
+def test_drawn_result_shows_the_label_without_detection_and_landmarks_on_request(tmp_path):
+    from engine.results import RecognitionResult
+
+    img = np.full((112, 112, 3), 90, np.uint8)
+    face = {"box": [0, 0, 112, 112], "det_score": 1.0, "labels": ["person_0"], "scores": [0.93],
+            "label": "person_0", "score": 0.93}
+    path = RecognitionResult("x.png", [face], "x", img).save_to_img(str(tmp_path / "x.png"))
+    out = cv2.imread(path).astype(int)
+    assert np.abs(out[:18, :40] - 90).max() > 60  # the label's box and text at the top-left
+    assert np.abs(out[40:, :] - 90).max() == 0  # no box drawn around the whole image
+    big = np.full((200, 200, 3), 90, np.uint8)
+    marked = dict(face, box=[50, 50, 150, 150],
+                  landmarks=[[80, 90], [120, 90], [100, 110], [85, 130], [115, 130]])
+    plain = cv2.imread(RecognitionResult("a", [marked], "a", big).save_to_img(str(tmp_path / "a.png"))).astype(int)
+    dots = cv2.imread(RecognitionResult("b", [marked], "b", big).save_to_img(str(tmp_path / "b.png"),
+                                                                             draw_landmarks=True)).astype(int)
+    for x, y in marked["landmarks"]:
+        assert np.abs(dots[y, x] - plain[y, x]).max() > 60
+    changed = np.argwhere(np.abs(dots - plain).max(axis=2) > 0)
+    assert changed[:, 0].min() >= 85 and changed[:, 0].max() <= 135  # only around the 5 points
