@@ -113,7 +113,8 @@ class TrainSection:
     amp: str = setting("O1", "mixed precision on GPU (O1) or none (O0); CPU always trains in fp32",
                        choices=("O0", "O1"))
     num_workers: int = setting(2, "image-decoding worker processes (0 = in the training process)", min=0)
-    pretrain_weight_path: Optional[str] = setting("", "start from these weights (.pdparams path or http(s) URL)")
+    pretrain_weight_path: Optional[str] = setting("", "start from these weights: a .pdparams path, an http(s) URL, or "
+                                                  "'official' (the official weights of Global.model, as PaddleX)")
     pretrain_weight_sha256: Optional[str] = setting(None, "sha256 the downloaded weights must have (optional pin)")
     resume_path: Optional[str] = setting(None, "continue a run from its checkpoint (e.g. output/latest/latest.pdparams)")
     overwrite_output: bool = setting(False, "replace an earlier run's files in Global.output")
@@ -125,8 +126,8 @@ class TrainSection:
 
 @dataclass
 class EvaluateSection:
-    weight_path: str = setting("output/best_model/best_model.pdparams",
-                               "checkpoint (.pdparams) or exported inference folder to score")
+    weight_path: Optional[str] = setting("output/best_model/best_model.pdparams", "checkpoint (.pdparams) or "
+                                         "exported inference folder to score; null = the official Global.model")
     log_interval: int = setting(10, "batches between log lines", min=1)
     batch_size: int = setting(64, "images decoded together", min=1)
     flip: bool = setting(True, "add each image's horizontally flipped feature (insightface protocol)")
@@ -150,7 +151,8 @@ class KernelOption:
 @dataclass
 class PredictSection:
     batch_size: int = setting(1, "images per forward pass", min=1)
-    model_dir: str = setting("output/best_model/inference", "exported inference folder")
+    model_dir: Optional[str] = setting("output/best_model/inference", "exported inference folder; null = the "
+                                       "official Global.model (downloaded once into ~/.cache/facefeat)")
     input: Any = setting("dataset/face_demo/val/images", "image, folder (recursive), URL, or a list of these")
     detect: bool = setting(False, "inputs are raw photos: detect (YuNet) and align each one's main face first "
                            "(no face: an error for a named file, skipped in a folder)")
@@ -171,7 +173,8 @@ class ModelConfig:
 # --------------------------------------------------------------------------- pipeline config
 @dataclass
 class PipelineGlobal:
-    model: str = setting("MobileFaceNet", "informational: the feature model is whatever Rec.model_dir holds")
+    model: str = setting("MobileFaceNet", "the official feature model used when Rec.model_dir is null",
+                         choices=("MobileFaceNet", "ResNet50_face"))
     mode: str = setting("recognize", "what to run", choices=PIPELINE_MODES)
     device: str = setting("cpu", "cpu or gpu:0")
     output: str = setting("output/recognition", "recognize writes <name>_res.json (+ .jpg) here")
@@ -194,7 +197,8 @@ class DetSection:
 
 @dataclass
 class RecSection:
-    model_dir: str = setting("output/best_model/inference", "exported face feature model")
+    model_dir: Optional[str] = setting("output/best_model/inference", "exported face feature model; null = the "
+                                       "official Global.model (downloaded once into ~/.cache/facefeat)")
     batch_size: int = setting(16, "faces embedded per forward pass", min=1)
     run_mode: str = setting("paddle", "paddle (fp32) or mkldnn_bf16", choices=RUN_MODES)
 

@@ -26,6 +26,7 @@ from datasets.recordio import find_bins
 from engine import metrics as M
 from engine.inference_folder import export_checkpoint, resolve_model_source
 from engine.inference_model import InferenceModel
+from engine.official_models import feature_model_dir
 from engine.verification import (
     FORWARD_CHUNK,
     aligned_face_loader,
@@ -121,7 +122,7 @@ def run(cfg):
     flip = cfg.Evaluate.flip
     folds = cfg.Evaluate.folds
     batch_size = cfg.Evaluate.batch_size
-    weight_path = cfg.Evaluate.weight_path
+    weight_path = cfg.Evaluate.weight_path or feature_model_dir(None, cfg.Global.model, "Evaluate.weight_path")
     source = resolve_model_source(weight_path)  # fail before any slow work (demo generation, decoding) or output
     bins = _bin_paths(cfg)
     for p in bins:
@@ -159,6 +160,7 @@ def run(cfg):
                 extra["load_fn"] = aligned_face_loader(MainFaceCropper(), fallbacks)
                 logger.info("Evaluate.detect: the main face of every val image is detected and aligned")
             m, cos, dist = score_pairs(images, ia, ib, labels, extract, batch_size=batch_size, flip=flip, folds=folds,
+                                       preprocess_fn=model.preprocess,
                                        **extra)
             if cfg.Evaluate.detect:
                 m["detect"] = {"aligned": len(images) - len(fallbacks), "no_face_used_whole": len(fallbacks),
@@ -177,7 +179,8 @@ def run(cfg):
         for path in bins:
             name = unique_name(os.path.splitext(os.path.basename(path))[0], set_names)
             logger.info(f"{path}: scoring (batch {batch_size}, flip {'on' if flip else 'off'})")
-            m, cos, dist, labels = score_bin(path, extract, batch_size=batch_size, flip=flip, folds=folds)
+            m, cos, dist, labels = score_bin(path, extract, batch_size=batch_size, flip=flip, folds=folds,
+                                             preprocess_fn=model.preprocess)
             m["source"] = path
             sets[name] = m
             n = len(labels)

@@ -92,6 +92,20 @@ def official_model_dir(name, cache=None):
     return unpack_model_tar(tar_path, target)
 
 
+def feature_model_dir(model_dir, model_name, setting):
+    """The inference folder a mode runs: `model_dir` when set (it must exist), else the official
+    model of `model_name`, downloaded once (PaddleX's behaviour when no model_dir is given)."""
+    if model_dir:
+        if not os.path.isdir(str(model_dir)):
+            what = "is a file, not a folder" if os.path.exists(str(model_dir)) else "does not exist"
+            raise UserError(f"{setting} {model_dir} {what}: train (it exports best_model/inference), export a "
+                            f"checkpoint (-o Global.mode=export), or set {setting}=null to use the official "
+                            f"{model_name} model")
+        return str(model_dir)
+    get_logger().info(f"{setting} is not set: using the official {model_name} model")
+    return official_model_dir(model_name)
+
+
 def _model_folder(root):
     """The first folder under `root` (itself included) that holds an inference model, or None."""
     for folder, _, _ in os.walk(root):

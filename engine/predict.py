@@ -9,6 +9,7 @@ feature) and <Global.output>/predict/predict.log. The predictor itself is engine
 import os
 
 from engine.model_inputs import expand_inputs
+from engine.official_models import feature_model_dir
 from engine.predictor import FaceFeaturePredictor
 from foundation.errors import UserError
 from foundation.logger import log_to_file
@@ -23,12 +24,7 @@ def run(cfg):
     if not isinstance(inputs, str):
         inputs = [str(v) for v in inputs]
     items = expand_inputs(inputs)  # a missing path or empty folder fails before the model loads
-    model_dir = cfg.Predict.model_dir
-    if not model_dir:
-        raise UserError("Predict.model_dir is empty: pass -o Predict.model_dir=<exported inference folder>")
-    if not os.path.exists(model_dir):
-        raise UserError(f"Predict.model_dir {model_dir} does not exist: train (it exports best_model/inference) or "
-                        "export a checkpoint (-o Global.mode=export), then pass -o Predict.model_dir=<that folder>")
+    model_dir = feature_model_dir(cfg.Predict.model_dir, cfg.Global.model, "Predict.model_dir")
     output = os.path.join(cfg.Global.output, RESULT_FOLDER)
     os.makedirs(output, exist_ok=True)
     logger = log_to_file(os.path.join(output, "predict.log"))

@@ -22,10 +22,10 @@ import os
 import numpy as np
 
 from engine.batch_pipeline import prefetch_batches
-from engine.config import CONFIG_DIR, load_config
 from engine.inference_model import InferenceModel
 from engine.metrics import l2_normalize
 from engine.model_inputs import expand_inputs, is_expanded, load_item
+from engine.official_models import FEATURE_MODELS, official_model_dir
 from engine.results import FeatureResult, Similarity
 from foundation.errors import UserError
 from foundation.logger import get_logger
@@ -80,7 +80,8 @@ class FaceFeaturePredictor:
             return chip
 
         order = list(range(len(items)))
-        for indices, batch, failures in prefetch_batches(order, load, batch_size, num_workers, skip_errors=True):
+        for indices, batch, failures in prefetch_batches(order, load, batch_size, num_workers, skip_errors=True,
+                                                         preprocess_fn=self.model.preprocess):
             for f in failures:
                 item = items[f.index]
                 if item.explicit:
@@ -110,25 +111,20 @@ class FaceFeaturePredictor:
         return Similarity(float(np.dot(fa, fb)), threshold)
 
 
-def default_model_dir(model_name):
-    """Predict.model_dir of configs/face_recognition/<model_name>.yaml."""
-    path = os.path.join(CONFIG_DIR, f"{model_name}.yaml")
-    if not os.path.isfile(path):
-        names = sorted(os.path.splitext(f)[0] for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml"))
-        raise UserError(f"unknown model '{model_name}': models with a config are {', '.join(names)}")
-    return load_config(path).Predict.model_dir
-
-
 def create_model(model_name=None, model_dir=None, device="cpu", num_threads=None, run_mode="paddle", detect=False):
-    """A FaceFeaturePredictor. Without model_dir, model_name's config gives Predict.model_dir; with
-    detect, inputs are raw photos whose main face is detected and aligned first."""
+    """A FaceFeaturePredictor. `model_name` is an official model ("MobileFaceNet", "ResNet50_face":
+    downloaded once into the cache, as PaddleX does) or the path of an inference folder; `model_dir`
+    names a local folder explicitly. With detect, inputs are raw photos whose main face is detected
+    and aligned first."""
     if model_dir is None:
         if not model_name:
             raise UserError("create_model needs a model name (e.g. 'MobileFaceNet') or model_dir=<inference folder>")
-        model_dir = default_model_dir(model_name)
-        if not os.path.isdir(model_dir):
-            raise UserError(f"the default model folder of {model_name}, {model_dir}, does not exist: train and export "
-                            f"first (python main.py -c configs/face_recognition/{model_name}.yaml -o Global.mode=train) "
-                            "or pass model_dir=<inference folder>")
+        if os.path.isdir(str(model_name)):
+            model_dir, model_name = str(model_name), None
+        elif model_name in FEATURE_MODELS:
+            model_dir = official_model_dir(model_name)
+        else:
+            raise UserError(f"unknown model '{model_name}': official models are {', '.join(FEATURE_MODELS)}; or give "
+                            "the path of an inference folder (create_model('output/best_model/inference'))")
     return FaceFeaturePredictor(model_dir, device=device, num_threads=num_threads, run_mode=run_mode,
                                 model_name=model_name, detect=detect)

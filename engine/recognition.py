@@ -26,11 +26,12 @@ import os
 
 import numpy as np
 
-from datasets.transforms import ImageReadError, preprocess, read_image
+from datasets.transforms import ImageReadError, read_image
 from engine.gallery_index import GalleryIndex, apply_threshold, list_gallery, set_search_threads
 from engine.inference_model import InferenceModel
 from engine.metrics import l2_normalize
 from engine.model_inputs import expand_inputs, is_expanded, load_item
+from engine.official_models import feature_model_dir
 from engine.results import RecognitionResult
 from foundation.atomic_io import file_digest
 from foundation.errors import UserError
@@ -91,9 +92,7 @@ class RecognitionPipeline:
             "min_size": cfg.Det.min_size,
             "margin": cfg.Det.margin,
         }
-        model_dir = cfg.Rec.model_dir
-        if not model_dir:
-            raise UserError("Rec.model_dir is empty: pass -o Rec.model_dir=<exported inference folder>")
+        model_dir = feature_model_dir(cfg.Rec.model_dir, cfg.Global.model, "Rec.model_dir")
         pipe = cls(model_dir, None, det, device=cfg.Global.device,
                    num_threads=cfg.Global.num_threads, batch_size=cfg.Rec.batch_size,
                    run_mode=cfg.Rec.run_mode, top_k=cfg.Index.top_k,
@@ -111,7 +110,7 @@ class RecognitionPipeline:
         """L2-normalised features [N, D] of BGR face crops, in batches of batch_size."""
         out = np.zeros((len(crops), self.model.embedding_size), dtype=np.float32)
         for s in range(0, len(crops), self.batch_size):
-            batch = np.stack([preprocess(c) for c in crops[s:s + self.batch_size]])
+            batch = np.stack([self.model.preprocess(c) for c in crops[s:s + self.batch_size]])
             feats = self.model.predict(batch)
             out[s:s + len(batch)] = l2_normalize(feats)
         return out

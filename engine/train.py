@@ -46,6 +46,7 @@ from engine.config import save_config
 from engine.cpu_speed import setup_cpu_speed
 from engine.distributed import LAUNCHED_ENV, launch_distributed, requested_processes, world_info
 from engine.inference_folder import export_inference, inference_files
+from engine.official_models import official_weights_url
 from engine.output_folder import OutputLock, record_outputs
 from engine.train_result import write_train_result
 from engine.verification import evaluate_pairs, score_bin, validation_source
@@ -124,6 +125,8 @@ class Trainer:
         self.scaler = paddle.amp.GradScaler(init_loss_scaling=2.0 ** 15) if self.amp else None
 
         pretrained = cfg.Train.pretrain_weight_path or None
+        if pretrained == "official":  # PaddleX's default: the official trained weights of Global.model
+            pretrained = official_weights_url(self.model_name)
         if resume_files:
             if pretrained:
                 log.info(f"Train.pretrain_weight_path {pretrained} is not used: resuming restores all weights")

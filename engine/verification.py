@@ -12,7 +12,7 @@ import numpy as np
 from datasets.bin_file import decode_image, read_bin
 from datasets.label_files import PAIR_LABEL, load_pair_list
 from datasets.recordio import REC_NAME, find_bins, is_recordio_dir
-from datasets.transforms import ImageReadError, read_image
+from datasets.transforms import ImageReadError, preprocess, read_image
 from engine import metrics as M
 from engine.batch_pipeline import extract_features
 from foundation.errors import DatasetError
@@ -70,8 +70,9 @@ def unique_images(pairs):
 
 
 def score_pairs(images, index_a, index_b, labels, extract_fn, load_fn=_read_path, batch_size=64, flip=True,
-                folds=10, num_workers=2, desc="evaluate"):
-    """Embed each distinct image once (with its flip), then score the pairs.
+                folds=10, num_workers=2, desc="evaluate", preprocess_fn=preprocess):
+    """Embed each distinct image once (with its flip), then score the pairs. `preprocess_fn` turns
+    a BGR image into the model's input (an InferenceModel's, from its inference.yml).
 
     Returns (metrics dict, cosine per pair, squared L2 distance per pair).
     """
@@ -82,7 +83,7 @@ def score_pairs(images, index_a, index_b, labels, extract_fn, load_fn=_read_path
     with Progress(len(images), desc=desc, unit="img") as bar:
         bar.postfix = "(x2 forward passes: flip)" if flip else ""
         feats = extract_features(images, load_fn, extract_fn, batch_size=batch_size, flip=flip,
-                                 num_workers=num_workers, progress=bar)
+                                 num_workers=num_workers, progress=bar, preprocess_fn=preprocess_fn)
     cosine, sq_dist = M.pair_scores(feats[index_a], feats[index_b])
     metrics = M.metrics_from_scores(cosine, sq_dist, labels, folds=folds, flip=bool(flip))
     metrics["num_images"] = len(images)
@@ -105,7 +106,7 @@ def evaluate_pairs(pairs, extract_fn, batch_size=64, flip=True, folds=10, num_wo
     return metrics
 
 
-def score_bin(path, extract_fn, batch_size=64, flip=True, folds=10, num_workers=2):
+def score_bin(path, extract_fn, batch_size=64, flip=True, folds=10, num_workers=2, preprocess_fn=preprocess):
     """(metrics, cosine, sq_dist, labels) of an insightface .bin file (pairs are images 2i, 2i+1)."""
     images, issame = read_bin(path)
     n = len(issame)
@@ -116,7 +117,8 @@ def score_bin(path, extract_fn, batch_size=64, flip=True, folds=10, num_workers=
 
     metrics, cosine, sq_dist = score_pairs(items, np.arange(n) * 2, np.arange(n) * 2 + 1, issame.astype(int),
                                            extract_fn, load_fn=load, batch_size=batch_size, flip=flip, folds=folds,
-                                           num_workers=num_workers, desc=os.path.basename(path))
+                                           num_workers=num_workers, desc=os.path.basename(path),
+                                           preprocess_fn=preprocess_fn)
     return metrics, cosine, sq_dist, issame.astype(int)
 
 

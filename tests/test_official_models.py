@@ -101,3 +101,38 @@ def test_inference_yml_preprocessing_is_honoured():
     np.testing.assert_allclose(out, expected, atol=1e-5)
     with pytest.raises(UserError, match="'CropImage' is not supported"):
         Preprocess({"PreProcess": {"transform_ops": [{"CropImage": {"size": 100}}]}})
+
+
+def test_create_model_and_predict_by_name_use_the_official_model(official_tree, tmp_path, monkeypatch):
+    """create_model("MobileFaceNet") and predict with Predict.model_dir=null go through the same
+    download-once path (here served on loopback); the offline case names the URL and exits 1."""
+    import subprocess
+    import sys
+
+    from engine import create_model
+
+    root, _ = official_tree
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    httpd = serve(root)
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"),
+               **{O.ROOT_ENV: f"http://127.0.0.1:{httpd.server_address[1]}"})
+    monkeypatch.setenv("XDG_CACHE_HOME", env["XDG_CACHE_HOME"])
+    monkeypatch.setenv(O.ROOT_ENV, env[O.ROOT_ENV])
+    try:
+        model = create_model("MobileFaceNet")
+        assert model.embedding_size == 128 and "official_models" in model.model_dir
+        import cv2
+
+        cv2.imwrite(str(tmp_path / "face.png"), np.full((112, 112, 3), 120, np.uint8))
+        cmd = [sys.executable, "main.py", "-c", "configs/face_recognition/MobileFaceNet.yaml", "-o", "Global.mode=predict",
+               "-o", "Predict.model_dir=null", "-o", f"Predict.input={tmp_path / 'face.png'}",
+               "-o", f"Global.output={tmp_path / 'out'}"]
+        proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=180)
+    finally:
+        httpd.shutdown()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert os.path.isfile(tmp_path / "out" / "predict" / "face_res.json")
+    offline = dict(env, **{O.ROOT_ENV: "http://127.0.0.1:9", "XDG_CACHE_HOME": str(tmp_path / "empty_cache")})
+    proc = subprocess.run(cmd, cwd=repo, env=offline, capture_output=True, text=True, timeout=180)
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")]
+    assert proc.returncode == 1 and len(errors) == 1 and "http://127.0.0.1:9/official_inference_model" in errors[0]

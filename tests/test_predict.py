@@ -12,7 +12,6 @@ import pytest
 from _tiny_face_model import REPO_ROOT, config, make_face_images, save_random_checkpoint
 from engine import create_model
 from engine import predict as P
-from engine import predictor
 from foundation.errors import UserError
 from models.face_detector import MainFaceCropper
 
@@ -102,15 +101,10 @@ def test_compare(model, folder):
         model.compare(str(folder), b)
 
 
-def test_create_model_by_name_uses_the_config_model_dir(model_dir, tmp_path, monkeypatch):
-    assert predictor.default_model_dir("MobileFaceNet") == str(config().Predict.model_dir)
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(UserError, match="does not exist: train and export first"):
-        create_model("MobileFaceNet")
-    shutil.copytree(model_dir, tmp_path / config().Predict.model_dir)
-    m = create_model("MobileFaceNet")
+def test_create_model_by_path_and_unknown_names(model_dir, tmp_path):
+    m = create_model(model_dir)  # the path of an inference folder works as the name
     assert m.model_name == "MobileFaceNet" and m.embedding_size == 128
-    with pytest.raises(UserError, match="unknown model 'NoSuchNet'.*MobileFaceNet"):
+    with pytest.raises(UserError, match="unknown model 'NoSuchNet'.*MobileFaceNet, ResNet50_face"):
         create_model("NoSuchNet")
 
 
