@@ -27,7 +27,7 @@ import time
 import cv2
 import numpy as np
 
-from foundation.atomic_io import move_dir_into_place
+from foundation.atomic_io import honour_umask, move_dir_into_place
 from foundation.errors import DatasetError
 from foundation.logger import get_logger
 from foundation.progress import Progress
@@ -416,7 +416,7 @@ def generate_demo(out_dir, train_identities=200, images_per_identity=8, val_iden
     try:
         info = _build(tmp, int(train_identities), int(images_per_identity), int(val_identities), int(val_pairs),
                       int(seed), workers, image_format, log)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a dataset folder should be readable like any other
+        honour_umask(tmp, directory=True)  # mkdtemp makes it private; the umask decides
         complete = os.path.join(out_dir, "train", "label.txt")
         if os.path.exists(out_dir) and not overwrite and os.path.isfile(complete):
             # another process finished the same dataset while this one was drawing: keep theirs

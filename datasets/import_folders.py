@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from datasets.transforms import IMAGE_EXTENSIONS, list_images
-from foundation.atomic_io import move_dir_into_place
+from foundation.atomic_io import honour_umask, move_dir_into_place
 from foundation.errors import DatasetError
 
 
@@ -179,7 +179,7 @@ def import_folders(src, dst, val_identities=10, pairs=None, seed=0, mode="copy",
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="." + os.path.basename(dst) + ".", suffix=".tmp", dir=parent)
     try:
-        os.chmod(tmp, 0o755)
+        honour_umask(tmp, directory=True)
         summary = _build(src, dst, tmp, people, empty, val_identities, pairs, seed, mode, log, convert)
         move_dir_into_place(tmp, dst)
     except BaseException:

@@ -404,7 +404,6 @@ def pack(src_dir, dst_dir):
     n = len(samples)
 
     def build(tmp):
-        os.chmod(tmp, 0o755)
         with RecordIOWriter(os.path.join(tmp, REC_NAME), os.path.join(tmp, IDX_NAME)) as out:
             offset = 1 if grouped else 0
             if grouped:
@@ -433,7 +432,6 @@ def unpack(rec_dir, out_dir):
     recset = RecordIOSet(rec_dir)
 
     def build(tmp):
-        os.chmod(tmp, 0o755)
         counts, lines = {}, []
         for i in range(len(recset)):
             data, label = recset.image_bytes(i)

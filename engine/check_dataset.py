@@ -364,7 +364,6 @@ def check(dataset_dir, output_dir, max_errors=50, expected_num_classes=None, dec
         bad = image_stats["bad"] if image_stats else set()
 
         def build(tmp_dir):
-            os.chmod(tmp_dir, 0o755)  # mkdtemp makes it private; these are ordinary output files
             demo_dir = os.path.join(tmp_dir, "demo_img")
             names = (recordio_demo(demo_dir) if recordio_demo is not None
                      else save_demo_images(train_entries, pair_entries, bad, demo_dir))
