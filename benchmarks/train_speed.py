@@ -55,7 +55,8 @@ def parse_args(argv=None):
 
 
 def setup(args):
-    """Threads and speed settings; may re-execute the process (MKL shim) before anything else."""
+    """Threads and speed settings (the MKL shim only acts when this script runs under the
+    LD_PRELOAD line that setup_cpu_speed's report prints)."""
     from foundation.runtime import set_threads
 
     set_threads(args.threads)
@@ -163,7 +164,7 @@ def reference_losses(args):
     """The plain-eager loss curve of the same K steps, from a fresh process without any speed-up."""
     import tempfile
 
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FACEFEAT_MKL_SHIM_REEXEC")}
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "losses.json")
         cmd = [sys.executable, os.path.abspath(__file__), "--plain", "--model", args.model, "--batch-size",
