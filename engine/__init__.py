@@ -1,6 +1,8 @@
-"""Runners, one module per mode. Each exposes `run(cfg) -> int` (the process exit code).
+"""Runners (one module per mode, each with `run(cfg) -> int`, the process exit code) and the
+modules they share: config and its schema, builders, the inference folder and predictor, model
+inputs, results, verification, checkpoints, the recognition pipeline (see README "Where things live").
 
-Modules are imported only when their mode runs, so `check_dataset` never pays for Paddle.
+A runner's module is imported only when its mode runs, so `check_dataset` never pays for Paddle.
 """
 import importlib
 
