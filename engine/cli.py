@@ -41,6 +41,9 @@ def main(argv=None):
         cfg = load_config(args.config, args.override)
         check_output_folder(cfg.Global.output)  # before anything is written there
         os.environ[MAX_PIXELS_ENV] = str(cfg.Global.max_image_pixels)  # loader workers read it too
+        # Paddle's C++ log (glog) writes internal warnings straight to stderr, where no Python
+        # redirect reaches them; keep errors only unless the user asks for more
+        os.environ.setdefault("GLOG_minloglevel", "2")
         # before the runner's module loads Paddle: Paddle reads OMP_NUM_THREADS once, at import,
         # and its import-time warnings belong in the run's log file, not on the console
         set_threads(num_threads_from(cfg.Global.num_threads))
