@@ -11,12 +11,12 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-
 from _tiny_face_model import config, make_pair_dataset, save_random_checkpoint
+
 from engine import evaluate as E
+from engine import metrics as M
 from engine import verification as V
 from engine.inference_folder import resolve_model_source
-from engine import metrics as M
 from foundation.errors import DatasetError, UserError
 
 METRIC_KEYS = ("acc", "acc_std", "best_threshold", "best_threshold_cosine", "tar_at_far", "roc_auc", "eer",
@@ -140,7 +140,7 @@ def test_missing_bin_is_named(setup, tmp_path):
 
 
 def test_evaluate_pairs_with_a_numpy_extractor_decodes_each_image_once(setup):
-    from datasets.transforms import read_image, preprocess
+    from datasets.transforms import preprocess, read_image
 
     calls = []
     w = np.random.default_rng(0).normal(size=(3 * 112 * 112, 16)).astype(np.float32)

@@ -13,9 +13,9 @@ from foundation.runtime import set_threads
 set_threads(2)
 paddle = pytest.importorskip("paddle")
 
-from foundation.errors import UserError  # noqa: E402
 from engine.inference_folder import export_inference  # noqa: E402
 from engine.inference_model import InferenceModel, cpu_supports_bf16, program_has_op  # noqa: E402
+from foundation.errors import UserError  # noqa: E402
 from models import ArcMargin, FaceRecModel, build_backbone  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -5,11 +5,17 @@ import os
 import numpy as np
 import pytest
 
-from foundation.errors import UserError
 from engine.gallery_index import (
-    INDEX_TYPES, UNKNOWN_LABEL, GalleryIndex, IndexMismatchError, apply_threshold, choose_nlist, list_gallery,
+    INDEX_TYPES,
+    UNKNOWN_LABEL,
+    GalleryIndex,
+    IndexMismatchError,
+    apply_threshold,
+    choose_nlist,
+    list_gallery,
     normalize_index_type,
 )
+from foundation.errors import UserError
 
 DIM = 32
 

@@ -11,7 +11,12 @@ paddle = pytest.importorskip("paddle")
 
 from foundation.errors import ConfigError, UserError  # noqa: E402
 from models import (  # noqa: E402
-    ArcMargin, FaceRecModel, build_backbone, count_multiply_adds, count_parameters, load_backbone_weights,
+    ArcMargin,
+    FaceRecModel,
+    build_backbone,
+    count_multiply_adds,
+    count_parameters,
+    load_backbone_weights,
     load_weights_by_name,
 )
 

@@ -10,7 +10,7 @@ import pytest
 from engine.checkpoints import recover_interrupted_swaps
 from engine.output_folder import LOCK, OutputLock, check_output_folder, foreign_entries, record_outputs
 from foundation.atomic_io import atomic_replace_dir, atomic_write_text
-from foundation.errors import ConfigError, UserError
+from foundation.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "face_recognition", "MobileFaceNet.yaml")

@@ -8,8 +8,8 @@ import sys
 import cv2
 import numpy as np
 import pytest
-
 from _tiny_face_model import REPO_ROOT, config, make_face_images, save_random_checkpoint
+
 from engine import create_model
 from engine import predict as P
 from foundation.errors import UserError

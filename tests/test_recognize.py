@@ -8,7 +8,6 @@ import cv2
 import numpy as np
 import pytest
 
-
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIPELINE = os.path.join(REPO_ROOT, "configs", "face_recognition", "pipeline.yaml")
 LFW = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "data", "lfw_dev"))
@@ -67,8 +66,8 @@ def _cli(*overrides):
 
 # --------------------------------------------------------------------------- pipeline (Python API)
 def test_pipeline_python_api_build_recognize_append_remove(model_dir, gallery, tmp_path):
-    from foundation.errors import UserError
     from engine.recognition import RecognitionPipeline
+    from foundation.errors import UserError
 
     pipe = RecognitionPipeline(model_dir, det={"enable": False}, batch_size=4, top_k=3, rec_threshold=0.4)
     summary = pipe.build_index(str(gallery / "gallery"), index_dir=str(tmp_path / "ix"))

@@ -20,8 +20,14 @@ import pytest
 paddle = pytest.importorskip("paddle")
 
 from datasets.demo import generate_demo  # noqa: E402
-from datasets.face_dataset import (BatchLoader, FaceTrainDataset, ImageReadError, LoaderWorkerError,  # noqa: E402
-                                   SeededBatchSampler, flip_decision)
+from datasets.face_dataset import (  # noqa: E402
+    BatchLoader,
+    FaceTrainDataset,
+    ImageReadError,
+    LoaderWorkerError,
+    SeededBatchSampler,
+    flip_decision,
+)
 from engine.config import load_config  # noqa: E402
 from foundation.errors import ConfigError, DatasetError, UserError  # noqa: E402
 
