@@ -210,7 +210,9 @@ class IndexSection:
     dir: str = setting("output/gallery_index", "index folder (vector.index, id_map.json, meta.json)")
     index_type: str = setting("Flat", "Flat (exact), IVF (IVFFlat) or HNSW (HNSW32)", choices=("Flat", "IVF", "HNSW"))
     top_k: int = setting(5, "gallery matches reported per face", min=1)
-    rec_threshold: float = setting(0.4, "cosine below which the best match is 'unknown'", min=-1.0, max=1.0)
+    rec_threshold: Optional[float] = setting(None, "cosine below which the best match is 'unknown'; null = the "
+                                             "threshold the model's inference.yml records (FAR 1e-3, 1e-2 or best "
+                                             "accuracy on its validation pairs), else 0.4", min=-1.0, max=1.0)
     nprobe: int = setting(32, "IVF lists searched per query", min=1)
     remove_labels: List[str] = setting([], "remove_index: labels to remove")
     remove_ids: List[int] = setting([], "remove_index: ids (from id_map.json) to remove")

@@ -227,8 +227,37 @@ def _add_program_format(backbone_name, embedding_size, image_size, state, tmp_di
     return None
 
 
-def export_inference(backbone, save_dir, model_name, image_size=112, program_format=True):
+def verification_record(metrics, source):
+    """The inference.yml `Verification` section: how well the model verified, and the cosine
+    thresholds that gave it (the pipeline's default rec_threshold comes from here)."""
+    far = metrics.get("tar_at_far_threshold_cosine") or {}
+    return {
+        "source": str(source),
+        "protocol": f"{metrics.get('folds', 10)}-fold verification, flip {'on' if metrics.get('protocol', {}).get('flip', True) else 'off'}",
+        "pairs": int(metrics.get("num_pairs", 0)),
+        "acc": round(float(metrics["acc"]), 6),
+        "best_threshold_cosine": round(float(metrics["best_threshold_cosine"]), 6),
+        "threshold_cosine_at_far": {k: (None if v is None else round(float(v), 6)) for k, v in far.items()},
+    }
+
+
+def recorded_threshold(info):
+    """(cosine threshold, what it is) from an inference.yml's Verification section, or (None, why)."""
+    ver = (info or {}).get("Verification") if isinstance(info, dict) else None
+    if not isinstance(ver, dict):
+        return None, "the model folder records no verified threshold"
+    far = ver.get("threshold_cosine_at_far") or {}
+    for key in ("1e-3", "1e-2"):
+        if far.get(key) is not None:
+            return float(far[key]), f"the threshold at FAR {key} verified on {ver.get('source')}"
+    if ver.get("best_threshold_cosine") is not None:
+        return float(ver["best_threshold_cosine"]), f"the best-accuracy threshold verified on {ver.get('source')}"
+    return None, "the model folder records no verified threshold"
+
+
+def export_inference(backbone, save_dir, model_name, image_size=112, program_format=True, verification=None):
     """Write backbone's static inference model and inference.yml to `save_dir`, atomically.
+    `verification` (verification_record) is written into inference.yml when given.
 
     Paddle 3.x writes inference.json (PIR). With program_format=True (and a backbone made by
     models.build_backbone) the folder also gets inference.pdmodel, the older format of the same
@@ -258,7 +287,10 @@ def export_inference(backbone, save_dir, model_name, image_size=112, program_for
             with paddle.no_grad():
                 size = int(backbone(paddle.zeros([1, 3, image_size, image_size], dtype="float32")).shape[-1])
         with open(os.path.join(tmp_dir, CONFIG_FILE_NAME), "w", encoding="utf-8") as f:
-            yaml.safe_dump(inference_config(model_name, size, image_size), f, sort_keys=False)
+            config = inference_config(model_name, size, image_size)
+            if verification:
+                config["Verification"] = verification
+            yaml.safe_dump(config, f, sort_keys=False)
         if not any(os.path.isfile(os.path.join(tmp_dir, n)) for n in MODEL_FILE_NAMES):
             raise RuntimeError(f"paddle.jit.save wrote none of {MODEL_FILE_NAMES} (wrote {sorted(os.listdir(tmp_dir))})")
         if program_format and target is not backbone and os.path.isfile(os.path.join(tmp_dir, "inference.json")):

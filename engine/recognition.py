@@ -28,6 +28,7 @@ import numpy as np
 
 from datasets.transforms import ImageReadError, read_image
 from engine.gallery_index import GalleryIndex, apply_threshold, list_gallery, set_search_threads
+from engine.inference_folder import recorded_threshold
 from engine.inference_model import InferenceModel
 from engine.metrics import l2_normalize
 from engine.model_inputs import expand_inputs, is_expanded, load_item
@@ -40,6 +41,8 @@ from foundation.progress import Progress
 from foundation.runtime import num_threads_from, set_threads
 from models.alignment import face_chip, main_face
 from models.face_detector import build_detector
+
+DEFAULT_REC_THRESHOLD = 0.4  # the reference's value, when the model folder records none
 
 
 def gallery_items(gallery, label_file=None):
@@ -59,7 +62,7 @@ class RecognitionPipeline:
     """Detector + feature model + gallery index. Every argument has the config's default."""
 
     def __init__(self, model_dir, index_dir=None, det=None, device="cpu", num_threads=2, batch_size=16,
-                 run_mode="paddle", top_k=5, rec_threshold=0.4, index_type="Flat", nprobe=32):
+                 run_mode="paddle", top_k=5, rec_threshold=None, index_type="Flat", nprobe=32):
         threads = num_threads_from(num_threads)
         set_threads(threads)
         set_search_threads(threads)
@@ -70,7 +73,7 @@ class RecognitionPipeline:
         self.fingerprint = file_digest(self.model.params_file)  # different weights never share an index
         self.batch_size = max(1, int(batch_size))
         self.top_k = int(top_k)
-        self.rec_threshold = float(rec_threshold)
+        self.rec_threshold, self.rec_threshold_source = self._threshold(rec_threshold)
         self.index_type = index_type
         self.nprobe = int(nprobe)
         self.index_dir = index_dir
@@ -79,6 +82,16 @@ class RecognitionPipeline:
         self.missing_ids = []  # ids the last remove() was asked for that the index does not hold
         if index_dir is not None and os.path.isdir(index_dir):
             self.load_index(index_dir)
+
+    def _threshold(self, configured):
+        """(cosine threshold, where it came from): the configured value, else the one the model
+        folder's inference.yml records from its validation (FAR 1e-3, 1e-2, best accuracy), else 0.4."""
+        if configured is not None:
+            return float(configured), "set in the config"
+        value, why = recorded_threshold(self.model.info)
+        if value is None:
+            return DEFAULT_REC_THRESHOLD, f"the default ({why})"
+        return value, why
 
     @classmethod
     def from_config(cls, cfg, load_index=True, index=None):

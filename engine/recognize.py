@@ -30,7 +30,8 @@ def run(cfg):
     pipe = RecognitionPipeline.from_config(cfg, index=index)
     save_img = cfg.Predict.save_to_img
     log.info(f"index {index_dir}: {len(pipe.index)} faces of {len(pipe.index.labels)} people "
-             f"({pipe.index.index_type}); model {pipe.model.model_name}; rec_threshold {pipe.rec_threshold}")
+             f"({pipe.index.index_type}); model {pipe.model.model_name}; rec_threshold {pipe.rec_threshold:.3f} "
+             f"({pipe.rec_threshold_source})")
     n_images = n_faces = n_known = 0
     with Progress(len(items), desc="recognize", unit="img") as bar:
         for res in pipe.recognize(items):

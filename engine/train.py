@@ -45,7 +45,7 @@ from engine.checkpoints import (
 from engine.config import save_config
 from engine.cpu_speed import setup_cpu_speed
 from engine.distributed import LAUNCHED_ENV, launch_distributed, requested_processes, world_info
-from engine.inference_folder import export_inference, inference_files
+from engine.inference_folder import export_inference, inference_files, verification_record
 from engine.official_models import official_weights_url
 from engine.output_folder import OutputLock, record_outputs
 from engine.train_result import write_train_result
@@ -93,6 +93,7 @@ class Trainer:
         self.start_epoch = 1
         self.last_saved_epoch = None
         self.lock = None
+        self.epoch_verification = None  # this epoch's validation, for its exported inference.yml
 
     # ----------------------------------------------------------------- set-up
     def setup(self):
@@ -288,6 +289,7 @@ class Trainer:
                       f"{m['num_pairs']} pairs), threshold "
                       f"{m.get('best_threshold', float('nan')):.2f}")
         self.vdl.add_scalar("eval/acc", m["acc"], self.global_step)
+        self.epoch_verification = verification_record(m, self.val_bin or "val/pair_label.txt")
         return float(m["acc"])
 
     def end_of_epoch(self, epoch, mean_loss):
@@ -300,6 +302,8 @@ class Trainer:
         last = epoch == self.epochs
         score = self.validate(epoch) if (epoch % self.eval_interval == 0 or last) else None
         improved = score is not None and (self.best_score is None or score > self.best_score)
+        if score is None:
+            self.epoch_verification = None  # not validated this epoch: its export records no threshold
         if improved:
             self.best_score, self.best_epoch = score, epoch
         save_epoch = epoch % self.save_interval == 0 or last
@@ -369,8 +373,9 @@ class Trainer:
         prune_epoch_dirs(self.output_dir)
 
     def export(self, save_dir):
-        export_inference(self.model.backbone, save_dir, self.model_name,
-                         image_size=self.cfg.Arch.image_size)
+        """This epoch's inference model, with the thresholds its validation just measured."""
+        export_inference(self.model.backbone, save_dir, self.model_name, image_size=self.cfg.Arch.image_size,
+                         verification=self.epoch_verification)
 
     def export_final(self):
         """best_model/inference and latest/inference from their own weights, when not there yet."""

@@ -254,3 +254,25 @@ def test_drawn_result_shows_the_label_without_detection_and_landmarks_on_request
         assert np.abs(dots[y, x] - plain[y, x]).max() > 60
     changed = np.argwhere(np.abs(dots - plain).max(axis=2) > 0)
     assert changed[:, 0].min() >= 85 and changed[:, 0].max() <= 135  # only around the 5 points
+
+
+def test_rec_threshold_comes_from_the_model_unless_set(model_dir, tmp_path):
+    """null: the threshold inference.yml records (FAR 1e-3, then 1e-2, then best accuracy); a set
+    value wins; a folder without a record falls back to 0.4, and the pipeline says which."""
+    import shutil
+
+    import yaml
+
+    from engine.recognition import RecognitionPipeline
+
+    assert RecognitionPipeline(model_dir, det={"enable": False}).rec_threshold == 0.4
+    folder = tmp_path / "with_record"
+    shutil.copytree(model_dir, folder)
+    path = folder / "inference.yml"
+    info = yaml.safe_load(path.read_text())
+    info["Verification"] = {"source": "val/pair_label.txt", "acc": 0.9, "best_threshold_cosine": 0.31,
+                            "threshold_cosine_at_far": {"1e-1": 0.2, "1e-2": 0.35, "1e-3": None}}
+    path.write_text(yaml.safe_dump(info))
+    pipe = RecognitionPipeline(str(folder), det={"enable": False})
+    assert pipe.rec_threshold == 0.35 and "FAR 1e-2" in pipe.rec_threshold_source
+    assert RecognitionPipeline(str(folder), det={"enable": False}, rec_threshold=0.5).rec_threshold == 0.5

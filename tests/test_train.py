@@ -191,6 +191,13 @@ def test_outputs_of_a_run(straight):
     assert result["train_log"] == "train.log" and result["config"] == "config.yaml"
     assert result["visualdl_log"].startswith("vdl/") and os.path.isfile(os.path.join(out, result["visualdl_log"]))
     assert set(result["models"]) == {"last_1", "last_2", "best"}
+    import yaml
+
+    yml = yaml.safe_load(open(os.path.join(out, "best_model", "inference", "inference.yml"), encoding="utf-8"))
+    ver = yml["Verification"]  # what the pipeline takes its default rec_threshold from
+    best_epoch = result["best_epoch"]
+    assert ver["acc"] == pytest.approx(result["best_metric"]["value"], abs=1e-6) and ver["pairs"] > 0, (ver, best_epoch)
+    assert -1.0 <= ver["best_threshold_cosine"] <= 1.0 and "1e-2" in ver["threshold_cosine_at_far"]
     assert result["models"]["last_1"]["pdparams"] == "epoch_2/epoch_2.pdparams"
     for entry in result["models"].values():
         assert isinstance(entry["score"], float) and 0.0 <= entry["score"] <= 1.0
