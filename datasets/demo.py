@@ -21,13 +21,12 @@ import multiprocessing
 import os
 import shutil
 import sys
-import tempfile
 import time
 
 import cv2
 import numpy as np
 
-from foundation.atomic_io import honour_umask, move_dir_into_place
+from foundation.atomic_io import make_temp_dir, move_dir_into_place
 from foundation.errors import DatasetError
 from foundation.logger import get_logger
 from foundation.progress import Progress
@@ -409,14 +408,11 @@ def generate_demo(out_dir, train_identities=200, images_per_identity=8, val_iden
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
         raise DatasetError(f"'{out_dir}' already exists and is not empty: choose a new folder or pass --overwrite")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(out_dir) + ".", suffix=".tmp", dir=parent)
+    tmp = make_temp_dir(out_dir)
     start = time.perf_counter()
     try:
         info = _build(tmp, int(train_identities), int(images_per_identity), int(val_identities), int(val_pairs),
                       int(seed), workers, image_format, log)
-        honour_umask(tmp, directory=True)  # mkdtemp makes it private; the umask decides
         complete = os.path.join(out_dir, "train", "label.txt")
         if os.path.exists(out_dir) and not overwrite and os.path.isfile(complete):
             # another process finished the same dataset while this one was drawing: keep theirs

@@ -33,16 +33,14 @@ def flip_decision(seed, epoch, index, prob):
     return bool(rng.random() < prob)
 
 
-class FaceTrainDataset(paddle.io.Dataset):
-    """(CHW float32 image normalised to [-1, 1], int64 identity id) for each train/label.txt line.
+class TrainImageDataset(paddle.io.Dataset):
+    """(CHW float32 image normalised to [-1, 1], int64 identity id) per training sample, with the
+    seeded flip of flip_decision(seed, epoch, index). Subclasses say where samples come from:
+    `load(index) -> (BGR image, label)`, `__len__` and `num_classes`. Call set_epoch(e) before
+    iterating an epoch so the flips differ between epochs (workers are forked per epoch and copy
+    the current value)."""
 
-    `samples` is the list from datasets.label_files.load_train_list. Call set_epoch(e) before
-    iterating an epoch so the flips differ between epochs (workers are forked per epoch and
-    copy the current value).
-    """
-
-    def __init__(self, samples, flip_prob=0.5, seed=0, image_size=IMAGE_SIZE):
-        self.samples = list(samples)
+    def __init__(self, flip_prob=0.5, seed=0, image_size=IMAGE_SIZE):
         self.flip_prob = float(flip_prob)
         self.seed = int(seed)
         self.image_size = int(image_size)
@@ -51,17 +49,32 @@ class FaceTrainDataset(paddle.io.Dataset):
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
 
-    def __len__(self):
-        return len(self.samples)
+    def load(self, index):
+        raise NotImplementedError
 
     def __getitem__(self, index):
-        path, label = self.samples[index]
-        # read_image raises ImageReadError whose message names the path; it travels back
-        # from a loader worker to the training loop, which reports it and stops.
-        img = preprocess(read_image(path), self.image_size)
+        img, label = self.load(index)
+        img = preprocess(img, self.image_size)
         if flip_decision(self.seed, self.epoch, index, self.flip_prob):
             img = hflip_chw(img)
         return img, np.int64(label)
+
+
+class FaceTrainDataset(TrainImageDataset):
+    """The samples of train/label.txt (the list from datasets.label_files.load_train_list)."""
+
+    def __init__(self, samples, flip_prob=0.5, seed=0, image_size=IMAGE_SIZE):
+        super().__init__(flip_prob, seed, image_size)
+        self.samples = list(samples)
+
+    def __len__(self):
+        return len(self.samples)
+
+    def load(self, index):
+        path, label = self.samples[index]
+        # read_image raises ImageReadError whose message names the path; it travels back
+        # from a loader worker to the training loop, which reports it and stops.
+        return read_image(path), label
 
     @property
     def num_classes(self):

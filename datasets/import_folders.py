@@ -25,13 +25,12 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 
 import cv2
 import numpy as np
 
 from datasets.transforms import IMAGE_EXTENSIONS, list_images
-from foundation.atomic_io import honour_umask, move_dir_into_place
+from foundation.atomic_io import make_temp_dir, move_dir_into_place
 from foundation.errors import DatasetError
 
 
@@ -175,11 +174,8 @@ def import_folders(src, dst, val_identities=10, pairs=None, seed=0, mode="copy",
         raise DatasetError(f"destination '{dst}' already exists and is not empty: choose a new folder or pass --overwrite")
     if os.path.abspath(src) == dst or dst.startswith(os.path.abspath(src) + os.sep):
         raise DatasetError("destination must not be inside the source folder")
-    parent = os.path.dirname(dst)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(dst) + ".", suffix=".tmp", dir=parent)
+    tmp = make_temp_dir(dst)
     try:
-        honour_umask(tmp, directory=True)
         summary = _build(src, dst, tmp, people, empty, val_identities, pairs, seed, mode, log, convert)
         move_dir_into_place(tmp, dst)
     except BaseException:

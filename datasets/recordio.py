@@ -35,11 +35,10 @@ import sys
 
 import cv2
 import numpy as np
-import paddle
 
-from datasets.face_dataset import flip_decision
+from datasets.face_dataset import TrainImageDataset
 from datasets.label_files import PAIR_LABEL, load_train_list
-from datasets.transforms import IMAGE_SIZE, ImageReadError, hflip_chw, preprocess, to_bgr
+from datasets.transforms import IMAGE_SIZE, ImageReadError, to_bgr
 from foundation.atomic_io import atomic_replace_dir
 from foundation.errors import DatasetError
 
@@ -326,7 +325,7 @@ class RecordIOSet:
             raise self.reader.error(self.keys[index], str(e)) from None
 
 
-class RecordIOTrainDataset(paddle.io.Dataset):
+class RecordIOTrainDataset(TrainImageDataset):
     """FaceTrainDataset's interface over a RecordIO folder: (CHW float32 in [-1, 1], int64 id).
 
     Sample i is the i-th image record; its flip is flip_decision(seed, epoch, i), so a set packed
@@ -335,24 +334,14 @@ class RecordIOTrainDataset(paddle.io.Dataset):
     """
 
     def __init__(self, recset, flip_prob=0.5, seed=0, image_size=IMAGE_SIZE):
+        super().__init__(flip_prob, seed, image_size)
         self.recset = recset if isinstance(recset, RecordIOSet) else RecordIOSet(recset)
-        self.flip_prob = float(flip_prob)
-        self.seed = int(seed)
-        self.image_size = int(image_size)
-        self.epoch = 0
-
-    def set_epoch(self, epoch):
-        self.epoch = int(epoch)
 
     def __len__(self):
         return len(self.recset)
 
-    def __getitem__(self, index):
-        img, label = self.recset.decode(index)
-        img = preprocess(img, self.image_size)
-        if flip_decision(self.seed, self.epoch, index, self.flip_prob):
-            img = hflip_chw(img)
-        return img, np.int64(label)
+    def load(self, index):
+        return self.recset.decode(index)
 
     @property
     def num_classes(self):

@@ -23,17 +23,15 @@ FACEFEAT_CPU_SPEEDUP=0 (or Global.cpu_speedup: False) turns all three off;
 FACEFEAT_NO_MKL_SHIM=1 / FACEFEAT_NO_FAST_OPS=1 turn off one each. A GPU run should not call it.
 """
 import ctypes
-import functools
 import hashlib
 import os
 import platform
 import shlex
-import shutil
 import subprocess
 import sys
 import tempfile
 
-from foundation.runtime import cache_dir, cpuinfo_field
+from foundation.runtime import cache_dir, compiler_version, cpuinfo_field, find_compiler
 from models import fast_cpu_ops
 
 SHIM_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "mkl_intel_shim.c")
@@ -63,26 +61,7 @@ def cpu_vendor():
 
 def c_compiler():
     """Absolute path of the C compiler used for the shim ($CC, else cc, gcc or clang on PATH), or None."""
-    cc = os.environ.get("CC", "").strip()
-    if cc:
-        words = shlex.split(cc)
-        return shutil.which(words[0]) if words else None
-    for name in ("cc", "gcc", "clang"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-@functools.lru_cache(maxsize=None)
-def compiler_version(path):
-    """The first line of `path --version` ('' when it cannot be run)."""
-    try:
-        proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    lines = (proc.stdout or proc.stderr).strip().splitlines()
-    return lines[0].strip() if lines else ""
+    return find_compiler("CC", ("cc", "gcc", "clang"), "C")[0]
 
 
 def shim_cache_path(cc=None):
@@ -99,11 +78,9 @@ def shim_cache_path(cc=None):
 
 def build_mkl_shim():
     """Compile the shim (once; cached) and return its path. Raises RuntimeError when it cannot."""
-    cc = c_compiler()
+    cc, why = find_compiler("CC", ("cc", "gcc", "clang"), "C")
     if not cc:
-        if os.environ.get("CC", "").strip():
-            raise RuntimeError(f"CC={os.environ['CC']!r} is not an executable")
-        raise RuntimeError("no C compiler (CC unset, no cc, gcc or clang on PATH)")
+        raise RuntimeError(why)
     out = shim_cache_path(cc)
     if os.path.isfile(out):
         return out

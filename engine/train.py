@@ -31,6 +31,7 @@ from datasets.face_dataset import ImageReadError, LoaderWorkerError
 from datasets.recordio import RecordIOError
 from engine.builders import build_model, build_optimizer, build_train_loader
 from engine.checkpoints import (
+    RUN_ARTIFACTS,
     carry_best_model,
     find_checkpoint,
     load_pretrained,
@@ -55,9 +56,6 @@ from foundation.logger import get_logger, log_to_file
 from foundation.progress import Progress, format_seconds
 from foundation.runtime import num_threads_from, set_threads, setup_paddle
 from models import build_backbone, load_backbone_weights
-
-# What a training run writes at the top of Global.output (epoch_N/ are recorded as they are saved).
-TRAIN_OUTPUTS = ("config.yaml", "train.log", "train_result.json", "vdl", "latest", "best_model", "dist_logs")
 
 
 class TrainingDiverged(UserError):
@@ -105,7 +103,7 @@ class Trainer:
                 os.makedirs(self.output_dir, exist_ok=True)
                 self.lock = OutputLock(self.output_dir, "training").acquire()
             os.makedirs(self.output_dir, exist_ok=True)
-            record_outputs(self.output_dir, TRAIN_OUTPUTS)
+            record_outputs(self.output_dir, RUN_ARTIFACTS)  # epoch_N/ are recorded as they are saved
             remove_stale_staging(self.output_dir)
             log_to_file(os.path.join(self.output_dir, "train.log"))
             save_config(cfg, os.path.join(self.output_dir, "config.yaml"))

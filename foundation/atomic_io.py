@@ -41,17 +41,13 @@ def _tmp_path(path):
 
 
 def atomic_write_bytes(path, data):
-    tmp = _tmp_path(path)
-    try:
+    def write(tmp):
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    atomic_save(write, path)
 
 
 def atomic_write_text(path, text):

@@ -4,8 +4,12 @@ Paddle forces OMP_NUM_THREADS=1 when it is unset, so the thread count is set her
 deliberately, before Paddle is imported where possible and through Paddle's own call after.
 Nothing here reads a config: callers pass plain values.
 """
+import functools
 import os
 import random
+import shlex
+import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -28,6 +32,32 @@ def cpuinfo_field(key):
 def cpu_flags():
     """The CPU feature flags (avx2, avx512f, avx512_bf16, amx_bf16, ...) as a set."""
     return set(cpuinfo_field("flags").split())
+
+
+def find_compiler(env_var, names, kind):
+    """(absolute path, '') of the compiler $env_var names (its first word), else of the first of
+    `names` on PATH; (None, why) when there is none. `kind` ('C', 'C++') words the reason."""
+    value = os.environ.get(env_var, "").strip()
+    if value:
+        words = shlex.split(value)
+        path = shutil.which(words[0]) if words else None
+        return (path, "") if path else (None, f"{env_var}={value!r} is not an executable")
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path, ""
+    return None, f"no {kind} compiler: {env_var} is unset and none of {', '.join(names)} is on PATH"
+
+
+@functools.lru_cache(maxsize=None)
+def compiler_version(path):
+    """The first line of `path --version` ('' when it cannot be run): part of a build cache key."""
+    try:
+        proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    lines = (proc.stdout or proc.stderr).strip().splitlines()
+    return lines[0].strip() if lines else ""
 
 
 def cache_dir(*parts):

@@ -17,14 +17,11 @@ own operators, so exported inference models never contain these custom operators
 """
 import contextlib
 import fcntl
-import functools
 import hashlib
 import logging
 import os
 import platform
-import shlex
 import shutil
-import subprocess
 import sys
 import sysconfig
 import warnings
@@ -32,7 +29,7 @@ import warnings
 import paddle
 
 from foundation.logger import get_logger
-from foundation.runtime import cache_dir, cpu_flags, cpuinfo_field
+from foundation.runtime import cache_dir, compiler_version, cpu_flags, cpuinfo_field, find_compiler
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "fast_cpu_ops.cc")
 # -march=native: the build happens on the machine that runs it, and the cache key holds the CPU model and flags.
@@ -52,27 +49,7 @@ def cpu_model_name():
 def cxx_compiler():
     """(path, reason): the C++ compiler paddle.utils.cpp_extension will use ($CXX, else c++ or g++
     on PATH) as an absolute path, or (None, why there is none)."""
-    cxx = os.environ.get("CXX", "").strip()
-    if cxx:
-        words = shlex.split(cxx)
-        path = shutil.which(words[0]) if words else None
-        return (path, "") if path else (None, f"CXX={cxx!r} is not an executable")
-    for name in ("c++", "g++"):
-        path = shutil.which(name)
-        if path:
-            return path, ""
-    return None, "no C++ compiler: CXX is unset and neither c++ nor g++ is on PATH"
-
-
-@functools.lru_cache(maxsize=None)
-def compiler_version(path):
-    """The first line of `path --version` ('' when it cannot be run)."""
-    try:
-        proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    lines = (proc.stdout or proc.stderr).strip().splitlines()
-    return lines[0].strip() if lines else ""
+    return find_compiler("CXX", ("c++", "g++"), "C++")
 
 
 def _compiler_identity(path):

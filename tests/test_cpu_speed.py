@@ -101,7 +101,7 @@ def test_shim_cache_path_follows_the_compiler(private_cache, monkeypatch):
 
 def test_no_c_compiler_falls_back(private_cache, amd, no_exec, monkeypatch):
     monkeypatch.delenv("CC", raising=False)
-    monkeypatch.setattr(cpu_speed.shutil, "which", lambda name, *a, **k: None)
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)  # the module every compiler lookup uses
     status = cpu_speed.apply_mkl_shim()
     assert status.startswith("MKL vendor shim: off") and "no C compiler" in status
 
@@ -237,7 +237,7 @@ def test_no_cxx_compiler_trains_with_plain_paddle(kernels_state, monkeypatch, tm
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.delenv(fast_cpu_ops.DISABLE_ENV, raising=False)
     if how == "which":
-        monkeypatch.setattr(fast_cpu_ops.shutil, "which", lambda name, *a, **k: None)
+        monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
     else:
         monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no c++, no g++
     monkeypatch.setattr(fast_cpu_ops, "_module", None)  # as in a fresh process
