@@ -25,6 +25,15 @@ an IndexIDMap2 maps the wrong ids after a removal):
   HNSW  IndexIDMap2(IndexHNSWFlat, M=32). HNSW graphs cannot drop nodes, so a removal rebuilds the
         graph from the vectors that remain, read back from the graph's own flat storage.
 
+Compressed types for large galleries (ours: PaddleX does not read them), trained on the gallery
+(the first add; a streamed build trains on its first batch):
+  IVFPQ   IndexIVFPQ with native ids: IVF lists as above, each vector stored as pq_m bytes
+          (product quantization; default embedding_size / 8, e.g. 64 bytes for 512-d instead of 2 KB).
+  HNSWSQ  IndexIDMap2(IndexHNSWSQ, M=32, 8-bit scalar quantization: 1 byte per dimension).
+With rerank = R > 0 the compressed index proposes R * top_k candidates and they are re-scored on the
+exact features, kept beside it (exact.index, an IndexIDMap2(Flat) of the same ids; memory-mapped when
+it loads, so only the candidates' pages are read): scores are then exact cosines.
+
 Features from a different model cannot be compared with the stored ones, so the model name,
 embedding size and weights fingerprint are recorded and a mismatching query is refused.
 Plain numpy and faiss: no Paddle here.
@@ -48,11 +57,15 @@ from foundation.safe_pickle import RefusedGlobal, safe_loads
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # no INFO lines about CPU features
 import faiss  # noqa: E402 - after quieting its loader
 
-INDEX_TYPES = ("Flat", "IVF", "HNSW")
+INDEX_TYPES = ("Flat", "IVF", "HNSW")  # PaddleX's types (PaddleX reads and writes them too)
+COMPRESSED_TYPES = ("IVFPQ", "HNSWSQ")
+ALL_INDEX_TYPES = INDEX_TYPES + COMPRESSED_TYPES
 METRIC_TYPES = ("IP", "L2")
-PADDLEX_INDEX_TYPE = {"Flat": "Flat", "IVF": "IVF", "HNSW": "HNSW32"}  # our name -> id_map.yaml's
+PADDLEX_INDEX_TYPE = {"Flat": "Flat", "IVF": "IVF", "HNSW": "HNSW32", "IVFPQ": "IVFPQ",
+                      "HNSWSQ": "HNSWSQ"}  # our name -> id_map.yaml's
 UNKNOWN_LABEL = "unknown"
 INDEX_FILE = "vector.index"
+EXACT_FILE = "exact.index"  # the exact features of a compressed index with rerank
 INFO_FILE = "id_map.yaml"  # PaddleX's name for its index info
 META_FILE = "meta.json"
 OLD_ID_MAP_FILE = "id_map.json"  # this project's layout before format 2
@@ -75,9 +88,11 @@ def set_search_threads(n):
 def normalize_index_type(name):
     """'flat' / 'IVF' / 'hnsw32' -> 'Flat' | 'IVF' | 'HNSW'; anything else is a UserError."""
     key = str(name or "Flat").strip().lower()
-    table = {"flat": "Flat", "ivf": "IVF", "ivfflat": "IVF", "hnsw": "HNSW", "hnsw32": "HNSW"}
+    table = {"flat": "Flat", "ivf": "IVF", "ivfflat": "IVF", "hnsw": "HNSW", "hnsw32": "HNSW", "ivfpq": "IVFPQ",
+             "ivf_pq": "IVFPQ", "hnswsq": "HNSWSQ", "hnsw_sq": "HNSWSQ", "hnswsq8": "HNSWSQ"}
     if key not in table:
-        raise UserError(f"index_type '{name}' is not one of Flat, IVF, HNSW32")
+        raise UserError(f"index_type '{name}' is not one of Flat, IVF, HNSW32 (PaddleX's) or IVFPQ, HNSWSQ "
+                        "(compressed, for large galleries)")
     return table[key]
 
 
@@ -104,6 +119,23 @@ def choose_nlist(num_vectors):
     return int(max(1, min(round(4 * math.sqrt(num_vectors)), num_vectors // 39)))
 
 
+def choose_pq_m(embedding_size, pq_m=0):
+    """Bytes per vector of IVFPQ: `pq_m`, or embedding_size / 8 (rounded down to a divisor)."""
+    d = int(embedding_size)
+    m = int(pq_m) if pq_m else max(1, d // 8)
+    if m <= 0 or d % m:
+        if pq_m:
+            raise UserError(f"Index.pq_m {pq_m} must divide the embedding size {d} (e.g. {max(1, d // 8)})")
+        while d % m:
+            m -= 1
+    return m
+
+
+def pq_bits(num_vectors):
+    """Bits per PQ code: 8, fewer for a gallery too small to train 256 centroids per sub-vector."""
+    return int(max(1, min(8, math.floor(math.log2(max(2, num_vectors))))))
+
+
 def apply_threshold(labels, scores, threshold, unknown=UNKNOWN_LABEL):
     """Top-1 decision for one query: (label, score). Cosine similarity: higher is more alike, so a
     best score BELOW the threshold (or no gallery entry at all) is the explicit `unknown` label."""
@@ -116,8 +148,10 @@ def apply_threshold(labels, scores, threshold, unknown=UNKNOWN_LABEL):
 class GalleryIndex:
     """Vectors with integer ids, a label and a source path per id, searchable by cosine similarity."""
 
+    backend = "faiss"
+
     def __init__(self, embedding_size, model_name, index_type="Flat", nprobe=32, model_fingerprint=None,
-                 metric_type="IP"):
+                 metric_type="IP", pq_m=0, rerank=0):
         self.embedding_size = int(embedding_size)
         if self.embedding_size <= 0:
             raise UserError(f"embedding size must be positive, got {embedding_size}")
@@ -127,6 +161,14 @@ class GalleryIndex:
         self.metric_type = normalize_metric(metric_type)
         self.nprobe = int(nprobe)
         self.nlist = None
+        self.pq_m = choose_pq_m(self.embedding_size, pq_m) if self.index_type == "IVFPQ" else 0
+        self.rerank = int(rerank or 0)
+        if self.rerank < 0:
+            raise UserError(f"Index.rerank must be 0 (off) or a candidate factor >= 1, got {rerank}")
+        if self.rerank and self.index_type not in COMPRESSED_TYPES:
+            self.rerank = 0  # exact types have nothing to re-rank
+        self.ef_search = HNSW_EF_SEARCH
+        self.exact = None  # rerank: IndexIDMap2(Flat) of the exact features
         self.entries = {}  # id -> {"label": str, "path": str | None}
         self.next_id = 0
         self.index = None  # built on the first add (IVF needs the data to train on)
@@ -148,10 +190,11 @@ class GalleryIndex:
     def copy(self):
         """An independent copy (the faiss index cloned): change it while others search this one."""
         other = GalleryIndex(self.embedding_size, self.model_name, self.index_type, self.nprobe,
-                             self.model_fingerprint, self.metric_type)
-        other.nlist, other.next_id = self.nlist, self.next_id
+                             self.model_fingerprint, self.metric_type, self.pq_m, self.rerank)
+        other.nlist, other.next_id, other.ef_search = self.nlist, self.next_id, self.ef_search
         other.entries = {i: dict(e) for i, e in self.entries.items()}
         other.index = None if self.index is None else faiss.clone_index(self.index)
+        other.exact = None if self.exact is None else faiss.clone_index(self.exact)
         return other
 
     def _faiss_metric(self):
@@ -164,9 +207,17 @@ class GalleryIndex:
             return faiss.IndexIDMap2(flat)
         if self.index_type == "HNSW":
             return faiss.IndexIDMap2(faiss.IndexHNSWFlat(d, HNSW_M, metric))
+        if self.index_type == "HNSWSQ":
+            hnsw = faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_8bit, HNSW_M, metric)
+            hnsw.train(train_vectors)
+            return faiss.IndexIDMap2(hnsw)
         self.nlist = choose_nlist(len(train_vectors))
         quantizer = faiss.IndexFlatIP(d) if self.metric_type == "IP" else faiss.IndexFlatL2(d)
-        index = faiss.IndexIVFFlat(quantizer, d, self.nlist, metric)
+        if self.index_type == "IVFPQ":
+            index = faiss.IndexIVFPQ(quantizer, d, self.nlist, self.pq_m, pq_bits(len(train_vectors)), metric)
+            index.pq.cp.min_points_per_centroid = 1
+        else:
+            index = faiss.IndexIVFFlat(quantizer, d, self.nlist, metric)
         index.cp.min_points_per_centroid = 1  # small galleries: no warning spam, nlist already limits it
         index.train(train_vectors)
         index.nprobe = max(1, min(self.nprobe, self.nlist))
@@ -207,6 +258,10 @@ class GalleryIndex:
             self.index = self._new_index(feats)
         ids = np.arange(self.next_id, self.next_id + len(feats), dtype=np.int64)
         self.index.add_with_ids(feats, ids)
+        if self.rerank:
+            if self.exact is None:
+                self.exact = faiss.IndexIDMap2(faiss.IndexFlatIP(self.embedding_size))
+            self.exact.add_with_ids(feats, ids)
         for i, label, path in zip(ids.tolist(), labels, paths):
             self.entries[i] = {"label": label, "path": None if path is None else str(path)}
         self.next_id += len(feats)
@@ -225,7 +280,9 @@ class GalleryIndex:
         if not ids or self.index is None:
             return 0
         id_array = np.asarray(ids, dtype=np.int64)
-        if self.index_type == "HNSW":
+        if self.exact is not None:
+            self.exact.remove_ids(faiss.IDSelectorBatch(id_array))
+        if self.index_type in ("HNSW", "HNSWSQ"):
             self._rebuild_hnsw_without(set(ids))
         else:
             removed = self.index.remove_ids(faiss.IDSelectorBatch(id_array))
@@ -234,6 +291,20 @@ class GalleryIndex:
         for i in ids:
             del self.entries[i]
         return len(ids)
+
+    def _rerank(self, queries, candidates, k):
+        """The best k of each row of candidate ids by their exact cosine (from self.exact)."""
+        out_scores = np.full((len(queries), k), -np.inf, np.float32)
+        out_ids = np.full((len(queries), k), -1, np.int64)
+        for row, (query, cand) in enumerate(zip(queries, candidates)):
+            cand = cand[cand >= 0]
+            if not len(cand):
+                continue
+            exact = self.exact.reconstruct_batch(cand)
+            sims = exact @ query
+            order = np.argsort(-sims, kind="stable")[:k]
+            out_scores[row, :len(order)], out_ids[row, :len(order)] = sims[order], cand[order]
+        return out_scores, out_ids
 
     def _stored_vectors(self):
         """(ids, vectors) held by an IndexIDMap2-wrapped Flat/HNSW index, read back from its storage."""
@@ -245,7 +316,7 @@ class GalleryIndex:
     def _rebuild_hnsw_without(self, drop):
         ids, vectors = self._stored_vectors()
         keep = np.array([i not in drop for i in ids.tolist()], dtype=bool)
-        self.index = self._new_index(vectors[keep])
+        self.index = self._new_index(vectors[keep] if keep.sum() else vectors[:1])
         if keep.any():
             self.index.add_with_ids(np.ascontiguousarray(vectors[keep]), ids[keep])
 
@@ -265,13 +336,17 @@ class GalleryIndex:
             return ([[] for _ in range(len(feats))], [np.zeros((0,), np.float32) for _ in range(len(feats))],
                     [np.zeros((0,), np.int64) for _ in range(len(feats))])
         k = max(1, min(int(top_k), len(self)))
-        if self.index_type == "IVF":
+        queries = l2_normalize_rows(feats)
+        fetch = min(len(self), k * self.rerank) if self.exact is not None else k
+        if self.index_type in ("IVF", "IVFPQ"):
             self.index.nprobe = max(1, min(self.nprobe, self.nlist or 1))
-        elif self.index_type == "HNSW":
-            faiss.downcast_index(self.index.index).hnsw.efSearch = max(HNSW_EF_SEARCH, k)
-        scores, ids = self.index.search(l2_normalize_rows(feats), k)
+        elif self.index_type in ("HNSW", "HNSWSQ"):
+            faiss.downcast_index(self.index.index).hnsw.efSearch = max(self.ef_search, fetch)
+        scores, ids = self.index.search(queries, fetch)
         if self.metric_type == "L2":  # squared distance of unit vectors -> cosine
             scores = 1.0 - scores / 2.0
+        if self.exact is not None:
+            scores, ids = self._rerank(queries, ids, k)
         out_labels, out_scores, out_ids = [], [], []
         for row_s, row_i in zip(scores, ids):
             valid = row_i >= 0  # IVF/HNSW may find fewer than k neighbours
@@ -301,6 +376,8 @@ class GalleryIndex:
             "next_id": self.next_id,
             "nlist": self.nlist,
             "nprobe": self.nprobe,
+            "pq_m": self.pq_m,
+            "rerank": self.rerank,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "sources": {str(i): self.entries[i]["path"] for i in sorted(self.entries)},
         }
@@ -312,6 +389,8 @@ class GalleryIndex:
 
         def build(tmp):
             faiss.write_index(self.index, os.path.join(tmp, INDEX_FILE))
+            if self.exact is not None:
+                faiss.write_index(self.exact, os.path.join(tmp, EXACT_FILE))
             with open(os.path.join(tmp, INFO_FILE), "w", encoding="utf-8") as f:
                 yaml.safe_dump(self.index_info(), f, default_flow_style=False, allow_unicode=True)
             meta = dict(self.meta(), index_sha256=file_digest(os.path.join(tmp, INDEX_FILE)))
@@ -362,7 +441,8 @@ class GalleryIndex:
             raise UserError(f"{where}: id_map keys must be integer ids; rebuild the index") from None
         self = cls(index.d, meta.get("model_name"), info["index_type"],
                    nprobe=meta.get("nprobe", 32) if nprobe is None else nprobe,
-                   model_fingerprint=meta.get("model_fingerprint"), metric_type=info["metric_type"])
+                   model_fingerprint=meta.get("model_fingerprint"), metric_type=info["metric_type"],
+                   pq_m=meta.get("pq_m") or 0, rerank=meta.get("rerank") or 0)
         expected_metric = self._faiss_metric()
         index = _unwrap_ivf(index)
         if index.metric_type != expected_metric:
@@ -439,6 +519,16 @@ class GalleryIndex:
             raise UserError(f"{index_path} is not a readable faiss index ({first}): rebuild the index with "
                             "-o Global.mode=build_index") from None
         self = cls._from_parts(index, info, meta, index_dir, nprobe)
+        exact_path = os.path.join(index_dir, EXACT_FILE)
+        if self.rerank:
+            if not os.path.isfile(exact_path):
+                raise UserError(f"gallery index folder '{index_dir}' has no {EXACT_FILE} (the exact features its "
+                                "rerank needs): rebuild the index")
+            # memory-mapped: a large gallery's exact features stay on disk; copy() reads them into memory
+            self.exact = faiss.read_index(exact_path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+            if self.exact.ntotal != len(self):
+                raise UserError(f"{exact_path} holds {self.exact.ntotal} features but the index {len(self)}: "
+                                "the folder is inconsistent; rebuild the index")
         if not meta:
             get_logger().warning(f"gallery index {index_dir} has no meta.json (built by PaddleX?): the model that built "
                                  f"it is not recorded, so queries are checked only for their size "

@@ -7,6 +7,8 @@ import pytest
 import yaml
 
 from engine.gallery_index import (
+    COMPRESSED_TYPES,
+    EXACT_FILE,
     INDEX_TYPES,
     UNKNOWN_LABEL,
     GalleryIndex,
@@ -88,6 +90,58 @@ def test_build_search_remove_save_load(index_type, tmp_path):
     # removing what was appended after the reload works too
     assert loaded.remove_ids(new_ids) == 1
     assert "person_03" not in loaded.labels
+
+
+@pytest.mark.parametrize("rerank", [0, 4])
+@pytest.mark.parametrize("index_type", COMPRESSED_TYPES)
+def test_compressed_types_train_search_remove_and_round_trip(index_type, rerank, tmp_path):
+    dim = 64
+    feats, labels, centres = _people(n_people=40, per_person=10, noise=0.3, seed=3, dim=dim)
+    index = GalleryIndex(dim, "m", index_type, nprobe=64, rerank=rerank)
+    index.add(feats, labels)
+    assert index.index_type == index_type and len(index) == len(feats)
+    if index_type == "IVFPQ":
+        assert index.pq_m == dim // 8 and faiss_type(index) == "IndexIVFPQ"
+    out_labels, out_scores, _ = index.search(centres, top_k=3)
+    assert [lab[0] for lab in out_labels] == [f"person_{p:02d}" for p in range(len(centres))]
+    exact = l2_normalize_rows(feats) @ l2_normalize_rows(centres).T
+    best = np.max(exact, axis=0)
+    if rerank:  # re-scored on the exact features: the top-1 cosine is the exact one
+        np.testing.assert_allclose([s[0] for s in out_scores], best, atol=1e-5)
+    else:  # compressed scores are close to, not equal to, the exact cosine
+        assert np.max(np.abs(np.array([s[0] for s in out_scores]) - best)) < 0.15
+    assert index.remove_label("person_05") == 10
+    assert "person_05" not in index.search(centres[5], top_k=10)[0][0]
+    index.save(str(tmp_path / "ix"))
+    assert os.path.isfile(tmp_path / "ix" / EXACT_FILE) == bool(rerank)
+    loaded = GalleryIndex.load(str(tmp_path / "ix"))
+    assert loaded.index_type == index_type and loaded.rerank == rerank and len(loaded) == len(index)
+    a, b = index.search(centres, top_k=3), loaded.search(centres, top_k=3)
+    assert a[0] == b[0] and all(np.array_equal(x, y) for x, y in zip(a[2], b[2]))
+    changed = loaded.copy()  # the loaded exact features are memory-mapped read-only; the copy can change
+    changed.add(centres[5:6], ["person_05"])
+    assert changed.search(centres[5], top_k=1)[0][0][0] == "person_05"
+    assert changed.remove_ids(list(changed.ids_of_label("person_06"))) == 10
+    assert len(loaded) == len(index)
+
+
+def test_compressed_types_on_a_tiny_gallery_and_bad_settings():
+    feats, labels, centres = _people(n_people=3, per_person=2, dim=64)
+    for index_type in COMPRESSED_TYPES:
+        index = GalleryIndex(64, "m", index_type, rerank=2)
+        index.add(feats, labels)  # fewer vectors than 256 PQ centroids: fewer bits per code
+        assert index.search(centres, top_k=1)[0] == [["person_00"], ["person_01"], ["person_02"]]
+    with pytest.raises(UserError, match="pq_m 7 must divide the embedding size 64"):
+        GalleryIndex(64, "m", "IVFPQ", pq_m=7)
+    with pytest.raises(UserError, match="rerank"):
+        GalleryIndex(64, "m", "IVFPQ", rerank=-1)
+    assert normalize_index_type("ivf_pq") == "IVFPQ" and normalize_index_type("HNSWSQ8") == "HNSWSQ"
+
+
+def faiss_type(index):
+    import faiss
+
+    return type(faiss.downcast_index(index.index)).__name__
 
 
 def test_hnsw_removal_rebuilds_and_keeps_the_rest_searchable():
