@@ -223,10 +223,27 @@ class IndexSection:
     gallery: str = setting("dataset/face_demo/val/images", "gallery root: one sub-folder of images per person "
                            "(name = label), or the root the label_file paths are relative to")
     label_file: Optional[str] = setting(None, "PaddleX's gallery.txt: '<image path> <label>' lines")
-    index_type: str = setting("Flat", "Flat (exact), IVF (IVFFlat) or HNSW32", choices=("Flat", "IVF", "HNSW32", "HNSW"))
+    backend: str = setting("faiss", "faiss (an index folder in this process) or milvus (a collection on Index.uri, "
+                           "shared by every process; needs pip install -e \".[milvus]\")", choices=("faiss", "milvus"))
+    uri: Optional[str] = setting(None, "milvus: a file ending in .db (Milvus Lite, one process) or http://host:19530 "
+                                 "(a Milvus server or cluster); `index` names the collection")
+    token: Optional[str] = setting(None, "milvus server: \"user:password\" or an API key (null: none)")
+    connect_timeout: float = setting(5.0, "milvus server: seconds one connection attempt may take", greater_than=0.0)
+    connect_retries: int = setting(2, "milvus server: retries after a failed connection (back-off 0.5 s, 1 s, ...)",
+                                   min=0)
+    index_type: str = setting("Flat", "Flat (exact), IVF (IVFFlat), HNSW32; compressed for large galleries: IVFPQ "
+                              "(pq_m bytes per face), HNSWSQ (1 byte per dimension)",
+                              choices=("Flat", "IVF", "HNSW32", "HNSW", "IVFPQ", "HNSWSQ"))
     metric_type: str = setting("IP", "IP (inner product = cosine) or L2; scores are cosines either way",
                                choices=("IP", "L2"))
-    nprobe: int = setting(32, "IVF lists searched per query", min=1)
+    nprobe: int = setting(32, "IVF / IVFPQ lists searched per query", min=1)
+    pq_m: int = setting(0, "IVFPQ bytes per face (must divide the embedding size); 0 = embedding size / 8", min=0)
+    rerank: int = setting(0, "IVFPQ / HNSWSQ: re-score rerank x top-k candidates on the exact features (kept in "
+                          "exact.index); 0 = off", min=0)
+    build_batch: int = setting(10000, "build/append: images embedded and added per step (memory bound; a "
+                               "checkpoint is written after each)", min=1)
+    resume: bool = setting(True, "build_index: continue an interrupted build from its checkpoint "
+                           "(<index>.partial) instead of starting again")
     remove_labels: List[str] = setting([], "remove_index: labels to remove")
     remove_ids: List[int] = setting([], "remove_index: ids (from id_map.yaml) to remove")
 
@@ -255,7 +272,8 @@ class ServeSection:
 class PipelineConfig:
     pipeline_name: str = setting("face_recognition", "PaddleX's pipeline name", choices=("face_recognition",))
     index: Optional[str] = setting("output/gallery_index", "the gallery index folder: build_index writes it, "
-                                   "recognize and predict search it (vector.index, id_map.yaml, meta.json)")
+                                   "recognize and predict search it (vector.index, id_map.yaml, meta.json); "
+                                   "Index.backend=milvus: the collection's name")
     det_threshold: float = setting(0.6, "detection score threshold", min=0.0, max=1.0)
     rec_threshold: Optional[float] = setting(None, "cosine below which the best match is 'unknown'; null = the "
                                              "threshold the model's inference.yml records (FAR 1e-3, 1e-2 or best "

@@ -168,6 +168,7 @@ class GalleryIndex:
         if self.rerank and self.index_type not in COMPRESSED_TYPES:
             self.rerank = 0  # exact types have nothing to re-rank
         self.ef_search = HNSW_EF_SEARCH
+        self.planned_size = None  # a streamed build's final size: IVF lists for it, trained on the first batch
         self.exact = None  # rerank: IndexIDMap2(Flat) of the exact features
         self.entries = {}  # id -> {"label": str, "path": str | None}
         self.next_id = 0
@@ -212,6 +213,8 @@ class GalleryIndex:
             hnsw.train(train_vectors)
             return faiss.IndexIDMap2(hnsw)
         self.nlist = choose_nlist(len(train_vectors))
+        if self.planned_size and self.planned_size > len(train_vectors):
+            self.nlist = max(1, min(choose_nlist(self.planned_size), len(train_vectors) // 39))
         quantizer = faiss.IndexFlatIP(d) if self.metric_type == "IP" else faiss.IndexFlatL2(d)
         if self.index_type == "IVFPQ":
             index = faiss.IndexIVFPQ(quantizer, d, self.nlist, self.pq_m, pq_bits(len(train_vectors)), metric)

@@ -11,6 +11,11 @@ lock and the file lock, so several service processes may share a root); each wor
 search running on the version it read never sees half an update. The previous version is kept
 one more round for readers still loading it. Reads check CURRENT every time (a small file), so
 another process's update is seen by the next request.
+
+With Index.backend=milvus the store is MilvusIndexStore instead: one collection per indexKey
+("facefeat_<key>") on Index.uri, shared by every service process on that Milvus (engine.milvus_index:
+inserts and deletes are durable when acknowledged and searched at consistency level Strong, so the
+next request in any replica sees them). Nothing is kept on local disk.
 """
 import fcntl
 import os
@@ -21,6 +26,7 @@ import uuid
 from contextlib import contextmanager
 
 from engine.gallery_index import GalleryIndex
+from engine.milvus_index import MilvusGalleryIndex, MilvusUnavailableError, check_uri, client_for, milvus_errors
 from foundation.atomic_io import atomic_write_text, fsync_tree
 from foundation.errors import UserError
 
@@ -35,6 +41,10 @@ class UnknownIndexError(UserError):
 
 
 class IndexStore:
+    def check(self):
+        """None: a folder on this disk is always reachable (MilvusIndexStore.check may say otherwise)."""
+        return None
+
     def __init__(self, root, nprobe=32):
         self.root = os.path.abspath(root)
         self.nprobe = int(nprobe)
@@ -128,3 +138,82 @@ class IndexStore:
             value = change(index)
             self._write_version(key, folder, index)
         return index, value
+
+
+class MilvusIndexStore:
+    """The service's indexes as Milvus collections: the same get / keys / create / update as IndexStore."""
+
+    PREFIX = "facefeat_"
+    MILVUS_KEY = re.compile(r"^[A-Za-z0-9_]{1,128}$")  # collection names take no '-'
+
+    def __init__(self, uri, token=None, nprobe=32, connect_timeout=5.0, connect_retries=2):
+        self.uri, self.token, self.nprobe = check_uri(uri), token, int(nprobe)
+        self.connect = {"timeout": connect_timeout, "retries": connect_retries}
+        self.root = f"Milvus {self.uri}"
+        self._cache = {}
+        self._guard = threading.Lock()
+
+    def _client(self):
+        return client_for(self.uri, self.token, **self.connect)
+
+    def _collection(self, key):
+        if not isinstance(key, str) or not self.MILVUS_KEY.match(key):
+            raise UnknownIndexError(f"indexKey {key!r} is not a valid key (letters, digits and '_'; use the "
+                                    "indexKey that index-build returned)")
+        return self.PREFIX + key
+
+    def get(self, key):
+        """The live index of `key` (one collection: changes by any process are seen by the next search)."""
+        name = self._collection(key)
+        with self._guard:
+            if key not in self._cache:
+                self._cache[key] = MilvusGalleryIndex.open(
+                    self.uri, name, self.nprobe, self.token, self.connect["timeout"], self.connect["retries"],
+                    missing=lambda _: UnknownIndexError(
+                        f"no index with indexKey '{key}' on Milvus {self.uri}: build one with "
+                        "/face-recognition-index-build"))
+            return self._cache[key]
+
+    def keys(self):
+        client = self._client()
+        with milvus_errors(self.uri):
+            names = client.list_collections(timeout=self.connect["timeout"] * 2)
+        return sorted(n[len(self.PREFIX):] for n in names if n.startswith(self.PREFIX))
+
+    def check(self):
+        """None when the Milvus server answers, else the error message (for /health)."""
+        try:
+            self.keys()
+        except MilvusUnavailableError as e:
+            return str(e)
+        return None
+
+    def create(self, index):
+        """Store `index` (an in-memory GalleryIndex, e.g. what the service built) in a new collection;
+        returns its key. Ids are Milvus' (the stored index's id_map has them)."""
+        key = uuid.uuid4().hex
+        stored = MilvusGalleryIndex.create(self.uri, self._collection(key), index.embedding_size, index.model_name,
+                                           index.model_fingerprint, index.index_type, index.metric_type, self.nprobe,
+                                           self.token, self.connect["timeout"], self.connect["retries"],
+                                           replace=False)
+        if len(index):
+            ids, vectors = index._stored_vectors()
+            entries = [index.entries[int(i)] for i in ids]
+            stored.add(vectors, [e["label"] for e in entries], [e["path"] for e in entries])
+        with self._guard:
+            self._cache[key] = stored
+        return key
+
+    def update(self, key, change):
+        """Apply `change(index)` to the live collection (no copy: Milvus applies each insert and delete
+        atomically and every replica sees it); returns (index, change's return value)."""
+        index = self.get(key)
+        return index, change(index)
+
+
+def open_store(index_cfg, serve_cfg):
+    """The service's store for the pipeline config's Index and Serve sections."""
+    if index_cfg.backend == "milvus":
+        return MilvusIndexStore(index_cfg.uri, index_cfg.token, index_cfg.nprobe, index_cfg.connect_timeout,
+                                index_cfg.connect_retries)
+    return IndexStore(serve_cfg.index_root, nprobe=index_cfg.nprobe)

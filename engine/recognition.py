@@ -106,7 +106,8 @@ class FaceRecognitionPipeline:
 
     def __init__(self, model_dir, det=None, device="cpu", num_threads=2, batch_size=16, run_mode="paddle",
                  det_threshold=0.6, rec_threshold=None, rec_topk=5, index=None, index_type="Flat",
-                 metric_type="IP", nprobe=32):
+                 metric_type="IP", nprobe=32, backend="faiss", uri=None, token=None, connect_timeout=5.0,
+                 connect_retries=2, pq_m=0, rerank=0):
         threads = num_threads_from(num_threads)
         set_threads(threads)
         set_search_threads(threads)
@@ -122,6 +123,17 @@ class FaceRecognitionPipeline:
         self.index_type = index_type
         self.metric_type = metric_type
         self.nprobe = int(nprobe)
+        self.pq_m, self.rerank = int(pq_m or 0), int(rerank or 0)
+        if backend not in ("faiss", "milvus"):
+            raise UserError(f"Index.backend '{backend}' is not one of faiss, milvus")
+        self.backend = backend
+        self.milvus = {"uri": uri, "token": token, "connect_timeout": connect_timeout,
+                       "connect_retries": connect_retries}
+        if backend == "milvus":
+            from engine.milvus_index import check_uri, pymilvus
+
+            pymilvus()  # without the extra: say what to install before any work
+            check_uri(uri)
         self.index = None  # the default index of predict(): a GalleryIndex, or a folder loaded on first use
         self._index_source = index
         self.failures = []  # (input path, message) of the images the last predict() skipped
@@ -151,7 +163,10 @@ class FaceRecognitionPipeline:
         return cls(model_dir, det, device=cfg.Global.device, num_threads=cfg.Global.num_threads,
                    batch_size=rec.batch_size, run_mode=rec.run_mode, det_threshold=cfg.det_threshold,
                    rec_threshold=cfg.rec_threshold, rec_topk=cfg.rec_topk, index=cfg.index,
-                   index_type=cfg.Index.index_type, metric_type=cfg.Index.metric_type, nprobe=cfg.Index.nprobe)
+                   index_type=cfg.Index.index_type, metric_type=cfg.Index.metric_type, nprobe=cfg.Index.nprobe,
+                   backend=cfg.Index.backend, uri=cfg.Index.uri, token=cfg.Index.token,
+                   connect_timeout=cfg.Index.connect_timeout, connect_retries=cfg.Index.connect_retries,
+                   pq_m=cfg.Index.pq_m, rerank=cfg.Index.rerank)
 
     # ------------------------------------------------------------------ embedding
     def embed(self, crops):
@@ -169,10 +184,23 @@ class FaceRecognitionPipeline:
                 if f.score >= threshold]
 
     # ------------------------------------------------------------------ gallery
-    def new_index(self, index_type=None, metric_type=None):
-        """An empty index for this pipeline's model."""
-        return GalleryIndex(self.model.embedding_size, self.model.model_name, index_type or self.index_type,
-                            self.nprobe, model_fingerprint=self.fingerprint, metric_type=metric_type or self.metric_type)
+    def new_index(self, index_type=None, metric_type=None, name=None, backend=None):
+        """An empty index for this pipeline's model: in memory (faiss), or with the milvus backend a new
+        collection `name` (default: the config's `index`) on Index.uri, replacing one of that name."""
+        index_type, metric_type = index_type or self.index_type, metric_type or self.metric_type
+        if (backend or self.backend) == "milvus":
+            from engine.milvus_index import MilvusGalleryIndex
+
+            name = name or self._index_source
+            if not name:
+                raise UserError("Index.backend=milvus: set `index` to the collection's name (-o index=my_gallery)")
+            return MilvusGalleryIndex.create(self.milvus["uri"], name, self.model.embedding_size,
+                                             self.model.model_name, self.fingerprint, index_type, metric_type,
+                                             self.nprobe, self.milvus["token"], self.milvus["connect_timeout"],
+                                             self.milvus["connect_retries"])
+        return GalleryIndex(self.model.embedding_size, self.model.model_name, index_type, self.nprobe,
+                            model_fingerprint=self.fingerprint, metric_type=metric_type, pq_m=self.pq_m,
+                            rerank=self.rerank)
 
     def enroll(self, items, desc="enrol", progress=True):
         """Embed the main face of each (source, label): an Enrolment. A source is a path or a numpy image."""
@@ -267,13 +295,18 @@ class FaceRecognitionPipeline:
                                     "index=<folder or index>, or set `index` in the pipeline config")
                 self.index = self._load(self._index_source)
             index = self.index
-        elif not isinstance(index, GalleryIndex):
+        elif not hasattr(index, "search"):  # a folder (faiss) or a collection name (milvus)
             index = self._load(os.fspath(index))
         index.check_model(self.model.model_name, self.model.embedding_size, self.fingerprint,
                           what="recognition model's")
         return index
 
     def _load(self, folder):
+        if self.backend == "milvus":
+            from engine.milvus_index import MilvusGalleryIndex
+
+            return MilvusGalleryIndex.open(self.milvus["uri"], folder, self.nprobe, self.milvus["token"],
+                                           self.milvus["connect_timeout"], self.milvus["connect_retries"])
         return GalleryIndex.load(folder, nprobe=self.nprobe)
 
     # ------------------------------------------------------------------ recognition

@@ -8,7 +8,8 @@ restart keeps them. Ctrl-C or SIGTERM stops taking new connections and lets in-f
 finish (up to Serve.shutdown_timeout seconds). One process uses Global.num_threads cores for the
 model; to use more cores run several processes on one Serve.index_root (each on its own port
 behind a load balancer): updates are serialised across processes and every process sees the
-others' indexes at the next request.
+others' indexes at the next request. With Index.backend=milvus the indexes are collections on
+Index.uri instead, so replicas on several machines share them (engine.index_store.MilvusIndexStore).
 """
 import os
 import signal
@@ -16,7 +17,7 @@ import socket
 
 import uvicorn
 
-from engine.index_store import IndexStore
+from engine.index_store import open_store
 from engine.recognition import FaceRecognitionPipeline
 from engine.service_app import ServiceLimits, create_app
 from foundation.errors import UserError
@@ -51,7 +52,7 @@ def run(cfg):
     sock = bind(serve.host, serve.port)  # before the model loads: a taken port fails in a second
     os.makedirs(cfg.Global.output, exist_ok=True)
     log = log_to_file(os.path.join(cfg.Global.output, "serve.log"))
-    store = IndexStore(serve.index_root, nprobe=cfg.Index.nprobe)
+    store = open_store(cfg.Index, serve)  # Index.backend=milvus: collections on Index.uri
     pipeline = FaceRecognitionPipeline.from_config(cfg)
     limits = ServiceLimits(max_request_bytes=int(serve.max_request_mb * 2**20),
                            max_images_per_request=serve.max_images_per_request,

@@ -45,6 +45,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from datasets.transforms import ImageReadError, decode_image_bytes
 from engine.gallery_index import IndexMismatchError
 from engine.index_store import UnknownIndexError
+from engine.milvus_index import MilvusUnavailableError
 from foundation.errors import UserError
 from foundation.logger import get_logger
 
@@ -192,7 +193,7 @@ def create_app(pipeline, store, limits=None):
     limits = limits or ServiceLimits()
     log = get_logger()
     model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
-    empty_index = pipeline.new_index()
+    empty_index = pipeline.new_index(backend="faiss")  # searched without an indexKey: nothing to find
     app = FastAPI(title="facefeat face recognition", docs_url="/docs", redoc_url=None)
 
     async def on_model(fn, *args, **kwargs):
@@ -213,6 +214,11 @@ def create_app(pipeline, store, limits=None):
     @app.exception_handler(UnknownIndexError)
     async def _unknown_index(request, exc):
         return fail(404, str(exc))
+
+    @app.exception_handler(MilvusUnavailableError)
+    async def _backend_down(request, exc):
+        log.warning(f"{request.url.path} -> 503: {exc}")
+        return fail(503, str(exc))
 
     @app.exception_handler(IndexMismatchError)
     async def _mismatch(request, exc):
@@ -278,10 +284,11 @@ def create_app(pipeline, store, limits=None):
     @app.post("/face-recognition-index-build")
     async def build_index(request: BuildIndexRequest):
         enrolment = await enrol(request.imageLabelPairs)
-        index = pipeline.new_index("Flat", "IP")  # what PaddleX's service builds
+        index = pipeline.new_index("Flat", "IP", backend="faiss")  # what PaddleX's service builds
         index.add(enrolment.features, enrolment.labels)
         key = await run_in_threadpool(store.create, index)
-        return ok({"indexKey": key, "imageCount": len(index), "idMap": id_map(index)})
+        stored = await run_in_threadpool(store.get, key)  # a Milvus store gives its own ids
+        return ok({"indexKey": key, "imageCount": len(stored), "idMap": id_map(stored)})
 
     @app.post("/face-recognition-index-add")
     async def add_to_index(request: AddImagesToIndexRequest):
@@ -330,8 +337,13 @@ def create_app(pipeline, store, limits=None):
 
     @app.get("/health")
     async def health():  # plain JSON, as load balancers and probes expect
+        problem = await run_in_threadpool(store.check)  # a Milvus server that does not answer: 503
+        if problem:
+            return JSONResponse({"status": "error", "model": pipeline.model.model_name, "index": store.root,
+                                 "errorMsg": problem}, status_code=503)
         return JSONResponse({"status": "ok", "model": pipeline.model.model_name,
-                             "embeddingSize": pipeline.model.embedding_size, "indexes": len(store.keys())})
+                             "embeddingSize": pipeline.model.embedding_size, "index": store.root,
+                             "indexes": len(store.keys())})
 
     @app.get("/", include_in_schema=False)
     async def page():
