@@ -50,6 +50,8 @@ SETTINGS = {
     "IVFPQ-rerank8": ("IVFPQ", {"nprobe": 128, "rerank": 8}),
     "HNSWSQ": ("HNSWSQ", {}),
     "HNSWSQ-rerank4": ("HNSWSQ", {"rerank": 4}),
+    "HNSWSQ-ef256-rerank4": ("HNSWSQ", {"rerank": 4, "ef_search": 256}),
+    "IVFPQ-np256-rerank8": ("IVFPQ", {"nprobe": 256, "rerank": 8}),
     "IVF": ("IVF", {"nprobe": 32}),
     "HNSW": ("HNSW", {}),
     "milvus": ("Flat", {}),
@@ -97,7 +99,7 @@ def make_queries(num, dim, batch, seed, queries, noise):
     return q, picks.astype(np.int64)
 
 
-def measure(index, q, truth, per_call_1=200):
+def measure(index, q, truth, per_call_1=100):
     """(qps at batch 1, qps at batch 64, recall@1 against the known source)."""
     n1 = min(per_call_1, len(q))
     for i in range(min(5, n1)):
@@ -120,7 +122,8 @@ def build_phase(args, name, index_type, settings, folder):
     if name == "milvus":
         from engine.milvus_index import MilvusGalleryIndex
 
-        index = MilvusGalleryIndex.create(os.path.join(folder, "bench.db"), "bench", args.dim, "bench")
+        index = MilvusGalleryIndex.create(os.path.join(folder, "bench.db"), "bench", args.dim, "bench",
+                                          call_timeout=600)
         before = rss_mb(child_pids())
     else:
         before = rss_mb()
@@ -128,7 +131,7 @@ def build_phase(args, name, index_type, settings, folder):
                              rerank=settings.get("rerank", 0))
         index.planned_size = args.num
     t0 = time.perf_counter()
-    pending = []
+    pending, milvus_ids = [], []
     first = args.train if index_type in ("IVFPQ", "IVF", "HNSWSQ") and name != "milvus" else args.batch
     for start, vecs in gallery_batches(args.num, args.dim, args.batch, args.seed):
         pending.append(vecs)
@@ -136,13 +139,16 @@ def build_phase(args, name, index_type, settings, folder):
             continue  # the first add trains: give it --train vectors
         vecs = np.concatenate(pending) if len(pending) > 1 else pending[0]
         pending, first = [], 0
-        index.add(vecs, [str(i) for i in range(len(vecs))])
+        new_ids = index.add(vecs, [f"p{(start + i) // 5}" for i in range(len(vecs))])  # 5 faces per person
+        if name == "milvus":
+            milvus_ids.append(new_ids)
         print(f"  {name}: {len(index)} / {args.num} added, {time.perf_counter() - t0:.0f} s", file=sys.stderr,
               flush=True)
     build = time.perf_counter() - t0
     row = {"name": name, "num": args.num, "dim": args.dim, "build_s": round(build, 1),
            "index_mb": round(rss_mb(child_pids()) - before), "nlist": getattr(index, "nlist", None)}
     if name == "milvus":
+        np.save(os.path.join(folder, "ids.npy"), np.concatenate(milvus_ids))  # Milvus' id of each position
         index.close()
     else:
         index.save(os.path.join(folder, "ix"))
@@ -156,11 +162,13 @@ def query_phase(args, name, folder):
     if name == "milvus":
         from engine.milvus_index import MilvusGalleryIndex
 
-        index = MilvusGalleryIndex.open(os.path.join(folder, "bench.db"), "bench")
+        index = MilvusGalleryIndex.open(os.path.join(folder, "bench.db"), "bench", call_timeout=600)
+        truth = np.load(os.path.join(folder, "ids.npy"))[truth]
         index.search(q[:1], top_k=5)  # Milvus loads the collection on the first search
         loaded = rss_mb(child_pids()) - before
     else:
         index = GalleryIndex.load(os.path.join(folder, "ix"))
+        index.ef_search = SETTINGS[name][1].get("ef_search", index.ef_search)
         loaded = rss_mb() - before
     qps1, qps64, recall = measure(index, q, truth)
     if name != "milvus":

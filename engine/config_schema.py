@@ -237,6 +237,8 @@ class IndexSection:
     metric_type: str = setting("IP", "IP (inner product = cosine) or L2; scores are cosines either way",
                                choices=("IP", "L2"))
     nprobe: int = setting(32, "IVF / IVFPQ lists searched per query", min=1)
+    ef_search: int = setting(64, "HNSW / HNSWSQ candidates kept while walking the graph per query: more = closer "
+                             "to exact, slower", min=1)
     pq_m: int = setting(0, "IVFPQ bytes per face (must divide the embedding size); 0 = embedding size / 8", min=0)
     rerank: int = setting(0, "IVFPQ / HNSWSQ: re-score rerank x top-k candidates on the exact features (kept in "
                           "exact.index); 0 = off", min=0)

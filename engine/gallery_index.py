@@ -42,7 +42,9 @@ import json
 import logging
 import math
 import os
+import sys
 import time
+from collections.abc import MutableMapping
 
 import numpy as np
 import yaml
@@ -145,6 +147,59 @@ def apply_threshold(labels, scores, threshold, unknown=UNKNOWN_LABEL):
     return (labels[0] if best >= float(threshold) else unknown), best
 
 
+class Entries(MutableMapping):
+    """{id: {"label", "path"}} of a gallery, held compactly for millions of faces: one interned label
+    string per id and the source paths only where known (a dict per face costs ~900 bytes; this ~100)."""
+
+    __slots__ = ("_labels", "_paths")
+
+    def __init__(self, items=None):
+        self._labels, self._paths = {}, {}
+        for i, e in (items or {}).items():
+            self.set(i, e["label"], e.get("path"))
+
+    def set(self, i, label, path=None):
+        self._labels[i] = sys.intern(str(label))
+        if path is None:
+            self._paths.pop(i, None)
+        else:
+            self._paths[i] = str(path)
+
+    def label(self, i):
+        return self._labels[i]
+
+    def label_items(self):
+        return self._labels.items()
+
+    def __getitem__(self, i):
+        return {"label": self._labels[i], "path": self._paths.get(i)}
+
+    def __setitem__(self, i, entry):
+        self.set(i, entry["label"], entry.get("path"))
+
+    def __delitem__(self, i):
+        del self._labels[i]
+        self._paths.pop(i, None)
+
+    def __iter__(self):
+        return iter(self._labels)
+
+    def __len__(self):
+        return len(self._labels)
+
+    def __contains__(self, i):
+        return i in self._labels
+
+    def copy(self):
+        other = Entries()
+        other._labels, other._paths = dict(self._labels), dict(self._paths)
+        return other
+
+
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: a million-face id_map in seconds
+YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 class GalleryIndex:
     """Vectors with integer ids, a label and a source path per id, searchable by cosine similarity."""
 
@@ -170,7 +225,7 @@ class GalleryIndex:
         self.ef_search = HNSW_EF_SEARCH
         self.planned_size = None  # a streamed build's final size: IVF lists for it, trained on the first batch
         self.exact = None  # rerank: IndexIDMap2(Flat) of the exact features
-        self.entries = {}  # id -> {"label": str, "path": str | None}
+        self.entries = Entries()  # id -> {"label": str, "path": str | None}
         self.next_id = 0
         self.index = None  # built on the first add (IVF needs the data to train on)
 
@@ -181,19 +236,19 @@ class GalleryIndex:
     @property
     def labels(self):
         """Sorted distinct labels in the gallery."""
-        return sorted({e["label"] for e in self.entries.values()})
+        return sorted({lbl for _, lbl in self.entries.label_items()})
 
     @property
     def id_map(self):
         """{id: label}, PaddleX's IndexData.id_map."""
-        return {i: self.entries[i]["label"] for i in sorted(self.entries)}
+        return {i: self.entries.label(i) for i in sorted(self.entries)}
 
     def copy(self):
         """An independent copy (the faiss index cloned): change it while others search this one."""
         other = GalleryIndex(self.embedding_size, self.model_name, self.index_type, self.nprobe,
                              self.model_fingerprint, self.metric_type, self.pq_m, self.rerank)
         other.nlist, other.next_id, other.ef_search = self.nlist, self.next_id, self.ef_search
-        other.entries = {i: dict(e) for i, e in self.entries.items()}
+        other.entries = self.entries.copy()
         other.index = None if self.index is None else faiss.clone_index(self.index)
         other.exact = None if self.exact is None else faiss.clone_index(self.exact)
         return other
@@ -266,12 +321,12 @@ class GalleryIndex:
                 self.exact = faiss.IndexIDMap2(faiss.IndexFlatIP(self.embedding_size))
             self.exact.add_with_ids(feats, ids)
         for i, label, path in zip(ids.tolist(), labels, paths):
-            self.entries[i] = {"label": label, "path": None if path is None else str(path)}
+            self.entries.set(i, label, path)
         self.next_id += len(feats)
         return ids
     # ------------------------------------------------------------------ removal
     def ids_of_label(self, label):
-        return [i for i, e in self.entries.items() if e["label"] == str(label)]
+        return [i for i, lbl in self.entries.label_items() if lbl == str(label)]
 
     def remove_label(self, label):
         """Remove every vector of `label`; returns how many were removed."""
@@ -356,7 +411,7 @@ class GalleryIndex:
             row_i = row_i[valid]
             out_ids.append(row_i.astype(np.int64))
             out_scores.append(row_s[valid].astype(np.float32))
-            out_labels.append([self.entries[int(i)]["label"] for i in row_i])
+            out_labels.append([self.entries.label(int(i)) for i in row_i])
         return out_labels, out_scores, out_ids
 
     # ------------------------------------------------------------------ persistence
@@ -382,7 +437,7 @@ class GalleryIndex:
             "pq_m": self.pq_m,
             "rerank": self.rerank,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "sources": {str(i): self.entries[i]["path"] for i in sorted(self.entries)},
+            "sources": {str(i): self.entries._paths.get(i) for i in sorted(self.entries)},
         }
 
     def save(self, index_dir):
@@ -395,7 +450,7 @@ class GalleryIndex:
             if self.exact is not None:
                 faiss.write_index(self.exact, os.path.join(tmp, EXACT_FILE))
             with open(os.path.join(tmp, INFO_FILE), "w", encoding="utf-8") as f:
-                yaml.safe_dump(self.index_info(), f, default_flow_style=False, allow_unicode=True)
+                yaml.dump(self.index_info(), f, Dumper=YAML_DUMPER, default_flow_style=False, allow_unicode=True)
             meta = dict(self.meta(), index_sha256=file_digest(os.path.join(tmp, INDEX_FILE)))
             with open(os.path.join(tmp, META_FILE), "w", encoding="utf-8") as f:
                 json.dump(meta, f, indent=1, ensure_ascii=False)
@@ -462,7 +517,9 @@ class GalleryIndex:
             raise UserError(f"{where}: the ids in id_map do not match those in the faiss index (e.g. {odd}): "
                             "the folder is inconsistent; rebuild the index")
         sources = meta.get("sources") or {}
-        self.entries = {i: {"label": lbl, "path": sources.get(str(i))} for i, lbl in labels.items()}
+        self.entries = Entries()
+        for i, lbl in labels.items():
+            self.entries.set(i, lbl, sources.get(str(i)))
         self.index = index
         if isinstance(faiss.downcast_index(index), faiss.IndexIVF):
             self.nlist = int(faiss.downcast_index(index).nlist)
@@ -498,7 +555,7 @@ class GalleryIndex:
                     old = json.load(f)
             else:
                 with open(info_path, encoding="utf-8") as f:
-                    info = yaml.safe_load(f)
+                    info = yaml.load(f, Loader=YAML_LOADER)
         except (json.JSONDecodeError, UnicodeDecodeError, yaml.YAMLError) as e:
             first = str(e).strip().splitlines()[0]
             raise UserError(f"gallery index folder '{index_dir}': unreadable index info ({first}); rebuild the index") \

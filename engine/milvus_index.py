@@ -50,7 +50,7 @@ INSTALL_HINT = 'pip install -e ".[milvus]" (pymilvus and milvus-lite)'
 CONSISTENCY = "Strong"
 MAX_LABEL = 1024
 MAX_PATH = 4096
-INSERT_BATCH = 5000
+INSERT_BYTES = 2**20  # per insert call: Milvus Lite takes 40x longer per row for a 10 MB call than for 1 MB ones
 QUERY_PAGE = 4096
 MILVUS_INDEX = {"Flat": ("FLAT", {}), "IVF": ("IVF_FLAT", None), "HNSW": ("HNSW", {"M": 32, "efConstruction": 200}),
                 "IVFPQ": ("IVF_PQ", None)}  # our type -> Milvus' (HNSWSQ has no Milvus 2.4 counterpart)
@@ -136,6 +136,10 @@ def forget_client(uri, token=None):
         client = _clients.pop(key, None)
     if client is not None:
         client.close()
+        if is_lite(key[0]):  # closing the client leaves Lite's server (and its file lock) running
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(key[0])
 
 
 def _first_line(e):
@@ -168,7 +172,7 @@ class MilvusGalleryIndex:
     @classmethod
     def create(cls, uri, collection, embedding_size, model_name, model_fingerprint=None, index_type="Flat",
                metric_type="IP", nprobe=32, token=None, connect_timeout=5.0, connect_retries=3, replace=True,
-               planned_size=None):
+               planned_size=None, call_timeout=30.0):
         """A new empty collection (an existing one of that name is dropped when `replace`)."""
         client = client_for(uri, token, connect_timeout, connect_retries)
         uri = check_uri(uri)
@@ -202,10 +206,11 @@ class MilvusGalleryIndex:
                     extra.update(m=choose_pq_m(embedding_size), nbits=8)
             params.add_index("feature", index_type=name, metric_type="IP", params=extra)
             client.create_collection(collection, schema=schema, index_params=params, consistency_level=CONSISTENCY)
-        return cls(client, uri, collection, meta, nprobe, token)
+        return cls(client, uri, collection, meta, nprobe, token, call_timeout)
 
     @classmethod
-    def open(cls, uri, collection, nprobe=32, token=None, connect_timeout=5.0, connect_retries=3, missing=None):
+    def open(cls, uri, collection, nprobe=32, token=None, connect_timeout=5.0, connect_retries=3, missing=None,
+             call_timeout=30.0):
         """The collection `collection` on `uri`; `missing(message)` builds the error when it does not exist."""
         client = client_for(uri, token, connect_timeout, connect_retries)
         uri = check_uri(uri)
@@ -222,7 +227,7 @@ class MilvusGalleryIndex:
         except (ValueError, AssertionError):
             raise UserError(f"collection '{collection}' on {uri} was not made by facefeat (its description holds no "
                             "model record): give another index name") from None
-        return cls(client, uri, collection, meta, nprobe, token)
+        return cls(client, uri, collection, meta, nprobe, token, call_timeout)
 
     def close(self):
         """Release this process' client (for a Lite file: let another process open it)."""
@@ -298,12 +303,11 @@ class MilvusGalleryIndex:
                 raise UserError(f"label '{label[:40]}...' is longer than {MAX_LABEL} bytes, the milvus backend's limit")
         paths = [p if len(p.encode("utf-8")) <= MAX_PATH else p[-MAX_PATH // 4:] for p in paths]
         feats = l2_normalize_rows(feats)
-        ids = []
+        ids, step = [], max(1, INSERT_BYTES // (4 * self.embedding_size + 64))
         with milvus_errors(self.uri):
-            for s in range(0, len(feats), INSERT_BATCH):
+            for s in range(0, len(feats), step):
                 rows = [{"feature": f, "label": lbl, "path": p}
-                        for f, lbl, p in zip(feats[s:s + INSERT_BATCH], labels[s:s + INSERT_BATCH],
-                                             paths[s:s + INSERT_BATCH])]
+                        for f, lbl, p in zip(feats[s:s + step].tolist(), labels[s:s + step], paths[s:s + step])]
                 ids.extend(self.client.insert(self.collection, rows, timeout=self.call_timeout)["ids"])
         return np.asarray(ids, dtype=np.int64)
 

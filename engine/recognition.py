@@ -107,7 +107,7 @@ class FaceRecognitionPipeline:
     def __init__(self, model_dir, det=None, device="cpu", num_threads=2, batch_size=16, run_mode="paddle",
                  det_threshold=0.6, rec_threshold=None, rec_topk=5, index=None, index_type="Flat",
                  metric_type="IP", nprobe=32, backend="faiss", uri=None, token=None, connect_timeout=5.0,
-                 connect_retries=2, pq_m=0, rerank=0):
+                 connect_retries=2, pq_m=0, rerank=0, ef_search=64):
         threads = num_threads_from(num_threads)
         set_threads(threads)
         set_search_threads(threads)
@@ -123,7 +123,7 @@ class FaceRecognitionPipeline:
         self.index_type = index_type
         self.metric_type = metric_type
         self.nprobe = int(nprobe)
-        self.pq_m, self.rerank = int(pq_m or 0), int(rerank or 0)
+        self.pq_m, self.rerank, self.ef_search = int(pq_m or 0), int(rerank or 0), int(ef_search)
         if backend not in ("faiss", "milvus"):
             raise UserError(f"Index.backend '{backend}' is not one of faiss, milvus")
         self.backend = backend
@@ -166,7 +166,7 @@ class FaceRecognitionPipeline:
                    index_type=cfg.Index.index_type, metric_type=cfg.Index.metric_type, nprobe=cfg.Index.nprobe,
                    backend=cfg.Index.backend, uri=cfg.Index.uri, token=cfg.Index.token,
                    connect_timeout=cfg.Index.connect_timeout, connect_retries=cfg.Index.connect_retries,
-                   pq_m=cfg.Index.pq_m, rerank=cfg.Index.rerank)
+                   pq_m=cfg.Index.pq_m, rerank=cfg.Index.rerank, ef_search=cfg.Index.ef_search)
 
     # ------------------------------------------------------------------ embedding
     def embed(self, crops):
@@ -198,9 +198,11 @@ class FaceRecognitionPipeline:
                                              self.model.model_name, self.fingerprint, index_type, metric_type,
                                              self.nprobe, self.milvus["token"], self.milvus["connect_timeout"],
                                              self.milvus["connect_retries"])
-        return GalleryIndex(self.model.embedding_size, self.model.model_name, index_type, self.nprobe,
-                            model_fingerprint=self.fingerprint, metric_type=metric_type, pq_m=self.pq_m,
-                            rerank=self.rerank)
+        index = GalleryIndex(self.model.embedding_size, self.model.model_name, index_type, self.nprobe,
+                             model_fingerprint=self.fingerprint, metric_type=metric_type, pq_m=self.pq_m,
+                             rerank=self.rerank)
+        index.ef_search = self.ef_search
+        return index
 
     def enroll(self, items, desc="enrol", progress=True):
         """Embed the main face of each (source, label): an Enrolment. A source is a path or a numpy image."""
@@ -307,7 +309,9 @@ class FaceRecognitionPipeline:
 
             return MilvusGalleryIndex.open(self.milvus["uri"], folder, self.nprobe, self.milvus["token"],
                                            self.milvus["connect_timeout"], self.milvus["connect_retries"])
-        return GalleryIndex.load(folder, nprobe=self.nprobe)
+        index = GalleryIndex.load(folder, nprobe=self.nprobe)
+        index.ef_search = self.ef_search
+        return index
 
     # ------------------------------------------------------------------ recognition
     def predict(self, input, index=None, det_threshold=None, rec_threshold=None, hamming_radius=None, topk=None,
