@@ -53,6 +53,9 @@ def run(cfg):
     os.makedirs(cfg.Global.output, exist_ok=True)
     log = log_to_file(os.path.join(cfg.Global.output, "serve.log"))
     store = open_store(cfg.Index, serve)  # Index.backend=milvus: collections on Index.uri
+    problem = store.check()  # an unreachable Milvus fails here, in seconds, before the model loads
+    if problem:
+        raise UserError(problem)
     pipeline = FaceRecognitionPipeline.from_config(cfg)
     limits = ServiceLimits(max_request_bytes=int(serve.max_request_mb * 2**20),
                            max_images_per_request=serve.max_images_per_request,

@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 import pytest
 
+from tests._milvus import milvus_server, need_milvus  # noqa: F401 - milvus_server is a fixture
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIPELINE = os.path.join(REPO_ROOT, "configs", "face_recognition", "pipeline.yaml")
 DEMO_FACES = ("p00000/00", "p00000/03", "p00000/05", "p00001/00")  # ones YuNet finds on a canvas (scores 0.65-0.76)
@@ -234,3 +236,126 @@ def test_concurrent_adds_to_one_index_are_all_kept_and_sigterm_finishes_in_fligh
         assert server.proc.wait(timeout=60) == -signal.SIGTERM
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------- the milvus backend
+def client_flow(server):
+    """PaddleX's client flow (build, add, infer, remove with an absent id, infer), with the answers a
+    client can compare across backends: everything but the ids (Milvus makes its own)."""
+    answers = []
+    status, r = server.post("/face-recognition-index-build", {"imageLabelPairs": [
+        {"image": b64(photos_cache["p00000/00"]), "label": "alice"},
+        {"image": b64(photos_cache["p00001/00"]), "label": "bob"}]})
+    assert status == 200, r
+    key = r["result"]["indexKey"]
+    answers.append(("build", r["result"]["imageCount"], sorted(r["result"]["idMap"].values())))
+    status, r = server.post("/face-recognition-index-add", {"imageLabelPairs": [
+        {"image": b64(photos_cache["p00000/03"]), "label": "alice"}], "indexKey": key})
+    answers.append(("add", status, r["result"]["imageCount"], sorted(r["result"]["idMap"].values())))
+    bob = [int(i) for i, label in r["result"]["idMap"].items() if label == "bob"]
+    for name in ("p00001/00", "p00000/05"):
+        status, r = server.post("/face-recognition-infer", {"image": b64(photos_cache[name]), "indexKey": key,
+                                                            "recThreshold": -1.0, "topk": 5, "visualize": False})
+        face = r["result"]["faces"][0]
+        answers.append(("infer", name, face["label"], round(face["labelScore"], 3),
+                        [(m["label"], round(m["score"], 3)) for m in face["recResults"]]))
+    absent = max(bob) + 1000
+    status, r = server.post("/face-recognition-index-remove", {"ids": bob + [absent], "indexKey": key})
+    assert r["result"]["missingIds"] == [absent]  # the absent id is named
+    answers.append(("remove", status, r["result"]["imageCount"], sorted(r["result"]["idMap"].values())))
+    status, r = server.post("/face-recognition-infer", {"image": b64(photos_cache["p00001/00"]), "indexKey": key,
+                                                        "recThreshold": 0.999, "visualize": False})
+    answers.append(("after remove", r["result"]["faces"][0]["label"],
+                    [m["label"] for m in r["result"]["faces"][0]["recResults"]]))
+    return key, answers
+
+
+photos_cache = {}
+
+
+@pytest.fixture(scope="module")
+def faiss_answers(model_dir, photos, tmp_path_factory):
+    photos_cache.update(photos)
+    folder = tmp_path_factory.mktemp("faiss_flow")
+    server = Server(model_dir, folder / "indexes", folder / "out")
+    try:
+        return client_flow(server)[1]
+    finally:
+        server.stop()
+
+
+def milvus_server_args(uri, *more):
+    return ("Index.backend=milvus", f"Index.uri={uri}", *more)
+
+
+def test_milvus_lite_service_answers_as_faiss_and_restart_keeps_every_enrolment(model_dir, faiss_answers, tmp_path):
+    need_milvus()
+    uri = tmp_path / "gallery.db"
+    server = Server(model_dir, tmp_path / "unused", tmp_path / "out", *milvus_server_args(uri))
+    try:
+        key, answers = client_flow(server)
+        assert answers == faiss_answers
+        status, r = server.post("/face-recognition-index-add", {"imageLabelPairs": [
+            {"image": b64(photos_cache["p00001/00"]), "label": "carol"}], "indexKey": key})
+        assert status == 200 and r["result"]["imageCount"] == 3
+    finally:
+        server.stop()
+    assert not os.path.exists(tmp_path / "unused" / key)  # the index is in the Lite file, not in folders
+    again = Server(model_dir, tmp_path / "unused", tmp_path / "out", *milvus_server_args(uri))
+    try:
+        status, r = again.post("/face-recognition-index-remove", {"ids": [], "indexKey": key})
+        assert status == 200 and sorted(r["result"]["idMap"].values()) == ["alice", "alice", "carol"]
+        status, r = again.post("/face-recognition-infer", {"image": b64(photos_cache["p00001/00"]), "indexKey": key})
+        assert r["result"]["faces"][0]["label"] == "carol"
+    finally:
+        again.stop()
+
+
+def test_two_services_on_one_milvus_server_see_each_others_enrolments_at_once(model_dir, faiss_answers, tmp_path,
+                                                                            milvus_server):  # noqa: F811
+    args = milvus_server_args(milvus_server.uri)
+    one = Server(model_dir, tmp_path / "a", tmp_path / "out_a", *args)
+    two = None
+    try:
+        two = Server(model_dir, tmp_path / "b", tmp_path / "out_b", *args)
+        key, answers = client_flow(one)
+        assert answers == faiss_answers  # a server-backed index answers as faiss does
+        infer = {"image": b64(photos_cache["p00001/00"]), "indexKey": key, "visualize": False}
+        answer_one, answer_two = one.post("/face-recognition-infer", infer)[1], two.post("/face-recognition-infer",
+                                                                                           infer)[1]
+        assert answer_one["result"] == answer_two["result"] and answer_one["result"]["faces"][0]["label"] != "bob"
+        # process two enrols bob again; process one's very next request finds him, and both answer alike
+        status, r = two.post("/face-recognition-index-add", {"imageLabelPairs": [
+            {"image": b64(photos_cache["p00001/00"]), "label": "bob"}], "indexKey": key})
+        assert status == 200
+        answer_one, answer_two = one.post("/face-recognition-infer", infer)[1], two.post("/face-recognition-infer",
+                                                                                           infer)[1]
+        assert answer_one["result"]["faces"][0]["label"] == "bob" and answer_one["result"] == answer_two["result"]
+        bob_id = [int(i) for i, label in r["result"]["idMap"].items() if label == "bob"]
+        status, r = one.post("/face-recognition-index-remove", {"ids": bob_id + [7], "indexKey": key})
+        assert r["result"]["missingIds"] == [7] and "bob" not in r["result"]["idMap"].values()
+        assert two.post("/face-recognition-infer", infer)[1]["result"]["faces"][0]["label"] != "bob"
+        with urllib.request.urlopen(two.url + "/health") as h:
+            health = json.loads(h.read())
+        assert health["status"] == "ok" and health["indexes"] >= 1 and milvus_server.uri in health["index"]
+    finally:
+        one.stop()
+        if two is not None:
+            two.stop()
+
+
+def test_a_wrong_milvus_uri_fails_fast_with_the_uri_named(model_dir, tmp_path):
+    need_milvus()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "main.py"), "-c", PIPELINE, "-o", "Global.mode=serve",
+                          "-o", f"Serve.port={free_port()}", "-o", f"SubModules.Recognition.model_dir={model_dir}",
+                          "-o", f"Global.output={tmp_path}", "-o", "Index.connect_timeout=1", "-o",
+                          "Index.connect_retries=1", *[x for a in milvus_server_args(uri) for x in ("-o", a)]],
+                         capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert out.returncode == 1 and f"cannot reach the Milvus server at {uri} after 2 attempts" in out.stderr
+    assert time.perf_counter() - start < 60
+    assert "Traceback" not in out.stderr
