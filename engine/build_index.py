@@ -18,6 +18,7 @@ import time
 
 from datasets.demo import ensure_demo
 from engine.gallery_index import GalleryIndex
+from engine.index_store import open_index
 from engine.recognition import FaceRecognitionPipeline, gallery_items
 from foundation.errors import ConfigError, UserError
 from foundation.logger import log_to_file
@@ -65,19 +66,6 @@ def _no_face(summary, items):
     return UserError(f"no face found in any of the {len(items)} gallery images ({summary['skipped']} skipped, e.g. "
                      f"{first[0]}: {first[1]}); nothing written. For face crops set "
                      f"-o SubModules.Detection.enable=False")
-
-
-def _open_current(cfg, index_dir):
-    """The index to append to / remove from, opened before the model loads (a broken one fails fast)."""
-    if cfg.Index.backend == "milvus":
-        from engine.milvus_index import MilvusGalleryIndex
-
-        return MilvusGalleryIndex.open(cfg.Index.uri, index_dir, cfg.Index.nprobe, cfg.Index.token,
-                                       cfg.Index.connect_timeout, cfg.Index.connect_retries)
-    if not os.path.isdir(index_dir):
-        raise UserError(f"gallery index folder '{index_dir}' does not exist: build it first with "
-                        f"-o Global.mode=build_index -o Index.gallery=DIR -o index={index_dir}")
-    return GalleryIndex.load(index_dir, nprobe=cfg.Index.nprobe)
 
 
 def _build(cfg, pipe, items, index_dir, log):
@@ -137,7 +125,7 @@ def run(cfg):
         ensure_demo(gallery)
         items = gallery_items(gallery, label_file)  # a bad gallery path or list line fails before the model loads
     if action != "build_index":
-        current = _open_current(cfg, index_dir)  # ... and so does a broken or unreachable index
+        current = open_index(cfg.Index, index_dir)  # ... and so does a broken or unreachable index
     if milvus:
         log_dir = cfg.Global.output
         os.makedirs(log_dir, exist_ok=True)

@@ -225,6 +225,7 @@ class GalleryIndex:
         self.ef_search = HNSW_EF_SEARCH
         self.planned_size = None  # a streamed build's final size: IVF lists for it, trained on the first batch
         self.exact = None  # rerank: IndexIDMap2(Flat) of the exact features
+        self._exact_mapped = False  # True: self.exact is a read-only view of exact.index on disk
         self.entries = Entries()  # id -> {"label": str, "path": str | None}
         self.next_id = 0
         self.index = None  # built on the first add (IVF needs the data to train on)
@@ -250,8 +251,25 @@ class GalleryIndex:
         other.nlist, other.next_id, other.ef_search = self.nlist, self.next_id, self.ef_search
         other.entries = self.entries.copy()
         other.index = None if self.index is None else faiss.clone_index(self.index)
-        other.exact = None if self.exact is None else faiss.clone_index(self.exact)
+        other.exact = self._owned_exact()
         return other
+
+    def _owned_exact(self):
+        """A changeable copy of the exact features (a clone of a memory-mapped index would stay a view)."""
+        if self.exact is None:
+            return None
+        if not self._exact_mapped:
+            return faiss.clone_index(self.exact)
+        ids = faiss.vector_to_array(self.exact.id_map).astype(np.int64)
+        owned = faiss.IndexIDMap2(faiss.IndexFlatIP(self.embedding_size))
+        if len(ids):
+            owned.add_with_ids(faiss.downcast_index(self.exact.index).reconstruct_n(0, len(ids)), ids)
+        return owned
+
+    def _writable_exact(self):
+        if self._exact_mapped:
+            self.exact, self._exact_mapped = self._owned_exact(), False
+        return self.exact
 
     def _faiss_metric(self):
         return faiss.METRIC_INNER_PRODUCT if self.metric_type == "IP" else faiss.METRIC_L2
@@ -319,7 +337,7 @@ class GalleryIndex:
         if self.rerank:
             if self.exact is None:
                 self.exact = faiss.IndexIDMap2(faiss.IndexFlatIP(self.embedding_size))
-            self.exact.add_with_ids(feats, ids)
+            self._writable_exact().add_with_ids(feats, ids)
         for i, label, path in zip(ids.tolist(), labels, paths):
             self.entries.set(i, label, path)
         self.next_id += len(feats)
@@ -339,7 +357,7 @@ class GalleryIndex:
             return 0
         id_array = np.asarray(ids, dtype=np.int64)
         if self.exact is not None:
-            self.exact.remove_ids(faiss.IDSelectorBatch(id_array))
+            self._writable_exact().remove_ids(faiss.IDSelectorBatch(id_array))
         if self.index_type in ("HNSW", "HNSWSQ"):
             self._rebuild_hnsw_without(set(ids))
         else:
@@ -585,7 +603,10 @@ class GalleryIndex:
                 raise UserError(f"gallery index folder '{index_dir}' has no {EXACT_FILE} (the exact features its "
                                 "rerank needs): rebuild the index")
             # memory-mapped: a large gallery's exact features stay on disk; copy() reads them into memory
-            self.exact = faiss.read_index(exact_path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+            # (IO_FLAG_MMAP_IFC maps a flat index's codes; plain IO_FLAG_MMAP reads them into memory)
+            mmap = getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP)
+            self.exact = faiss.read_index(exact_path, mmap | faiss.IO_FLAG_READ_ONLY)
+            self._exact_mapped = True
             if self.exact.ntotal != len(self):
                 raise UserError(f"{exact_path} holds {self.exact.ntotal} features but the index {len(self)}: "
                                 "the folder is inconsistent; rebuild the index")

@@ -217,3 +217,15 @@ def open_store(index_cfg, serve_cfg):
         return MilvusIndexStore(index_cfg.uri, index_cfg.token, index_cfg.nprobe, index_cfg.connect_timeout,
                                 index_cfg.connect_retries)
     return IndexStore(serve_cfg.index_root, nprobe=index_cfg.nprobe)
+
+
+def open_index(index_cfg, name):
+    """The gallery index `name` of a pipeline config's Index section: a folder (faiss) or a collection
+    on Index.uri (milvus); opened before the model loads, so a missing or broken one fails fast."""
+    if index_cfg.backend == "milvus":
+        return MilvusGalleryIndex.open(index_cfg.uri, name, index_cfg.nprobe, index_cfg.token,
+                                       index_cfg.connect_timeout, index_cfg.connect_retries)
+    if not os.path.isdir(name):
+        raise UserError(f"gallery index folder '{name}' does not exist: build it first with "
+                        f"-o Global.mode=build_index -o Index.gallery=DIR -o index={name}")
+    return GalleryIndex.load(name, nprobe=index_cfg.nprobe)

@@ -8,7 +8,8 @@ recognize.log. A thin wrapper over FaceRecognitionPipeline.predict (engine.recog
 """
 import os
 
-from engine.gallery_index import UNKNOWN_LABEL, GalleryIndex
+from engine.gallery_index import UNKNOWN_LABEL
+from engine.index_store import open_index
 from engine.model_inputs import expand_inputs
 from engine.recognition import FaceRecognitionPipeline
 from foundation.errors import UserError
@@ -26,7 +27,7 @@ def run(cfg):
     index_dir = cfg.index
     if not index_dir:
         raise UserError("`index` is empty: set -o index=<gallery index folder> (build one with Global.mode=build_index)")
-    index = GalleryIndex.load(index_dir, nprobe=cfg.Index.nprobe)  # ... and a missing or broken index
+    index = open_index(cfg.Index, index_dir)  # ... and a missing, broken or unreachable index
     output = cfg.Global.output
     os.makedirs(output, exist_ok=True)
     log = log_to_file(os.path.join(output, "recognize.log"))

@@ -123,6 +123,9 @@ def test_compressed_types_train_search_remove_and_round_trip(index_type, rerank,
     assert changed.search(centres[5], top_k=1)[0][0][0] == "person_05"
     assert changed.remove_ids(list(changed.ids_of_label("person_06"))) == 10
     assert len(loaded) == len(index)
+    # the loaded index itself changes too (a resumed build adds to what it loaded)
+    loaded.add(centres[5:6], ["person_05"])
+    assert loaded.remove_label("person_07") == 10 and loaded.search(centres[5], top_k=1)[0][0][0] == "person_05"
 
 
 def test_compressed_types_on_a_tiny_gallery_and_bad_settings():

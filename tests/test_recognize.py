@@ -336,3 +336,52 @@ def test_rec_threshold_comes_from_the_model_unless_set(model_dir, tmp_path):
     pipe = RecognitionPipeline(str(folder), det={"enable": False})
     assert pipe.rec_threshold == 0.35 and "FAR 1e-2" in pipe.rec_threshold_source
     assert RecognitionPipeline(str(folder), det={"enable": False}, rec_threshold=0.5).rec_threshold == 0.5
+
+
+def test_cli_build_streams_in_steps_and_resumes_an_interrupted_build(model_dir, gallery, tmp_path, capsys):
+    from engine.recognition import create_pipeline, gallery_items
+
+    ix, out = tmp_path / "ix", tmp_path / "out"
+    common = [f"SubModules.Recognition.model_dir={model_dir}", f"index={ix}", f"Global.output={out}",
+              "SubModules.Detection.enable=False", "Index.build_batch=3"]
+    # an interrupted build: its checkpoint holds the first 3 images, as the first step of 3 writes it
+    pipe = create_pipeline(PIPELINE, config={"SubModules.Recognition.model_dir": model_dir,
+                                             "SubModules.Detection.enable": False})
+    items = gallery_items(str(gallery / "gallery"))
+    pipe.build_index(items[:3]).save(str(ix) + ".partial")
+    assert _cli("Global.mode=build_index", f"Index.gallery={gallery / 'gallery'}", *common) == 0
+    assert "8 of 8 gallery image(s) enrolled" in capsys.readouterr().out
+    log = (tmp_path / "build_index.log").read_text()
+    assert "resuming, 3 of 8 image(s) are already in the index" in log
+    assert "build index: 3 / 5 image(s) (60 %)" in log and "build index: 5 / 5 image(s) (100 %)" in log
+    meta = json.loads((ix / "meta.json").read_text())
+    assert meta["num_vectors"] == 8 and len(set(meta["sources"].values())) == 8  # none twice
+    assert not os.path.exists(str(ix) + ".partial")
+    # resume off: a leftover checkpoint is thrown away and the build starts again
+    pipe.build_index(items[:2]).save(str(ix) + ".partial")
+    assert _cli("Global.mode=build_index", f"Index.gallery={gallery / 'gallery'}", "Index.resume=False",
+                *common) == 0
+    assert json.loads((ix / "meta.json").read_text())["num_vectors"] == 8
+
+
+def test_cli_on_a_milvus_lite_collection(model_dir, gallery, tmp_path, capsys):
+    from tests._milvus import need_milvus
+
+    need_milvus()
+    out = tmp_path / "out"
+    common = [f"SubModules.Recognition.model_dir={model_dir}", "index=staff", f"Global.output={out}",
+              "SubModules.Detection.enable=False", "Index.backend=milvus", f"Index.uri={tmp_path / 'g.db'}"]
+    assert _cli("Global.mode=build_index", f"Index.gallery={gallery / 'gallery'}", *common) == 0
+    assert "index staff holds 8 face(s) of 4 people" in capsys.readouterr().out
+    assert _cli("Global.mode=recognize", f"Predict.input={gallery / 'queries'}", *common) == 0
+    res = json.loads(open(os.path.join(out, "q2_res.json")).read())
+    assert res["res"]["boxes"][0]["label"] == "person_2"
+    assert _cli("Global.mode=remove_index", "Index.remove_labels=[person_2]", "Index.remove_ids=[5]", *common) == 0
+    assert "removed 2 face(s); index staff holds 6 (was 8)" in capsys.readouterr().out
+    assert _cli("Global.mode=append_index", f"Index.gallery={gallery / 'gallery'}", *common) == 0
+    assert "index staff holds 14 face(s) of 4 people" in capsys.readouterr().out
+    assert _cli("Global.mode=remove_index", "Index.remove_labels=[nobody]", *common) == 1
+    assert "nothing removed" in capsys.readouterr().err
+    assert _cli("Global.mode=recognize", f"Predict.input={gallery / 'queries'}", "index=nobody", *common[:1],
+                *common[2:]) == 1
+    assert "no gallery index 'nobody' on Milvus" in capsys.readouterr().err
