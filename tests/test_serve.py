@@ -288,6 +288,7 @@ def milvus_server_args(uri, *more):
     return ("Index.backend=milvus", f"Index.uri={uri}", *more)
 
 
+@pytest.mark.slow  # ~25 s; still in the default run (and CI's): the core milvus checks
 def test_milvus_lite_service_answers_as_faiss_and_restart_keeps_every_enrolment(model_dir, faiss_answers, tmp_path):
     need_milvus()
     uri = tmp_path / "gallery.db"
@@ -311,6 +312,7 @@ def test_milvus_lite_service_answers_as_faiss_and_restart_keeps_every_enrolment(
         again.stop()
 
 
+@pytest.mark.slow  # ~25 s; still in the default run (and CI's): the core milvus checks
 def test_two_services_on_one_milvus_server_see_each_others_enrolments_at_once(model_dir, faiss_answers, tmp_path,
                                                                             milvus_server):  # noqa: F811
     args = milvus_server_args(milvus_server.uri)
