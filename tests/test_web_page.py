@@ -182,7 +182,12 @@ def drive_page(sync_playwright, base, photos, screenshot_paths):
             page.wait_for_function("document.getElementById('image-count').textContent === '3'")
             assert not page.is_visible("#error"), page.inner_text("#error")
             assert page.input_value("#index-key") == key, "the second enrolment must add to the same index"
-            assert page.locator("#people li").all_inner_texts() == ["Alice (2 photos)\nRemove", "Bob (1 photo)\nRemove"]
+            people = ["Alice (2 photos)\nRemove", "Bob (1 photo)\nRemove"]
+            assert page.locator("#people li").all_inner_texts() == people
+            page.reload()  # the key and the people it holds are remembered by the browser
+            assert page.input_value("#index-key") == key
+            assert page.inner_text("#image-count") == "3"
+            assert page.locator("#people li").all_inner_texts() == people
 
             # (b) recognize a photo that was enrolled as Alice.
             page.get_by_label("Photo", exact=True).set_input_files(photos[QUERY])
