@@ -99,37 +99,42 @@ def image_header(path):
     except OSError as e:
         raise HeaderError(f"cannot open ({e.strerror})") from None
     with f:
-        head = f.read(HEAD_BYTES)
-        if not head:
-            raise HeaderError("file is empty (0 bytes)")
-        if head.startswith(b"\x89PNG\r\n\x1a\n"):
-            if len(head) < 24 or head[12:16] != b"IHDR":
-                raise HeaderError("PNG header is incomplete (truncated file)")
-            w, h = struct.unpack(">II", head[16:24])
-            f.seek(-12, os.SEEK_END)
-            if f.read(12)[4:8] != b"IEND":
-                raise HeaderError("PNG has no end chunk (truncated file)")
-            return "png", w, h, None
-        if head.startswith(b"\xff\xd8"):
-            w, h = _jpeg_size(f, head)
+        return stream_header(f)
+
+
+def stream_header(f):
+    """image_header of an open binary file or a BytesIO (an upload held in memory)."""
+    head = f.read(HEAD_BYTES)
+    if not head:
+        raise HeaderError("file is empty (0 bytes)")
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        if len(head) < 24 or head[12:16] != b"IHDR":
+            raise HeaderError("PNG header is incomplete (truncated file)")
+        w, h = struct.unpack(">II", head[16:24])
+        f.seek(-12, os.SEEK_END)
+        if f.read(12)[4:8] != b"IEND":
+            raise HeaderError("PNG has no end chunk (truncated file)")
+        return "png", w, h, None
+    if head.startswith(b"\xff\xd8"):
+        w, h = _jpeg_size(f, head)
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - 1024))
+        if b"\xff\xd9" not in f.read(1024):
+            return "jpeg", w, h, "JPEG has no end marker near the end of the file (it may be truncated)"
+        return "jpeg", w, h, None
+    if head.startswith(b"BM") and len(head) >= 26:
+        declared = struct.unpack("<I", head[2:6])[0]
+        w, h = struct.unpack("<ii", head[18:26])
+        f.seek(0, os.SEEK_END)
+        if declared and f.tell() < declared:
+            raise HeaderError("BMP is shorter than its header says (truncated file)")
+        return "bmp", w, abs(h), None
+    if len(head) >= 3 and head[:1] == b"P" and head[1:2] in b"123456" and head[2:3].isspace():
+        w, h, expected = _pnm_size(head)
+        if expected is not None:
             f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 1024))
-            if b"\xff\xd9" not in f.read(1024):
-                return "jpeg", w, h, "JPEG has no end marker near the end of the file (it may be truncated)"
-            return "jpeg", w, h, None
-        if head.startswith(b"BM") and len(head) >= 26:
-            declared = struct.unpack("<I", head[2:6])[0]
-            w, h = struct.unpack("<ii", head[18:26])
-            f.seek(0, os.SEEK_END)
-            if declared and f.tell() < declared:
-                raise HeaderError("BMP is shorter than its header says (truncated file)")
-            return "bmp", w, abs(h), None
-        if len(head) >= 3 and head[:1] == b"P" and head[1:2] in b"123456" and head[2:3].isspace():
-            w, h, expected = _pnm_size(head)
-            if expected is not None:
-                f.seek(0, os.SEEK_END)
-                if f.tell() < expected:
-                    raise HeaderError("PGM/PPM is shorter than its header says (truncated file)")
-            return "pnm", w, h, None
-        return None, 0, 0, None
+            if f.tell() < expected:
+                raise HeaderError("PGM/PPM is shorter than its header says (truncated file)")
+        return "pnm", w, h, None
+    return None, 0, 0, None

@@ -3,12 +3,13 @@
 Pre-processing follows the reference: bilinear resize to 112x112 (aspect not kept), BGR -> RGB,
 (x / 255 - 0.5) / 0.5, HWC -> CHW, float32.
 """
+import io
 import os
 
 import cv2
 import numpy as np
 
-from datasets.image_headers import HeaderError, image_header
+from datasets.image_headers import HeaderError, image_header, stream_header
 
 IMAGE_SIZE = 112
 # Largest image decoded, in pixels (Global.max_image_pixels, passed through the environment so
@@ -86,6 +87,25 @@ def read_image(path):
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if img is None:
         raise ImageReadError(f"cannot decode image: {path} (not an image, or a truncated/corrupt file)")
+    return to_bgr(img)
+
+
+def decode_image_bytes(data, name="image"):
+    """Decode an image held in memory (an upload) as BGR uint8, with read_image's checks: the
+    header first (pixel limit, truncation), then cv2.imdecode. ImageReadError names `name`."""
+    if not data:
+        raise ImageReadError(f"{name} is empty (0 bytes)")
+    try:
+        _, width, height, _ = stream_header(io.BytesIO(data))
+    except HeaderError as e:
+        if "truncated" in str(e):
+            raise ImageReadError(f"{name}: {e}") from None
+        width = height = 0
+    if width and height:
+        check_pixel_limit(name, width, height)
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageReadError(f"{name} is not an image (cv2 cannot decode it: not JPEG/PNG/BMP/..., or corrupt)")
     return to_bgr(img)
 
 

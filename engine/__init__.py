@@ -19,6 +19,7 @@ MODES = {
     "append_index": "engine.build_index",
     "remove_index": "engine.build_index",
     "recognize": "engine.recognize",
+    "serve": "engine.serve",
 }
 
 
@@ -44,3 +45,10 @@ def create_model(model_name=None, model_dir=None, **kwargs):
     from engine.predictor import create_model as _create_model
 
     return _create_model(model_name, model_dir=model_dir, **kwargs)
+
+
+def create_pipeline(pipeline="face_recognition", device=None, config=None):
+    """Python API, PaddleX's: the face recognition pipeline (see engine.recognition.create_pipeline)."""
+    from engine.recognition import create_pipeline as _create_pipeline  # Paddle loads here, as above
+
+    return _create_pipeline(pipeline, device=device, config=config)

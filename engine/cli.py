@@ -23,7 +23,7 @@ from foundation.runtime import num_threads_from, set_threads
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         description="Face feature toolkit. Modes (Global.mode): check_dataset, train, evaluate, export, predict; "
-                    "with configs/face_recognition/pipeline.yaml: build_index, append_index, remove_index, recognize.",
+                    "with configs/face_recognition/pipeline.yaml: build_index, append_index, remove_index, recognize, serve.",
     )
     parser.add_argument("-c", "--config", required=True, help="YAML config, e.g. configs/face_recognition/MobileFaceNet.yaml")
     parser.add_argument(

@@ -18,7 +18,16 @@ from typing import Any, get_args, get_origin
 import yaml
 from omegaconf import OmegaConf
 
-from engine.config_schema import allowed_text, default_of, leaf_fields, schema_for, section_keys, type_name
+from engine.config_schema import (
+    MOVED_KEYS,
+    PipelineConfig,
+    allowed_text,
+    default_of,
+    leaf_fields,
+    schema_for,
+    section_keys,
+    type_name,
+)
 from foundation.atomic_io import atomic_write_text
 from foundation.errors import ConfigError
 
@@ -54,6 +63,19 @@ def nearest(word, choices, n=3):
 def _did_you_mean(word, choices):
     close = nearest(str(word), [str(c) for c in choices])
     return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+def pipeline_config_path(pipeline):
+    """PaddleX's pipeline argument: a pipeline name ("face_recognition", the bundled pipeline.yaml)
+    or the path of a pipeline YAML; ConfigError for anything else."""
+    text = os.fspath(pipeline)
+    if text == "face_recognition":
+        return os.path.join(CONFIG_DIR, "pipeline.yaml")
+    if text.lower().endswith((".yaml", ".yml")):
+        if not os.path.isfile(text):
+            raise ConfigError(f"pipeline config {text} does not exist")
+        return text
+    raise ConfigError(f"unknown pipeline '{text}': give 'face_recognition' or the path of a pipeline .yaml")
 
 
 # --------------------------------------------------------------------------- reading
@@ -201,6 +223,14 @@ def _flatten(data, prefix=""):
     return out
 
 
+def _unknown_key(key, where, known, schema):
+    """The error for a key the schema does not have: 'renamed' for an old pipeline key."""
+    if schema is PipelineConfig and key in MOVED_KEYS:
+        return ConfigError(f"{where}: '{key}' is now '{MOVED_KEYS[key]}' (pipeline.yaml follows PaddleX's "
+                           f"face_recognition layout); rename it")
+    return ConfigError(f"{where}: unknown config key '{key}'.{_did_you_mean(key, known)}")
+
+
 def load_config(path, overrides=()):
     """Read `path`, apply `overrides` ('Key.sub=value' strings), check every value; a DictConfig."""
     data, lines = read_yaml(path)
@@ -217,7 +247,7 @@ def load_config(path, overrides=()):
                 raise ConfigError(f"{where}: '{key}' is a section; give its fields, not a value")
             continue
         if key not in leaves:
-            raise ConfigError(f"{where}: unknown config key '{key}'.{_did_you_mean(key, known)}")
+            raise _unknown_key(key, where, known, schema)
         values[key] = (value, where)
     for text in overrides:
         key, value = parse_override(text)
@@ -226,12 +256,12 @@ def load_config(path, overrides=()):
             if isinstance(value, dict):
                 for sub, v in _flatten(value, key).items():
                     if sub not in leaves:
-                        raise ConfigError(f"{where}: unknown config key '{sub}'.{_did_you_mean(sub, known)}")
+                        raise _unknown_key(sub, where, known, schema)
                     values[sub] = (v, where)
                 continue
             raise ConfigError(f"config key '{key}' is a section; set one of its fields, e.g. '{key}.<field>=...'")
         if key not in leaves:
-            raise ConfigError(f"unknown config key '{key}' (not in {path}).{_did_you_mean(key, known)}")
+            raise _unknown_key(key, where, known, schema)
         values[key] = (value, where)
 
     cfg = OmegaConf.structured(schema)

@@ -14,7 +14,7 @@ from typing import Any, List, Optional, get_args, get_origin
 
 BACKBONES = ("MobileFaceNet", "ResNet50_face")
 MODEL_MODES = ("check_dataset", "train", "evaluate", "export", "predict")
-PIPELINE_MODES = ("build_index", "append_index", "remove_index", "recognize")
+PIPELINE_MODES = ("build_index", "append_index", "remove_index", "recognize", "serve")
 RUN_MODES = ("paddle", "mkldnn", "mkldnn_bf16")
 
 
@@ -171,10 +171,45 @@ class ModelConfig:
 
 
 # --------------------------------------------------------------------------- pipeline config
+# pipeline.yaml has PaddleX's face_recognition pipeline layout (pipeline_name, index, det_threshold,
+# rec_threshold, rec_topk, SubModules: Detection / Recognition), which create_pipeline() reads, plus
+# the sections the command line and the service use (Global, Index, Predict, Serve).
+DETECTOR_NAMES = ("YuNet", "BlazeFace", "BlazeFace-FPN-SSH", "PicoDet_LCNet_x2_5_face", "PP-YOLOE_plus-S_face")
+
+
+@dataclass
+class DetectionModule:
+    module_name: str = setting("face_detection", "PaddleX's module name", choices=("face_detection",))
+    model_name: str = setting("YuNet", "YuNet (bundled: boxes and 5 landmarks, no download) or a PaddleX face "
+                              "detector (boxes only; landmarks then come from YuNet), exported to model_dir or "
+                              "downloaded once by name", choices=DETECTOR_NAMES)
+    model_dir: Optional[str] = setting(None, "exported PaddleDetection/PaddleX face detector folder (unused by YuNet)")
+    batch_size: int = setting(1, "images per detector call (detection runs one image at a time)", min=1)
+    enable: bool = setting(True, "False: every image is already a face crop (the whole image is the face)")
+    margin: float = setting(0.2, "square-crop margin (fraction of the box side) for a face without landmarks",
+                            min=0.0, max=2.0)
+    min_size: int = setting(24, "smallest face side in pixels", min=1)
+
+
+@dataclass
+class RecognitionModule:
+    module_name: str = setting("face_feature", "PaddleX's module name", choices=("face_feature",))
+    model_name: str = setting("MobileFaceNet", "the feature model; with model_dir null, the official one "
+                              "(downloaded once into ~/.cache/facefeat)", choices=BACKBONES)
+    model_dir: Optional[str] = setting("output/best_model/inference", "exported face feature model "
+                                       "(Global.mode=export); null = the official model_name")
+    batch_size: int = setting(16, "faces embedded per forward pass", min=1)
+    run_mode: str = setting("paddle", "paddle (fp32) or mkldnn_bf16", choices=RUN_MODES)
+
+
+@dataclass
+class SubModulesSection:
+    Detection: DetectionModule = setting(DetectionModule, "")
+    Recognition: RecognitionModule = setting(RecognitionModule, "")
+
+
 @dataclass
 class PipelineGlobal:
-    model: str = setting("MobileFaceNet", "the official feature model used when Rec.model_dir is null",
-                         choices=("MobileFaceNet", "ResNet50_face"))
     mode: str = setting("recognize", "what to run", choices=PIPELINE_MODES)
     device: str = setting("cpu", "cpu or gpu:0")
     output: str = setting("output/recognition", "recognize writes <name>_res.json (+ .jpg) here")
@@ -184,38 +219,16 @@ class PipelineGlobal:
 
 
 @dataclass
-class DetSection:
-    enable: bool = setting(True, "False: every image is already a face crop")
-    type: str = setting("yunet", "yunet (bundled YuNet: boxes and 5 landmarks) or paddle (an exported "
-                        "PaddleDetection/PaddleX face detector in model_dir; landmarks from YuNet)",
-                        choices=("yunet", "paddle"))
-    model_dir: Optional[str] = setting(None, "paddle: exported face detector folder (unused by yunet)")
-    threshold: float = setting(0.6, "detection score threshold", min=0.0, max=1.0)
-    margin: float = setting(0.2, "square-crop margin (fraction of the box side) for a face without landmarks", min=0.0, max=2.0)
-    min_size: int = setting(24, "smallest face side in pixels", min=1)
-
-
-@dataclass
-class RecSection:
-    model_dir: Optional[str] = setting("output/best_model/inference", "exported face feature model; null = the "
-                                       "official Global.model (downloaded once into ~/.cache/facefeat)")
-    batch_size: int = setting(16, "faces embedded per forward pass", min=1)
-    run_mode: str = setting("paddle", "paddle (fp32) or mkldnn_bf16", choices=RUN_MODES)
-
-
-@dataclass
 class IndexSection:
-    gallery: str = setting("dataset/face_demo/val/images", "one sub-folder of images per person (name = label)")
-    label_file: Optional[str] = setting(None, "or a file of '<image path> <label>' lines")
-    dir: str = setting("output/gallery_index", "index folder (vector.index, id_map.json, meta.json)")
-    index_type: str = setting("Flat", "Flat (exact), IVF (IVFFlat) or HNSW (HNSW32)", choices=("Flat", "IVF", "HNSW"))
-    top_k: int = setting(5, "gallery matches reported per face", min=1)
-    rec_threshold: Optional[float] = setting(None, "cosine below which the best match is 'unknown'; null = the "
-                                             "threshold the model's inference.yml records (FAR 1e-3, 1e-2 or best "
-                                             "accuracy on its validation pairs), else 0.4", min=-1.0, max=1.0)
+    gallery: str = setting("dataset/face_demo/val/images", "gallery root: one sub-folder of images per person "
+                           "(name = label), or the root the label_file paths are relative to")
+    label_file: Optional[str] = setting(None, "PaddleX's gallery.txt: '<image path> <label>' lines")
+    index_type: str = setting("Flat", "Flat (exact), IVF (IVFFlat) or HNSW32", choices=("Flat", "IVF", "HNSW32", "HNSW"))
+    metric_type: str = setting("IP", "IP (inner product = cosine) or L2; scores are cosines either way",
+                               choices=("IP", "L2"))
     nprobe: int = setting(32, "IVF lists searched per query", min=1)
     remove_labels: List[str] = setting([], "remove_index: labels to remove")
-    remove_ids: List[int] = setting([], "remove_index: ids (from id_map.json) to remove")
+    remove_ids: List[int] = setting([], "remove_index: ids (from id_map.yaml) to remove")
 
 
 @dataclass
@@ -226,20 +239,58 @@ class PipelinePredict:
 
 
 @dataclass
+class ServeSection:
+    host: str = setting("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+    port: int = setting(8080, "TCP port", min=1, max=65535)
+    index_root: str = setting("output/indexes", "one index folder per indexKey, kept across restarts")
+    max_request_mb: float = setting(32.0, "largest request body in MB (413 beyond)", greater_than=0.0)
+    max_images_per_request: int = setting(64, "imageLabelPairs per build/add request", min=1)
+    url_images: bool = setting(True, "accept http(s) URLs as images (fetched by the server)")
+    url_timeout: float = setting(10.0, "seconds to fetch one image URL", greater_than=0.0)
+    shutdown_timeout: float = setting(30.0, "seconds in-flight requests get to finish on Ctrl-C / SIGTERM",
+                                      min=0.0)
+
+
+@dataclass
 class PipelineConfig:
+    pipeline_name: str = setting("face_recognition", "PaddleX's pipeline name", choices=("face_recognition",))
+    index: Optional[str] = setting("output/gallery_index", "the gallery index folder: build_index writes it, "
+                                   "recognize and predict search it (vector.index, id_map.yaml, meta.json)")
+    det_threshold: float = setting(0.6, "detection score threshold", min=0.0, max=1.0)
+    rec_threshold: Optional[float] = setting(None, "cosine below which the best match is 'unknown'; null = the "
+                                             "threshold the model's inference.yml records (FAR 1e-3, 1e-2 or best "
+                                             "accuracy on its validation pairs), else 0.4", min=-1.0, max=1.0)
+    rec_topk: int = setting(5, "gallery matches reported per face", min=1)
+    SubModules: SubModulesSection = setting(SubModulesSection, "")
     Global: PipelineGlobal = setting(PipelineGlobal, "")
-    Det: DetSection = setting(DetSection, "")
-    Rec: RecSection = setting(RecSection, "")
     Index: IndexSection = setting(IndexSection, "")
     Predict: PipelinePredict = setting(PipelinePredict, "")
+    Serve: ServeSection = setting(ServeSection, "")
 
 
-PIPELINE_SECTIONS = ("Det", "Rec", "Index")
+PIPELINE_MARKERS = ("pipeline_name", "SubModules", "Det", "Rec", "Index", "Serve")
+
+# Keys of the pipeline config before it took PaddleX's layout: a clear "renamed" error, not "unknown".
+MOVED_KEYS = {
+    "Global.model": "SubModules.Recognition.model_name",
+    "Det.enable": "SubModules.Detection.enable",
+    "Det.type": "SubModules.Detection.model_name (YuNet, or a PaddleX detector name with model_dir)",
+    "Det.model_dir": "SubModules.Detection.model_dir",
+    "Det.threshold": "det_threshold",
+    "Det.margin": "SubModules.Detection.margin",
+    "Det.min_size": "SubModules.Detection.min_size",
+    "Rec.model_dir": "SubModules.Recognition.model_dir",
+    "Rec.batch_size": "SubModules.Recognition.batch_size",
+    "Rec.run_mode": "SubModules.Recognition.run_mode",
+    "Index.dir": "index",
+    "Index.top_k": "rec_topk",
+    "Index.rec_threshold": "rec_threshold",
+}
 
 
 def schema_for(data):
-    """The schema a YAML mapping is written for: a pipeline config has Det/Rec/Index sections."""
-    return PipelineConfig if any(k in data for k in PIPELINE_SECTIONS) else ModelConfig
+    """The schema a YAML mapping is written for: a pipeline config has PaddleX's pipeline keys."""
+    return PipelineConfig if any(k in data for k in PIPELINE_MARKERS) else ModelConfig
 
 
 # --------------------------------------------------------------------------- walking the schema

@@ -1,19 +1,29 @@
-"""Gallery index for 1:N face search on faiss: cosine similarity as inner product on L2-normalised features.
+"""Gallery index for 1:N face search on faiss: cosine similarity of L2-normalised features.
 
-A saved index is a folder:
-  vector.index   the faiss index (faiss.write_index)
-  id_map.json    {"<id>": {"label": ..., "path": ...}}: who each stored vector is and where it came from
-  meta.json      model name, embedding size, model fingerprint, index type, metric, counts
+A saved index is a folder in PaddleX's layout, so PaddleX reads ours and we read PaddleX's:
+  vector.index   the faiss index (faiss.write_index); ids are the gallery ids
+  id_map.yaml    PaddleX's index info: {"id_map": {<id>: <label>}, "metric_type": "IP" | "L2",
+                 "index_type": "Flat" | "IVF" | "HNSW32"}
+  meta.json      ours, beside it (PaddleX ignores it): model name, embedding size, weights
+                 fingerprint, the sha256 of vector.index, counts, and each id's source image.
+An index without meta.json (built by PaddleX) loads too; its queries are then checked for the
+embedding size only. The older layout of this project (id_map.json + meta.json) still loads and is
+written in the new layout on its next save.
 
-Index types and how removal works for each (the reference cannot remove from HNSW at all):
-  Flat  IndexIDMap2(IndexFlatIP): exact search; removal through the id map.
-  IVF   IndexIVFFlat(IndexFlatIP quantizer, nlist) carrying our ids natively, trained on the gallery
-        at build time; nlist grows with the gallery size (about 4 * sqrt(N), at least 39 training
-        points per list). IVF is not wrapped in an IndexIDMap: IndexIDMap.remove_ids assumes the inner
-        index renumbers what remains, which IVF does not, so the map would go wrong after a removal.
+Metrics: features are L2-normalised before they are stored, so inner product ("IP", the default)
+is the cosine, and PaddleX's "L2" (squared distance d) is turned into the cosine 1 - d/2. Every
+score this module returns is a cosine, so one threshold means the same for both (PaddleX compares
+an L2 distance against its similarity threshold, the wrong way round).
+
+Index types and how removal works for each (PaddleX cannot remove from HNSW32, and its IVF inside
+an IndexIDMap2 maps the wrong ids after a removal):
+  Flat  IndexIDMap2(flat): exact search; removal through the id map.
+  IVF   IndexIVFFlat carrying our ids natively, trained on the gallery at build time; nlist grows
+        with the gallery size (about 4 * sqrt(N), at least 39 training points per list). Not wrapped
+        in an IndexIDMap: IndexIDMap.remove_ids assumes the inner index renumbers what remains, which
+        IVF does not. A PaddleX IVF (wrapped) is unwrapped when it loads.
   HNSW  IndexIDMap2(IndexHNSWFlat, M=32). HNSW graphs cannot drop nodes, so a removal rebuilds the
-        graph from the vectors that remain; those are read back from the graph's own flat storage,
-        so no second copy of the gallery is kept in memory or on disk.
+        graph from the vectors that remain, read back from the graph's own flat storage.
 
 Features from a different model cannot be compared with the stored ones, so the model name,
 embedding size and weights fingerprint are recorded and a mismatching query is refused.
@@ -26,21 +36,27 @@ import os
 import time
 
 import numpy as np
+import yaml
 
 from datasets.transforms import IMAGE_EXTENSIONS, list_images
 from engine.metrics import l2_normalize
 from foundation.atomic_io import atomic_replace_dir, file_digest
 from foundation.errors import UserError
+from foundation.logger import get_logger
+from foundation.safe_pickle import RefusedGlobal, safe_loads
 
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # no INFO lines about CPU features
 import faiss  # noqa: E402 - after quieting its loader
 
 INDEX_TYPES = ("Flat", "IVF", "HNSW")
+METRIC_TYPES = ("IP", "L2")
+PADDLEX_INDEX_TYPE = {"Flat": "Flat", "IVF": "IVF", "HNSW": "HNSW32"}  # our name -> id_map.yaml's
 UNKNOWN_LABEL = "unknown"
 INDEX_FILE = "vector.index"
-ID_MAP_FILE = "id_map.json"
+INFO_FILE = "id_map.yaml"  # PaddleX's name for its index info
 META_FILE = "meta.json"
-FORMAT_VERSION = 1
+OLD_ID_MAP_FILE = "id_map.json"  # this project's layout before format 2
+FORMAT_VERSION = 2
 HNSW_M = 32
 # Candidates kept while walking the HNSW graph at query time. faiss' default (16) finds the exact
 # top-1 for only ~77 % of queries on 100k random 512-d vectors; 64 costs a fraction of a millisecond.
@@ -61,8 +77,18 @@ def normalize_index_type(name):
     key = str(name or "Flat").strip().lower()
     table = {"flat": "Flat", "ivf": "IVF", "ivfflat": "IVF", "hnsw": "HNSW", "hnsw32": "HNSW"}
     if key not in table:
-        raise UserError(f"Index.index_type '{name}' is not one of {', '.join(INDEX_TYPES)}")
+        raise UserError(f"index_type '{name}' is not one of Flat, IVF, HNSW32")
     return table[key]
+
+
+def normalize_metric(name):
+    """'IP' / 'ip' / 'inner_product' -> 'IP'; 'L2' -> 'L2'; anything else is a UserError."""
+    key = str(name or "IP").strip().upper()
+    key = {"INNER_PRODUCT": "IP", "COSINE": "IP"}.get(key, key)
+    if key not in METRIC_TYPES:
+        raise UserError(f"metric_type '{name}' is not one of IP, L2 (hamming needs binary features, which "
+                        "face feature models do not make)")
+    return key
 
 
 def l2_normalize_rows(x):
@@ -90,13 +116,15 @@ def apply_threshold(labels, scores, threshold, unknown=UNKNOWN_LABEL):
 class GalleryIndex:
     """Vectors with integer ids, a label and a source path per id, searchable by cosine similarity."""
 
-    def __init__(self, embedding_size, model_name, index_type="Flat", nprobe=32, model_fingerprint=None):
+    def __init__(self, embedding_size, model_name, index_type="Flat", nprobe=32, model_fingerprint=None,
+                 metric_type="IP"):
         self.embedding_size = int(embedding_size)
         if self.embedding_size <= 0:
             raise UserError(f"embedding size must be positive, got {embedding_size}")
-        self.model_name = str(model_name)
+        self.model_name = None if model_name is None else str(model_name)  # None: unknown (a PaddleX index)
         self.model_fingerprint = model_fingerprint
         self.index_type = normalize_index_type(index_type)
+        self.metric_type = normalize_metric(metric_type)
         self.nprobe = int(nprobe)
         self.nlist = None
         self.entries = {}  # id -> {"label": str, "path": str | None}
@@ -112,15 +140,33 @@ class GalleryIndex:
         """Sorted distinct labels in the gallery."""
         return sorted({e["label"] for e in self.entries.values()})
 
+    @property
+    def id_map(self):
+        """{id: label}, PaddleX's IndexData.id_map."""
+        return {i: self.entries[i]["label"] for i in sorted(self.entries)}
+
+    def copy(self):
+        """An independent copy (the faiss index cloned): change it while others search this one."""
+        other = GalleryIndex(self.embedding_size, self.model_name, self.index_type, self.nprobe,
+                             self.model_fingerprint, self.metric_type)
+        other.nlist, other.next_id = self.nlist, self.next_id
+        other.entries = {i: dict(e) for i, e in self.entries.items()}
+        other.index = None if self.index is None else faiss.clone_index(self.index)
+        return other
+
+    def _faiss_metric(self):
+        return faiss.METRIC_INNER_PRODUCT if self.metric_type == "IP" else faiss.METRIC_L2
+
     def _new_index(self, train_vectors):
-        d = self.embedding_size
+        d, metric = self.embedding_size, self._faiss_metric()
         if self.index_type == "Flat":
-            return faiss.IndexIDMap2(faiss.IndexFlatIP(d))
+            flat = faiss.IndexFlatIP(d) if self.metric_type == "IP" else faiss.IndexFlatL2(d)
+            return faiss.IndexIDMap2(flat)
         if self.index_type == "HNSW":
-            return faiss.IndexIDMap2(faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT))
+            return faiss.IndexIDMap2(faiss.IndexHNSWFlat(d, HNSW_M, metric))
         self.nlist = choose_nlist(len(train_vectors))
-        quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, self.nlist, faiss.METRIC_INNER_PRODUCT)
+        quantizer = faiss.IndexFlatIP(d) if self.metric_type == "IP" else faiss.IndexFlatL2(d)
+        index = faiss.IndexIVFFlat(quantizer, d, self.nlist, metric)
         index.cp.min_points_per_centroid = 1  # small galleries: no warning spam, nlist already limits it
         index.train(train_vectors)
         index.nprobe = max(1, min(self.nprobe, self.nlist))
@@ -131,7 +177,7 @@ class GalleryIndex:
         problems = []
         if int(embedding_size) != self.embedding_size:
             problems.append(f"embedding size {embedding_size} != {self.embedding_size}")
-        if model_name is not None and str(model_name) != self.model_name:
+        if model_name is not None and self.model_name is not None and str(model_name) != self.model_name:
             problems.append(f"model '{model_name}' != '{self.model_name}'")
         if (model_fingerprint and self.model_fingerprint and model_fingerprint != self.model_fingerprint):
             problems.append("the model weights differ from those that built the index")
@@ -148,7 +194,7 @@ class GalleryIndex:
         if feats.ndim != 2 or feats.shape[1] != self.embedding_size:
             raise IndexMismatchError(
                 f"cannot add features of shape {tuple(feats.shape)} to a {self.embedding_size}-d index "
-                f"built by {self.model_name}: rebuild the index with the new model"
+                f"built by {self.model_name or 'another model'}: rebuild the index with the new model"
             )
         labels = [str(x) for x in labels]
         if len(labels) != len(feats):
@@ -165,7 +211,6 @@ class GalleryIndex:
             self.entries[i] = {"label": label, "path": None if path is None else str(path)}
         self.next_id += len(feats)
         return ids
-
     # ------------------------------------------------------------------ removal
     def ids_of_label(self, label):
         return [i for i, e in self.entries.items() if e["label"] == str(label)]
@@ -225,6 +270,8 @@ class GalleryIndex:
         elif self.index_type == "HNSW":
             faiss.downcast_index(self.index.index).hnsw.efSearch = max(HNSW_EF_SEARCH, k)
         scores, ids = self.index.search(l2_normalize_rows(feats), k)
+        if self.metric_type == "L2":  # squared distance of unit vectors -> cosine
+            scores = 1.0 - scores / 2.0
         out_labels, out_scores, out_ids = [], [], []
         for row_s, row_i in zip(scores, ids):
             valid = row_i >= 0  # IVF/HNSW may find fewer than k neighbours
@@ -235,6 +282,11 @@ class GalleryIndex:
         return out_labels, out_scores, out_ids
 
     # ------------------------------------------------------------------ persistence
+    def index_info(self):
+        """PaddleX's index info (id_map.yaml; also the second half of its IndexData bytes)."""
+        return {"index_type": PADDLEX_INDEX_TYPE[self.index_type], "metric_type": self.metric_type,
+                "id_map": self.id_map}
+
     def meta(self):
         return {
             "format_version": FORMAT_VERSION,
@@ -242,7 +294,7 @@ class GalleryIndex:
             "embedding_size": self.embedding_size,
             "model_fingerprint": self.model_fingerprint,
             "index_type": self.index_type,
-            "metric": "inner_product",
+            "metric_type": self.metric_type,
             "normalized": True,
             "num_vectors": len(self),
             "num_labels": len(self.labels),
@@ -250,6 +302,7 @@ class GalleryIndex:
             "nlist": self.nlist,
             "nprobe": self.nprobe,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "sources": {str(i): self.entries[i]["path"] for i in sorted(self.entries)},
         }
 
     def save(self, index_dir):
@@ -259,81 +312,191 @@ class GalleryIndex:
 
         def build(tmp):
             faiss.write_index(self.index, os.path.join(tmp, INDEX_FILE))
-            id_map = {str(i): self.entries[i] for i in sorted(self.entries)}
-            with open(os.path.join(tmp, ID_MAP_FILE), "w", encoding="utf-8") as f:
-                json.dump(id_map, f, indent=1, ensure_ascii=False)
+            with open(os.path.join(tmp, INFO_FILE), "w", encoding="utf-8") as f:
+                yaml.safe_dump(self.index_info(), f, default_flow_style=False, allow_unicode=True)
             meta = dict(self.meta(), index_sha256=file_digest(os.path.join(tmp, INDEX_FILE)))
             with open(os.path.join(tmp, META_FILE), "w", encoding="utf-8") as f:
-                json.dump(meta, f, indent=2, ensure_ascii=False)
+                json.dump(meta, f, indent=1, ensure_ascii=False)
 
         atomic_replace_dir(build, index_dir)
 
+    def to_bytes(self):
+        """PaddleX's IndexData.to_bytes: a pickle of (serialized faiss index, index info). Only plain
+        bytes, str, int and dicts, so from_bytes reads it with the restricted unpickler."""
+        import pickle
+
+        return pickle.dumps((faiss.serialize_index(self.index).tobytes(), self.index_info()), protocol=4)
+
+    @classmethod
+    def from_bytes(cls, data, nprobe=32, where="index bytes"):
+        """Read PaddleX's IndexData bytes (what its service keeps per indexKey) without running code
+        from them: the restricted unpickler refuses every global."""
+        try:
+            tup = safe_loads(data)
+        except RefusedGlobal as e:
+            raise UserError(f"refused to load {where}: it asks for {e}, which an index never holds") from None
+        except Exception as e:
+            raise UserError(f"{where} is not a PaddleX IndexData pickle ({type(e).__name__}: {e})") from None
+        if not (isinstance(tup, tuple) and len(tup) == 2 and isinstance(tup[0], (bytes, bytearray))
+                and isinstance(tup[1], dict)):
+            raise UserError(f"{where}: expected (faiss index bytes, index info), got {type(tup).__name__}")
+        try:
+            index = faiss.deserialize_index(np.frombuffer(tup[0], dtype=np.uint8))
+        except RuntimeError as e:
+            raise UserError(f"{where}: not a serialized faiss index ({str(e).strip().splitlines()[0]})") from None
+        return cls._from_parts(index, tup[1], {}, where, nprobe)
+
+    @classmethod
+    def _from_parts(cls, index, info, meta, where, nprobe=None):
+        """A GalleryIndex from a faiss index, PaddleX's index info and our meta (may be empty)."""
+        for key in ("id_map", "metric_type", "index_type"):
+            if key not in info:
+                raise UserError(f"{where}: the index info has no '{key}' (PaddleX writes id_map, metric_type and "
+                                "index_type): rebuild the index")
+        id_map = info["id_map"] or {}
+        if not isinstance(id_map, dict):
+            raise UserError(f"{where}: id_map must map integer ids to labels; rebuild the index")
+        try:
+            labels = {int(k): str(v) for k, v in id_map.items()}
+        except (TypeError, ValueError):
+            raise UserError(f"{where}: id_map keys must be integer ids; rebuild the index") from None
+        self = cls(index.d, meta.get("model_name"), info["index_type"],
+                   nprobe=meta.get("nprobe", 32) if nprobe is None else nprobe,
+                   model_fingerprint=meta.get("model_fingerprint"), metric_type=info["metric_type"])
+        expected_metric = self._faiss_metric()
+        index = _unwrap_ivf(index)
+        if index.metric_type != expected_metric:
+            raise UserError(f"{where}: the faiss index measures metric {index.metric_type}, but the index info says "
+                            f"'{self.metric_type}': the folder is inconsistent; rebuild the index")
+        if meta.get("embedding_size") not in (None, index.d):
+            raise UserError(f"{where}: vector.index is {index.d}-d but meta.json says {meta['embedding_size']}")
+        if len(labels) != index.ntotal:
+            raise UserError(f"{where}: id_map lists {len(labels)} faces but the faiss index holds {index.ntotal}: "
+                            "the folder is inconsistent; rebuild the index")
+        stored = set(_stored_ids(index).tolist())
+        if stored != set(labels):
+            odd = sorted(stored ^ set(labels))[:5]
+            raise UserError(f"{where}: the ids in id_map do not match those in the faiss index (e.g. {odd}): "
+                            "the folder is inconsistent; rebuild the index")
+        sources = meta.get("sources") or {}
+        self.entries = {i: {"label": lbl, "path": sources.get(str(i))} for i, lbl in labels.items()}
+        self.index = index
+        if isinstance(faiss.downcast_index(index), faiss.IndexIVF):
+            self.nlist = int(faiss.downcast_index(index).nlist)
+        self.next_id = max(int(meta.get("next_id", 0)), max(labels) + 1 if labels else 0)
+        return self
+
     @classmethod
     def load(cls, index_dir, nprobe=None):
-        """Read a folder written by save(); a missing or incomplete folder is a UserError naming it."""
+        """Read a folder written by save() or by PaddleX's IndexData.save (or this project's older
+        layout); a missing, incomplete or inconsistent folder is a UserError naming it."""
         if not os.path.isdir(index_dir):
             raise UserError(
                 f"gallery index folder '{index_dir}' does not exist: build it first with "
-                f"-o Global.mode=build_index -o Index.gallery=DIR -o Index.dir={index_dir}"
+                f"-o Global.mode=build_index -o Index.gallery=DIR -o index={index_dir}"
             )
-        for name in (INDEX_FILE, ID_MAP_FILE, META_FILE):
+        info_path = os.path.join(index_dir, INFO_FILE)
+        old_layout = not os.path.isfile(info_path) and os.path.isfile(os.path.join(index_dir, OLD_ID_MAP_FILE))
+        needed = (INDEX_FILE, OLD_ID_MAP_FILE, META_FILE) if old_layout else (INDEX_FILE, INFO_FILE)
+        for name in needed:
             if not os.path.isfile(os.path.join(index_dir, name)):
                 raise UserError(
                     f"gallery index folder '{index_dir}' has no {name}: it is not a complete index; "
                     f"rebuild it with -o Global.mode=build_index"
                 )
         meta_path = os.path.join(index_dir, META_FILE)
+        meta = {}
         try:
-            with open(meta_path, encoding="utf-8") as f:
-                meta = json.load(f)
-            with open(os.path.join(index_dir, ID_MAP_FILE), encoding="utf-8") as f:
-                id_map = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"gallery index folder '{index_dir}': unreadable JSON ({e}); rebuild the index") from None
-        if not isinstance(meta, dict) or not isinstance(id_map, dict):
-            raise UserError(f"gallery index folder '{index_dir}': meta.json and id_map.json must hold JSON objects; "
-                            "rebuild the index")
-        for key in ("model_name", "embedding_size", "index_type"):
-            if key not in meta:
-                raise UserError(f"{meta_path} has no '{key}': rebuild the index with this version")
-        if meta.get("metric", "inner_product") != "inner_product" or not meta.get("normalized", True):
-            raise UserError(f"{meta_path}: only inner-product indexes on normalised features are supported")
-        self = cls(meta["embedding_size"], meta["model_name"], meta["index_type"],
-                   nprobe=meta.get("nprobe", 32) if nprobe is None else nprobe,
-                   model_fingerprint=meta.get("model_fingerprint"))
-        self.nlist = meta.get("nlist")
-        self.next_id = int(meta.get("next_id", 0))
+            if os.path.isfile(meta_path):
+                with open(meta_path, encoding="utf-8") as f:
+                    meta = json.load(f)
+            if old_layout:
+                with open(os.path.join(index_dir, OLD_ID_MAP_FILE), encoding="utf-8") as f:
+                    old = json.load(f)
+            else:
+                with open(info_path, encoding="utf-8") as f:
+                    info = yaml.safe_load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError, yaml.YAMLError) as e:
+            first = str(e).strip().splitlines()[0]
+            raise UserError(f"gallery index folder '{index_dir}': unreadable index info ({first}); rebuild the index") \
+                from None
+        if not isinstance(meta, dict):
+            raise UserError(f"{meta_path} must hold a JSON object; rebuild the index")
+        if old_layout:
+            info = _info_from_old_layout(old, meta, index_dir)
+        elif not isinstance(info, dict):
+            raise UserError(f"{info_path} must hold a mapping with id_map, metric_type and index_type; rebuild the index")
+        if meta and "model_name" not in meta:
+            raise UserError(f"{meta_path} has no 'model_name': rebuild the index with this version")
         index_path = os.path.join(index_dir, INDEX_FILE)
         if meta.get("index_sha256") and file_digest(index_path) != meta["index_sha256"]:
             raise UserError(f"{index_path} does not match the checksum recorded in meta.json (truncated, damaged or "
                             "replaced since it was saved): rebuild the index with -o Global.mode=build_index")
         try:
-            self.index = faiss.read_index(index_path)
+            index = faiss.read_index(index_path)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"{index_path} is not a readable faiss index ({first}): rebuild the index with "
                             "-o Global.mode=build_index") from None
-        if self.index.d != self.embedding_size:
-            raise UserError(f"{index_dir}: vector.index is {self.index.d}-d but meta.json says {self.embedding_size}")
-        try:
-            self.entries = {int(k): {"label": str(v["label"]), "path": v.get("path")} for k, v in id_map.items()}
-        except (ValueError, TypeError, KeyError, AttributeError):
-            raise UserError(f"{index_dir}/id_map.json: expected {{\"<integer id>\": {{\"label\": ..., \"path\": ...}}}}; "
-                            "rebuild the index") from None
-        if len(self.entries) != self.index.ntotal:
-            raise UserError(
-                f"{index_dir}: id_map.json lists {len(self.entries)} faces but vector.index holds "
-                f"{self.index.ntotal}: the folder is inconsistent; rebuild the index"
-            )
-        if self.index_type != "IVF" and len(self.entries):  # IndexIDMap2 keeps its ids: they must be the map's
-            stored = set(faiss.vector_to_array(self.index.id_map).astype(np.int64).tolist())
-            if stored != set(self.entries):
-                odd = sorted(stored ^ set(self.entries))[:5]
-                raise UserError(f"{index_dir}: the ids in id_map.json do not match those in vector.index (e.g. {odd}): "
-                                "the folder is inconsistent; rebuild the index")
-        if self.entries:
-            self.next_id = max(self.next_id, max(self.entries) + 1)
+        self = cls._from_parts(index, info, meta, index_dir, nprobe)
+        if not meta:
+            get_logger().warning(f"gallery index {index_dir} has no meta.json (built by PaddleX?): the model that built "
+                                 f"it is not recorded, so queries are checked only for their size "
+                                 f"({self.embedding_size}-d); use the same feature model")
         return self
+
+
+def _info_from_old_layout(id_map, meta, index_dir):
+    """PaddleX-style index info from this project's format-1 files (id_map.json: {id: {label, path}})."""
+    if not isinstance(id_map, dict):
+        raise UserError(f"{index_dir}/id_map.json must hold a JSON object; rebuild the index")
+    try:
+        labels = {int(k): str(v["label"]) for k, v in id_map.items()}
+        meta.setdefault("sources", {str(int(k)): v.get("path") for k, v in id_map.items()})
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise UserError(f"{index_dir}/id_map.json: expected {{\"<integer id>\": {{\"label\": ..., \"path\": ...}}}}; "
+                        "rebuild the index") from None
+    for key in ("model_name", "embedding_size", "index_type"):
+        if key not in meta:
+            raise UserError(f"{index_dir}/meta.json has no '{key}': rebuild the index with this version")
+    if meta.get("metric", "inner_product") != "inner_product" or not meta.get("normalized", True):
+        raise UserError(f"{index_dir}/meta.json: only inner-product indexes on normalised features are supported")
+    return {"id_map": labels, "metric_type": "IP", "index_type": meta["index_type"]}
+
+
+def _stored_ids(index):
+    """The ids a faiss index answers with: the id map of an IndexIDMap, the list ids of an IVF."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexIDMap):
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    if isinstance(index, faiss.IndexIVF):
+        invlists = index.invlists
+        ids = [faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
+               for i in range(index.nlist) if invlists.list_size(i)]
+        return np.concatenate(ids).astype(np.int64) if ids else np.zeros((0,), np.int64)
+    return np.arange(index.ntotal, dtype=np.int64)  # a bare index: ids are the positions
+
+
+def _unwrap_ivf(index):
+    """PaddleX wraps its IVF in an IndexIDMap2, whose remove_ids then maps the wrong ids (IVF does not
+    renumber what remains). Move the vectors into a bare IVF (same trained quantizer) holding the
+    gallery ids itself; any other index is returned as it is."""
+    # (return the caller's object itself: a downcast wrapper does not own the index it points to)
+    outer = faiss.downcast_index(index)
+    if not isinstance(outer, faiss.IndexIDMap):
+        return index
+    inner = faiss.downcast_index(outer.index)
+    if not isinstance(inner, faiss.IndexIVF):
+        return index
+    ids = faiss.vector_to_array(outer.id_map).astype(np.int64)
+    inner.make_direct_map()
+    vectors = inner.reconstruct_n(0, inner.ntotal) if inner.ntotal else None
+    bare = faiss.clone_index(inner)  # an owning IndexIVFFlat with the trained quantizer
+    bare.set_direct_map_type(faiss.DirectMap.NoMap)
+    bare.reset()
+    if vectors is not None:
+        bare.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+    return bare
 
 
 def read_meta(index_dir):

@@ -86,40 +86,54 @@ class Similarity(float):
         return f"Similarity({float(self):.4f}, threshold={self.threshold}, is_same={self.is_same})"
 
 
-class RecognitionResult(dict):
-    """One image's recognition result (see the module docstring for the fields)."""
+class FaceRecognitionResult(dict):
+    """One image's face recognition result, PaddleX's fields: {"input_path", "boxes": [{"labels",
+    "rec_scores", "det_score", "coordinate", "label", "score", "ids", "landmarks"?}]}
+    (see engine.recognition for what each holds)."""
 
-    def __init__(self, input_path, faces, name, image=None):
-        super().__init__(input_path=input_path, faces=faces)
+    def __init__(self, input_path, boxes, name, image=None):
+        super().__init__(input_path=input_path, boxes=boxes)
         self.name = name
-        self._image = image  # BGR image kept for save_to_img
+        self._image = image  # BGR image kept for save_to_img / img
+
+    @property
+    def json(self):
+        """PaddleX's res.json: {"res": {...}}."""
+        return {"res": dict(self)}
+
+    @property
+    def img(self):
+        """The image with boxes, labels and scores drawn (BGR numpy array)."""
+        return self.draw()
 
     def __str__(self):
-        faces = ", ".join(f"{f['label']} ({f['score']:.3f})" if f["score"] is not None else f["label"]
-                          for f in self["faces"]) or "no face"
+        faces = ", ".join(f"{b['label']} ({b['score']:.3f})" if b["score"] is not None else b["label"]
+                          for b in self["boxes"]) or "no face"
         return f"{self['input_path'] or self.name}: {faces}"
 
-    def print(self, json_format=False):
-        print(json.dumps(dict(self), indent=4, ensure_ascii=False) if json_format else str(self), flush=True)
+    def print(self, format_json=True, indent=4, ensure_ascii=False):
+        """PaddleX's res.print(): the JSON ({"res": ...}); format_json=False prints one short line."""
+        text = json.dumps(self.json, indent=indent, ensure_ascii=ensure_ascii) if format_json else str(self)
+        print(text, flush=True)
 
-    def save_to_json(self, save_path):
+    def save_to_json(self, save_path, indent=4, ensure_ascii=False):
         """A folder gets <stem>_res.json; a .json path is written as is. Atomic."""
         save_path = str(save_path)
         path = save_path if save_path.lower().endswith(".json") else os.path.join(save_path, f"{self.name}_res.json")
-        atomic_write_json(path, dict(self))
+        atomic_write_json(path, self.json)
         return path
 
-    def save_to_img(self, save_path, draw_landmarks=False):
-        """Draw each face box with its top-1 label and score (and its 5 landmarks with
-        draw_landmarks); a folder gets <stem>_res.jpg. A face that is the whole image (detection
-        off) gets no box, only its label at the top-left."""
+    def draw(self, draw_landmarks=False):
+        """The image with each face box, its top-1 label and score (and its 5 landmarks with
+        draw_landmarks). A face that is the whole image (detection off) gets no box, only its label
+        at the top-left."""
         if self._image is None:
-            raise UserError(f"{self.name}: the image is no longer held; recognize(..., keep_images=True)")
+            raise UserError(f"{self.name}: the image is no longer held; predict(..., keep_images=True)")
         img = self._image.copy()
         h, w = img.shape[:2]
         thick = max(1, int(round(max(h, w) / 300)))
-        for f in self["faces"]:
-            x1, y1, x2, y2 = [int(round(v)) for v in f["box"]]
+        for f in self["boxes"]:
+            x1, y1, x2, y2 = [int(round(v)) for v in f["coordinate"]]
             whole = x1 <= 0 and y1 <= 0 and x2 >= w and y2 >= h
             known = f["label"] != UNKNOWN_LABEL
             color = (40, 200, 40) if known else (40, 40, 230)
@@ -144,9 +158,13 @@ class RecognitionResult(dict):
                 radius = max(1, int(round((x2 - x1) / 60)))
                 for (px, py), dot in zip(f["landmarks"], LANDMARK_COLORS):
                     cv2.circle(img, (int(round(px)), int(round(py))), radius, dot, -1, cv2.LINE_AA)
+        return img
+
+    def save_to_img(self, save_path, draw_landmarks=False):
+        """A folder gets <stem>_res.jpg; a .jpg/.png path is written as is. Atomic."""
         save_path = str(save_path)
         path = save_path if save_path.lower().endswith((".jpg", ".png")) else os.path.join(save_path, f"{self.name}_res.jpg")
-        ok, data = cv2.imencode(os.path.splitext(path)[1], img)
+        ok, data = cv2.imencode(os.path.splitext(path)[1], self.draw(draw_landmarks))
         if not ok:
             raise UserError(f"cannot encode the annotated image for {path}")
         atomic_write_bytes(path, data.tobytes())

@@ -96,6 +96,25 @@ def atomic_replace_dir(build_fn, path):
         raise
 
 
+def fsync_tree(path, files=True):
+    """Flush a folder's files (with files=True) and the folder itself to disk, so what was
+    written survives a power cut, not only a killed process."""
+    if files:
+        for name in os.listdir(path):
+            full = os.path.join(path, name)
+            if os.path.isfile(full):
+                fd = os.open(full, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def unique_name(name, taken):
     """`name`, or `name_2`, `name_3` ... the first not in the set `taken` (which it joins), so
     outputs named after their inputs (a/00.jpg, b/00.jpg) never overwrite each other."""

@@ -15,7 +15,8 @@ def format_seconds(seconds):
 
 
 class Progress:
-    def __init__(self, total, desc="", unit="img", stream=None, every_seconds=10.0, width=30):
+    def __init__(self, total, desc="", unit="img", stream=None, every_seconds=10.0, width=30, enabled=True):
+        self.enabled = enabled  # False: count, print nothing (a service request is not a console job)
         self.total = total
         self.desc = desc
         self.unit = unit
@@ -58,6 +59,8 @@ class Progress:
             self.postfix = postfix
         now = time.perf_counter()
         done = self.total and self.count >= self.total
+        if not self.enabled:
+            return
         if self.is_tty:
             if now - self._last_print > 0.1 or done:
                 self.stream.write("\r" + self.line())
@@ -69,7 +72,7 @@ class Progress:
             self._last_print = now
 
     def close(self):
-        if self.is_tty:
+        if self.enabled and self.is_tty:
             self.stream.write("\r" + self.line() + "\n")
             self.stream.flush()
 

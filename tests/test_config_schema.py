@@ -81,8 +81,8 @@ def test_pipeline_lists_and_choices():
     assert list(cfg.Index.remove_ids) == [3, 7] and cfg.Index.index_type == "HNSW"
     with pytest.raises(ConfigError, match=r"Index.remove_ids must be list of int, got \[1, 'x'\]"):
         load_config(PIPELINE, ["Index.remove_ids=[1,x]"])
-    with pytest.raises(ConfigError, match="Det.type must be one of yunet, paddle"):
-        load_config(PIPELINE, ["Det.type=yolo"])
+    with pytest.raises(ConfigError, match="SubModules.Detection.model_name must be one of YuNet, BlazeFace"):
+        load_config(PIPELINE, ["SubModules.Detection.model_name=yolo"])
 
 
 def test_typed_attributes_and_unknown_attributes():

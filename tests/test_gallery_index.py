@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+import yaml
 
 from engine.gallery_index import (
     INDEX_TYPES,
@@ -12,6 +13,7 @@ from engine.gallery_index import (
     IndexMismatchError,
     apply_threshold,
     choose_nlist,
+    l2_normalize_rows,
     list_gallery,
     normalize_index_type,
 )
@@ -64,12 +66,14 @@ def test_build_search_remove_save_load(index_type, tmp_path):
 
     # save / load round trip keeps ids, labels, paths and answers
     index.save(str(tmp_path / "ix"))
-    assert sorted(os.listdir(tmp_path / "ix")) == ["id_map.json", "meta.json", "vector.index"]
+    assert sorted(os.listdir(tmp_path / "ix")) == ["id_map.yaml", "meta.json", "vector.index"]
     meta = json.loads((tmp_path / "ix" / "meta.json").read_text())
     assert meta["model_name"] == "MobileFaceNet" and meta["embedding_size"] == DIM
-    assert meta["index_type"] == index_type and meta["metric"] == "inner_product" and meta["normalized"] is True
-    id_map = json.loads((tmp_path / "ix" / "id_map.json").read_text())
-    assert id_map["2"] == {"label": "person_00", "path": "/g/2.jpg"} and "0" not in id_map
+    assert meta["index_type"] == index_type and meta["metric_type"] == "IP" and meta["normalized"] is True
+    assert meta["sources"]["2"] == "/g/2.jpg" and "0" not in meta["sources"]
+    info = yaml.safe_load((tmp_path / "ix" / "id_map.yaml").read_text())
+    assert info["id_map"][2] == "person_00" and 0 not in info["id_map"]
+    assert info["metric_type"] == "IP" and info["index_type"] == {"HNSW": "HNSW32"}.get(index_type, index_type)
     loaded = GalleryIndex.load(str(tmp_path / "ix"))
     assert len(loaded) == len(index) and loaded.index_type == index_type
     a = index.search(centres, top_k=4)
@@ -158,7 +162,8 @@ def test_load_errors_name_the_folder(tmp_path):
     index = GalleryIndex(DIM, "m")
     index.add(feats, labels)
     index.save(str(tmp_path / "ix"))
-    (tmp_path / "ix" / "id_map.json").write_text(json.dumps({"0": {"label": "a", "path": None}}))
+    (tmp_path / "ix" / "id_map.yaml").write_text(yaml.safe_dump({"id_map": {0: "a"}, "metric_type": "IP",
+                                                                 "index_type": "Flat"}))
     with pytest.raises(UserError, match="inconsistent"):
         GalleryIndex.load(str(tmp_path / "ix"))
     with pytest.raises(UserError, match="index_type"):
@@ -204,3 +209,153 @@ def test_orl_identification_protocol_counts_rank1_per_enrolment_choice():
                if img != "1" else lbl for lbl, img in zip(labels, image)]
     rows = orl.identification(feats, swapped, image)
     assert rows[0]["rank1"] == pytest.approx(1 - 6 / 18)
+
+
+# --------------------------------------------------------------------------- PaddleX's index layout
+def _read_like_paddlex(folder):
+    """What PaddleX's IndexData.load and FaissIndexer do with a folder: read id_map.yaml with PyYAML,
+    check its three keys, key the id map by int64, read vector.index with faiss, check the counts."""
+    import faiss
+
+    with open(os.path.join(folder, "id_map.yaml"), encoding="utf-8") as f:
+        info = yaml.load(f, Loader=yaml.FullLoader)
+    assert {"id_map", "metric_type", "index_type"} <= set(info)
+    id_map = {np.int64(k): str(v) for k, v in info["id_map"].items()}
+    index = faiss.read_index(os.path.join(folder, "vector.index"))
+    assert index.ntotal == len(id_map)
+    return index, id_map, info
+
+
+def _paddlex_search(index, id_map, queries, threshold, topk=3):
+    """PaddleX's FaissIndexer.__call__ for an IP index: labels of ids >= 0, None below the threshold."""
+    scores, ids = index.search(np.ascontiguousarray(queries, np.float32), topk)
+    preds = [[id_map[i] for s, i in zip(row_s, row_i) if i >= 0] for row_s, row_i in zip(scores, ids)]
+    return [None if row_s[0] < threshold else p for p, row_s in zip(preds, scores)]
+
+
+@pytest.mark.parametrize("index_type", INDEX_TYPES)
+def test_our_saved_index_reads_and_searches_the_way_paddlex_reads_it(index_type, tmp_path):
+    feats, labels, centres = _people(n_people=40, per_person=3, seed=4)
+    ours = GalleryIndex(DIM, "MobileFaceNet", index_type, nprobe=64)
+    ours.add(feats, labels)
+    ours.save(str(tmp_path / "ix"))
+    index, id_map, info = _read_like_paddlex(str(tmp_path / "ix"))
+    assert info["index_type"] == {"HNSW": "HNSW32"}.get(index_type, index_type) and info["metric_type"] == "IP"
+    if index_type == "IVF":
+        index.nprobe = 64
+    found = _paddlex_search(index, id_map, l2_normalize_rows(centres), threshold=0.5)
+    assert [p[0] for p in found] == [f"person_{p:02d}" for p in range(40)]
+    assert _paddlex_search(index, id_map, -l2_normalize_rows(centres[:2]), threshold=0.5) == [None, None]
+    if index_type != "HNSW":  # PaddleX's remove: faiss remove_ids, then drop the ids from the map
+        drop = np.asarray(ours.ids_of_label("person_07"), dtype=np.int64)
+        assert index.remove_ids(drop) == 3
+        id_map = {k: v for k, v in id_map.items() if k not in drop}
+        after = _paddlex_search(index, id_map, l2_normalize_rows(centres[6:9]), threshold=-1.0)
+        assert after[0][0] == "person_06" and after[2][0] == "person_08" and "person_07" not in after[1]
+
+
+def _write_like_paddlex(folder, feats, labels, index_type, metric_type):
+    """An index folder as PaddleX's FaissBuilder.build + IndexData.save write it: index_factory
+    ("Flat", "IVF<n//8>,Flat", "HNSW32") inside an IndexIDMap2, trained, ids 0..n-1, then vector.index
+    and id_map.yaml (index_type, metric_type, id_map {int: str}); no meta.json."""
+    import faiss
+
+    spec = {"Flat": "Flat", "IVF": f"IVF{len(feats) // 8},Flat", "HNSW32": "HNSW32"}[index_type]
+    metric = faiss.METRIC_INNER_PRODUCT if metric_type == "IP" else faiss.METRIC_L2
+    index = faiss.IndexIDMap2(faiss.index_factory(feats.shape[1], spec, metric))
+    index.train(feats)
+    ids = np.arange(len(feats), dtype=np.int64)
+    index.add_with_ids(feats, ids)
+    os.makedirs(folder)
+    faiss.write_index(index, os.path.join(folder, "vector.index"))
+    with open(os.path.join(folder, "id_map.yaml"), "w", encoding="utf-8") as f:
+        yaml.dump({"index_type": index_type, "metric_type": metric_type,
+                   "id_map": {int(i): str(lbl) for i, lbl in zip(ids, labels)}}, f, default_flow_style=False)
+
+
+@pytest.mark.parametrize("index_type,metric_type", [("Flat", "IP"), ("IVF", "IP"), ("HNSW32", "IP"), ("Flat", "L2"),
+                                                    ("IVF", "L2")])
+def test_an_index_paddlex_built_loads_searches_and_removes_here(index_type, metric_type, tmp_path, capsys):
+    feats, labels, centres = _people(n_people=30, per_person=8, noise=0.1, seed=5)
+    feats = l2_normalize_rows(feats)
+    folder = str(tmp_path / "paddlex_index")
+    _write_like_paddlex(folder, feats, labels, index_type, metric_type)
+    loaded = GalleryIndex.load(folder, nprobe=1000)
+    assert "no meta.json" in "".join(capsys.readouterr())
+    assert len(loaded) == len(feats) and loaded.metric_type == metric_type and loaded.model_name is None
+    out_labels, out_scores, _ = loaded.search(feats[::8], top_k=2)
+    assert [lab[0] for lab in out_labels] == [f"person_{p:02d}" for p in range(30)]
+    # every score is a cosine, whatever the metric: a stored vector finds itself at 1.0
+    np.testing.assert_allclose([s[0] for s in out_scores], 1.0, atol=1e-4)
+    # removal keeps the ids right, also for PaddleX's IVF inside an IndexIDMap2 (unwrapped at load)
+    if index_type != "HNSW32":
+        assert loaded.remove_ids(list(range(8, 16))) == 8  # every photo of person_01
+        out_labels, _, out_ids = loaded.search(feats[::8], top_k=1)
+        assert out_labels[1][0] != "person_01"
+        assert [lab[0] for i, lab in enumerate(out_labels) if i != 1] == [f"person_{p:02d}" for p in range(30) if p != 1]
+        assert all(loaded.entries[int(i[0])]["label"] == lab[0] for i, lab in zip(out_ids, out_labels))
+    # what it saves is our layout, which reads back the same
+    loaded.save(str(tmp_path / "resaved"))
+    again = GalleryIndex.load(str(tmp_path / "resaved"))
+    assert again.search(feats[::8], top_k=1)[0] == loaded.search(feats[::8], top_k=1)[0]
+
+
+def test_l2_index_scores_are_cosines_and_share_the_threshold(tmp_path):
+    feats, labels, centres = _people(n_people=5, per_person=4, seed=6)
+    ip, l2 = GalleryIndex(DIM, "m", metric_type="IP"), GalleryIndex(DIM, "m", metric_type="L2")
+    ip.add(feats, labels)
+    l2.add(feats, labels)
+    a, b = ip.search(centres, top_k=3), l2.search(centres, top_k=3)
+    assert a[0] == b[0]
+    np.testing.assert_allclose(np.concatenate(a[1]), np.concatenate(b[1]), atol=1e-5)
+
+
+def test_paddlex_index_bytes_round_trip_and_a_code_carrying_pickle_is_refused():
+    import pickle
+
+    feats, labels, _ = _people(n_people=4, per_person=2, seed=7)
+    index = GalleryIndex(DIM, "m", "Flat")
+    index.add(feats, labels)
+    back = GalleryIndex.from_bytes(index.to_bytes())
+    assert back.id_map == index.id_map and back.search(feats, 1)[0] == index.search(feats, 1)[0]
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > /tmp/facefeat_pwned",))
+
+    with pytest.raises(UserError, match="refused to load"):
+        GalleryIndex.from_bytes(pickle.dumps((b"x", {"id_map": Payload()})))
+    assert not os.path.exists("/tmp/facefeat_pwned")
+    with pytest.raises(UserError, match="not a PaddleX IndexData pickle"):
+        GalleryIndex.from_bytes(b"not a pickle")
+
+
+def test_copy_is_independent():
+    feats, labels, _ = _people(n_people=3, per_person=2, seed=8)
+    index = GalleryIndex(DIM, "m", "Flat")
+    index.add(feats, labels)
+    other = index.copy()
+    other.remove_label("person_00")
+    other.add(feats[:1], ["someone"])
+    assert len(index) == 6 and "person_00" in index.labels and "someone" not in index.labels
+    assert len(other) == 5 and "person_00" not in other.labels
+
+
+def test_old_layout_still_loads(tmp_path):
+    """Format 1 of this project (id_map.json {id: {label, path}} + meta.json) loads; saving writes the new one."""
+    import faiss
+
+    feats, labels, _ = _people(n_people=3, per_person=2, seed=9)
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
+    index.add_with_ids(l2_normalize_rows(feats), np.arange(6, dtype=np.int64))
+    folder = tmp_path / "old"
+    folder.mkdir()
+    faiss.write_index(index, str(folder / "vector.index"))
+    (folder / "id_map.json").write_text(json.dumps({str(i): {"label": lbl, "path": f"/g/{i}.jpg"}
+                                                    for i, lbl in enumerate(labels)}))
+    (folder / "meta.json").write_text(json.dumps({"model_name": "m", "embedding_size": DIM, "index_type": "Flat",
+                                                  "metric": "inner_product", "normalized": True, "next_id": 6}))
+    loaded = GalleryIndex.load(str(folder))
+    assert loaded.entries[3] == {"label": labels[3], "path": "/g/3.jpg"} and loaded.model_name == "m"
+    loaded.save(str(tmp_path / "new"))
+    assert sorted(os.listdir(tmp_path / "new")) == ["id_map.yaml", "meta.json", "vector.index"]

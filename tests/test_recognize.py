@@ -65,62 +65,122 @@ def _cli(*overrides):
 
 
 # --------------------------------------------------------------------------- pipeline (Python API)
-def test_pipeline_python_api_build_recognize_append_remove(model_dir, gallery, tmp_path):
-    from engine.recognition import RecognitionPipeline
+def test_pipeline_python_api_build_predict_append_remove(model_dir, gallery, tmp_path):
+    """PaddleX's calls: build_index returns an index (saved by the caller), append_index and
+    remove_index return changed copies, predict takes the index; results carry PaddleX's fields."""
+    from engine.gallery_index import GalleryIndex
+    from engine.recognition import FaceRecognitionPipeline
     from foundation.errors import UserError
 
-    pipe = RecognitionPipeline(model_dir, det={"enable": False}, batch_size=4, top_k=3, rec_threshold=0.4)
-    summary = pipe.build_index(str(gallery / "gallery"), index_dir=str(tmp_path / "ix"))
-    assert summary["enrolled"] == 8 and summary["skipped"] == 0 and summary["labels"] == 4
-    results = list(pipe.recognize(str(gallery / "queries")))
+    pipe = FaceRecognitionPipeline(model_dir, det={"enable": False}, batch_size=4, rec_topk=3, rec_threshold=0.4)
+    index = pipe.build_index(str(gallery / "gallery"))
+    assert len(index) == 8 and len(index.labels) == 4 and pipe.last_enrolment.skipped == []
+    index.save(str(tmp_path / "ix"))
+    results = list(pipe.predict(str(gallery / "queries"), index=index))
     assert [os.path.basename(r["input_path"]) for r in results] == ["q0.png", "q1.png", "q2.png", "q3.png"]
     for p, res in enumerate(results):
-        (face,) = res["faces"]
-        assert face["label"] == f"person_{p}" and face["labels"][0] == f"person_{p}"
-        assert face["score"] >= 0.4 and face["scores"] == sorted(face["scores"], reverse=True)
-        assert face["box"] == [0.0, 0.0, 112.0, 112.0]
-    # a threshold above every score: the decision is the explicit "unknown" label
-    pipe.rec_threshold = 1.01
-    face = next(iter(pipe.recognize(str(gallery / "queries" / "q0.png"))))["faces"][0]
-    assert face["label"] == "unknown" and face["labels"][0] == "person_0"
-    pipe.rec_threshold = 0.4
-    # remove a person; the query of that person no longer returns it
-    assert pipe.remove(labels=["person_1"]) == 2
-    face = next(iter(pipe.recognize(str(gallery / "queries" / "q1.png"))))["faces"][0]
-    assert "person_1" not in face["labels"]
-    # append it back from a list file, reload from disk, and it is found again
-    lst = tmp_path / "list.txt"
+        (box,) = res["boxes"]
+        assert box["label"] == f"person_{p}" and box["labels"][0] == f"person_{p}"
+        assert box["score"] >= 0.4 and box["rec_scores"] == sorted(box["rec_scores"], reverse=True)
+        assert min(box["rec_scores"]) >= 0.4 and len(box["labels"]) == len(box["rec_scores"]) <= 3
+        assert box["coordinate"] == [0.0, 0.0, 112.0, 112.0] and box["det_score"] == 1.0
+    # a threshold above every score: the explicit "unknown", no matches, the nearest score still given
+    (box,) = next(iter(pipe.predict(str(gallery / "queries" / "q0.png"), index=index, rec_threshold=1.01)))["boxes"]
+    assert box["label"] == "unknown" and box["labels"] == [] and box["rec_scores"] == [] and box["score"] > 0.4
+    # remove a person: a copy without them; the index given is unchanged
+    ids = index.ids_of_label("person_1")
+    smaller = pipe.remove_index(ids + [999], index=index)
+    assert len(smaller) == 6 and len(index) == 8 and pipe.last_missing_ids == [999]
+    (box,) = next(iter(pipe.predict(str(gallery / "queries" / "q1.png"), index=smaller)))["boxes"]
+    assert "person_1" not in box["labels"]
+    # remove ids from PaddleX's id file, append from a gallery.txt, predict from the saved folder
+    id_file = tmp_path / "remove.txt"
+    id_file.write_text(f"{ids[0]}\n\n{ids[1]} person_1\n")
+    assert len(pipe.remove_index(str(id_file), index=index)) == 6
+    lst = tmp_path / "gallery.txt"
     lst.write_text("person_1/0.png person_1\n")
-    assert pipe.append(str(gallery / "gallery"), str(lst))["enrolled"] == 1
-    again = RecognitionPipeline(model_dir, index_dir=str(tmp_path / "ix"), det={"enable": False})
-    assert len(again.index) == 7
-    res = next(iter(again.recognize(np.ascontiguousarray(cv2.imread(str(gallery / "queries" / "q1.png"))))))
-    assert res["input_path"] is None and res["faces"][0]["label"] == "person_1"
+    grown = pipe.append_index(str(gallery / "gallery"), str(lst), index=smaller)
+    assert len(grown) == 7 and len(smaller) == 6
+    grown.save(str(tmp_path / "ix"))
+    again = FaceRecognitionPipeline(model_dir, det={"enable": False}, index=str(tmp_path / "ix"))
+    res = next(iter(again.predict(np.ascontiguousarray(cv2.imread(str(gallery / "queries" / "q1.png"))))))
+    assert res["input_path"] is None and res["boxes"][0]["label"] == "person_1"
+    assert res.json == {"res": dict(res)}
     out = res.save_to_json(str(tmp_path / "res"))
-    assert json.loads(open(out).read())["faces"][0]["label"] == "person_1"
-    img_path = res.save_to_img(str(tmp_path / "res"))
-    assert cv2.imread(img_path).shape == (112, 112, 3)
-    # an empty gallery folder is a clear error and writes nothing
+    assert json.loads(open(out).read())["res"]["boxes"][0]["label"] == "person_1"
+    assert cv2.imread(res.save_to_img(str(tmp_path / "res"))).shape == (112, 112, 3) == res.img.shape
+    assert isinstance(GalleryIndex.load(str(tmp_path / "ix")), GalleryIndex)
+    # lists of numpy images and labels, as PaddleX's build_index takes them
+    crops = [cv2.imread(str(gallery / "gallery" / f"person_{p}" / "0.png")) for p in range(4)]
+    from_arrays = pipe.build_index(crops, [f"p{p}" for p in range(4)], index_type="HNSW32", metric_type="L2")
+    assert from_arrays.labels == ["p0", "p1", "p2", "p3"] and from_arrays.index_type == "HNSW"
+    assert next(iter(pipe.predict(crops[2], index=from_arrays)))["boxes"][0]["label"] == "p2"
+    # an empty gallery folder is a clear error
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="holds no images"):
-        pipe.build_index(str(tmp_path / "empty"), index_dir=str(tmp_path / "ix2"))
-    assert not (tmp_path / "ix2").exists()
+        pipe.build_index(str(tmp_path / "empty"))
+    with pytest.raises(UserError, match="2 images but 1 labels"):
+        pipe.build_index(crops[:2], ["a"])
+    with pytest.raises(UserError, match="remove.txt:1: 'x' does not start with an integer id"):
+        id_file.write_text("x\n")
+        pipe.remove_index(str(id_file), index=index)
+
+
+def test_create_pipeline_reads_paddlex_style_yaml(model_dir, gallery, tmp_path):
+    """create_pipeline("<path>.yaml") and create_pipeline("face_recognition", config=...): the
+    PaddleX keys (det_threshold, rec_threshold, rec_topk, SubModules) reach the pipeline."""
+    import yaml
+
+    from engine import create_pipeline
+    from foundation.errors import ConfigError
+
+    cfg = yaml.safe_load(open(PIPELINE))
+    assert set(cfg["SubModules"]) == {"Detection", "Recognition"} and cfg["pipeline_name"] == "face_recognition"
+    cfg.update(rec_threshold=0.2, rec_topk=2, det_threshold=0.5, index=str(tmp_path / "ix"))
+    cfg["SubModules"]["Recognition"].update(model_dir=model_dir, batch_size=3)
+    cfg["SubModules"]["Detection"]["enable"] = False
+    path = tmp_path / "my_pipeline.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    pipeline = create_pipeline(str(path), device="cpu")
+    assert (pipeline.rec_threshold, pipeline.rec_topk, pipeline.batch_size, pipeline.det_threshold) == (0.2, 2, 3, 0.5)
+    pipeline.build_index(str(gallery / "gallery")).save(str(tmp_path / "ix"))
+    res = next(iter(pipeline.predict(str(gallery / "queries" / "q3.png"))))  # the config's index folder
+    assert res["boxes"][0]["label"] == "person_3" and len(res["boxes"][0]["labels"]) <= 2
+    named = create_pipeline("face_recognition", config={"SubModules.Recognition.model_dir": model_dir,
+                                                        "SubModules.Detection.enable": False, "rec_topk": 1})
+    assert named.rec_topk == 1
+    with pytest.raises(ConfigError, match="unknown pipeline 'ocr'"):
+        create_pipeline("ocr")
+
+
+def test_old_pipeline_keys_say_where_they_moved(tmp_path):
+    from engine.config import load_config
+    from foundation.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'Det.threshold' is now 'det_threshold'"):
+        load_config(PIPELINE, ["Det.threshold=0.5"])
+    with pytest.raises(ConfigError, match="'Index.dir' is now 'index'"):
+        load_config(PIPELINE, ["Index.dir=x"])
+    old = tmp_path / "old.yaml"
+    old.write_text("Global:\n  mode: recognize\nRec:\n  model_dir: m\n")
+    with pytest.raises(ConfigError, match="line 4: 'Rec.model_dir' is now 'SubModules.Recognition.model_dir'"):
+        load_config(str(old))
 
 
 # --------------------------------------------------------------------------- CLI
 def test_cli_build_recognize_remove_and_reload(model_dir, gallery, tmp_path, capsys):
     ix, out = str(tmp_path / "ix"), str(tmp_path / "out")
-    common = [f"Rec.model_dir={model_dir}", f"Index.dir={ix}", f"Global.output={out}", "Det.enable=False"]
+    common = [f"SubModules.Recognition.model_dir={model_dir}", f"index={ix}", f"Global.output={out}", "SubModules.Detection.enable=False"]
     assert _cli("Global.mode=build_index", f"Index.gallery={gallery / 'gallery'}", *common) == 0
     assert "8 of 8 gallery image(s) enrolled" in capsys.readouterr().out
     assert _cli("Global.mode=recognize", f"Predict.input={gallery / 'queries'}", *common) == 0
     res = json.loads(open(os.path.join(out, "q2_res.json")).read())
-    assert res["input_path"].endswith("q2.png") and res["faces"][0]["label"] == "person_2"
+    assert res["res"]["input_path"].endswith("q2.png") and res["res"]["boxes"][0]["label"] == "person_2"
     assert os.path.isfile(os.path.join(out, "q2_res.jpg"))
     assert _cli("Global.mode=remove_index", "Index.remove_labels=[person_2]", *common) == 0
     assert _cli("Global.mode=recognize", f"Predict.input={gallery / 'queries' / 'q2.png'}", *common) == 0
     res = json.loads(open(os.path.join(out, "q2_res.json")).read())
-    assert "person_2" not in res["faces"][0]["labels"]
+    assert "person_2" not in res["res"]["boxes"][0]["labels"]
     assert _cli("Global.mode=append_index", f"Index.gallery={gallery / 'gallery'}", *common) == 0
     assert json.loads(open(os.path.join(ix, "meta.json")).read())["num_vectors"] == 14
     capsys.readouterr()
@@ -134,7 +194,7 @@ def test_cli_build_recognize_remove_and_reload(model_dir, gallery, tmp_path, cap
 
 def test_cli_refuses_missing_index_and_index_of_another_model(model_dir, gallery, tmp_path, capsys):
     ix = tmp_path / "ix"
-    common = [f"Rec.model_dir={model_dir}", f"Index.dir={ix}", f"Global.output={tmp_path / 'out'}", "Det.enable=False"]
+    common = [f"SubModules.Recognition.model_dir={model_dir}", f"index={ix}", f"Global.output={tmp_path / 'out'}", "SubModules.Detection.enable=False"]
     assert _cli("Global.mode=recognize", f"Predict.input={gallery / 'queries'}", *common) == 1
     assert "does not exist: build it first" in capsys.readouterr().err
     assert _cli("Global.mode=build_index", f"Index.gallery={gallery / 'gallery'}", *common) == 0
@@ -146,7 +206,7 @@ def test_cli_refuses_missing_index_and_index_of_another_model(model_dir, gallery
     capsys.readouterr()
     assert _cli("Global.mode=recognize", f"Predict.input={q}", *common) == 1
     assert "1 image(s) could not be read" in capsys.readouterr().err
-    assert json.loads((tmp_path / "out" / "good_res.json").read_text())["faces"][0]["label"] == "person_0"
+    assert json.loads((tmp_path / "out" / "good_res.json").read_text())["res"]["boxes"][0]["label"] == "person_0"
     meta = json.loads((ix / "meta.json").read_text())
     meta["model_fingerprint"] = "0" * 40  # as if another training run had built it
     (ix / "meta.json").write_text(json.dumps(meta))
@@ -162,10 +222,10 @@ def test_cli_gallery_without_faces_is_reported_and_counted(model_dir, gallery, t
     g.mkdir(parents=True)
     cv2.imwrite(str(g / "grey.png"), np.full((120, 120, 3), 128, np.uint8))
     ix = tmp_path / "ix"
-    common = [f"Rec.model_dir={model_dir}", f"Index.dir={ix}", f"Global.output={tmp_path / 'out'}"]
+    common = [f"SubModules.Recognition.model_dir={model_dir}", f"index={ix}", f"Global.output={tmp_path / 'out'}"]
     assert _cli("Global.mode=build_index", f"Index.gallery={tmp_path / 'g'}", *common) == 1
     err = capsys.readouterr().err
-    assert "no face found in any of the 1 gallery images" in err and "Det.enable=False" in err
+    assert "no face found in any of the 1 gallery images" in err and "SubModules.Detection.enable=False" in err
     assert not ix.exists()
 
 
@@ -181,11 +241,11 @@ def test_cli_yunet_gallery_on_lfw_photos_and_query_without_face(model_dir, tmp_p
     q.mkdir()
     cv2.imwrite(str(q / "blank.png"), np.full((150, 150, 3), 90, np.uint8))
     ix, out = tmp_path / "ix", tmp_path / "out"
-    common = [f"Rec.model_dir={model_dir}", f"Index.dir={ix}", f"Global.output={out}"]
+    common = [f"SubModules.Recognition.model_dir={model_dir}", f"index={ix}", f"Global.output={out}"]
     assert _cli("Global.mode=build_index", f"Index.gallery={g}", *common) == 0
     assert "4 of 5 gallery image(s) enrolled, 1 skipped" in capsys.readouterr().out
     assert _cli("Global.mode=recognize", f"Predict.input={q}", *common) == 0
-    assert json.loads((out / "blank_res.json").read_text())["faces"] == []
+    assert json.loads((out / "blank_res.json").read_text())["res"]["boxes"] == []
 
 
 def test_paddle_detector_adapter_runs_an_exported_detection_model(tmp_path):
@@ -235,17 +295,17 @@ def test_paddle_detector_adapter_runs_an_exported_detection_model(tmp_path):
 
 # --------------------------------------------------------------------------- drawn results
 def test_drawn_result_shows_the_label_without_detection_and_landmarks_on_request(tmp_path):
-    from engine.results import RecognitionResult
+    from engine.results import FaceRecognitionResult as RecognitionResult
 
     img = np.full((112, 112, 3), 90, np.uint8)
-    face = {"box": [0, 0, 112, 112], "det_score": 1.0, "labels": ["person_0"], "scores": [0.93],
+    face = {"coordinate": [0, 0, 112, 112], "det_score": 1.0, "labels": ["person_0"], "rec_scores": [0.93],
             "label": "person_0", "score": 0.93}
     path = RecognitionResult("x.png", [face], "x", img).save_to_img(str(tmp_path / "x.png"))
     out = cv2.imread(path).astype(int)
     assert np.abs(out[:18, :40] - 90).max() > 60  # the label's box and text at the top-left
     assert np.abs(out[40:, :] - 90).max() == 0  # no box drawn around the whole image
     big = np.full((200, 200, 3), 90, np.uint8)
-    marked = dict(face, box=[50, 50, 150, 150],
+    marked = dict(face, coordinate=[50, 50, 150, 150],
                   landmarks=[[80, 90], [120, 90], [100, 110], [85, 130], [115, 130]])
     plain = cv2.imread(RecognitionResult("a", [marked], "a", big).save_to_img(str(tmp_path / "a.png"))).astype(int)
     dots = cv2.imread(RecognitionResult("b", [marked], "b", big).save_to_img(str(tmp_path / "b.png"),
@@ -263,7 +323,7 @@ def test_rec_threshold_comes_from_the_model_unless_set(model_dir, tmp_path):
 
     import yaml
 
-    from engine.recognition import RecognitionPipeline
+    from engine.recognition import FaceRecognitionPipeline as RecognitionPipeline
 
     assert RecognitionPipeline(model_dir, det={"enable": False}).rec_threshold == 0.4
     folder = tmp_path / "with_record"

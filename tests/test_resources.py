@@ -11,6 +11,7 @@ import threading
 
 import numpy as np
 import pytest
+import yaml
 
 from engine.gallery_index import GalleryIndex
 from foundation.atomic_io import cached_download
@@ -84,14 +85,17 @@ def test_damaged_index_without_a_checksum_still_says_rebuild(tmp_path):
 
 def test_id_map_that_does_not_match_the_index(tmp_path):
     folder = _saved_index(tmp_path)
-    path = os.path.join(folder, "id_map.json")
-    id_map = json.load(open(path))
-    id_map["99"] = id_map.pop("0")
-    json.dump(id_map, open(path, "w"))
-    with pytest.raises(UserError, match="ids in id_map.json do not match"):
+    path = os.path.join(folder, "id_map.yaml")
+    info = yaml.safe_load(open(path))
+    info["id_map"][99] = info["id_map"].pop(0)
+    yaml.safe_dump(info, open(path, "w"))
+    with pytest.raises(UserError, match="ids in id_map do not match"):
         GalleryIndex.load(folder)
-    json.dump({"x": {"label": "a"}}, open(path, "w"))
+    yaml.safe_dump(dict(info, id_map={"x": "a"}), open(path, "w"))
     with pytest.raises(UserError, match="rebuild the index"):
+        GalleryIndex.load(folder)
+    open(path, "w").write("id_map: [unclosed")
+    with pytest.raises(UserError, match="unreadable index info"):
         GalleryIndex.load(folder)
 
 

@@ -1,0 +1,236 @@
+"""The HTTP service, run for real: `main.py ... Global.mode=serve` in a subprocess on a loopback port,
+called the way PaddleX's client example calls it (build, add, remove, infer with PaddleX's field
+names), then restarted on the same index folder; errors come back in PaddleX's envelope."""
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PIPELINE = os.path.join(REPO_ROOT, "configs", "face_recognition", "pipeline.yaml")
+DEMO_FACES = ("p00000/00", "p00000/03", "p00000/05", "p00001/00")  # ones YuNet finds on a canvas (scores 0.65-0.76)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    import paddle
+
+    from engine.inference_folder import export_inference
+    from models import build_backbone
+
+    paddle.seed(0)
+    out = str(tmp_path_factory.mktemp("model") / "inference")
+    export_inference(build_backbone("MobileFaceNet"), out, "MobileFaceNet")
+    return out
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """{name: JPEG bytes}: demo faces enlarged onto a plain 320x320 canvas, so YuNet detects them."""
+    from datasets.demo import ensure_demo
+
+    demo = os.path.join(REPO_ROOT, "dataset", "face_demo")
+    ensure_demo(demo)
+    out = {}
+    for name in DEMO_FACES:
+        face = cv2.imread(os.path.join(demo, "val", "images", name + ".jpg"))
+        canvas = np.full((320, 320, 3), 200, np.uint8)
+        canvas[60:260, 60:260] = cv2.resize(face, (200, 200))
+        out[name] = cv2.imencode(".jpg", canvas)[1].tobytes()
+    return out
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model_dir, index_root, log_dir, *extra):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, os.path.join(REPO_ROOT, "main.py"), "-c", PIPELINE, "-o", "Global.mode=serve",
+               "-o", f"Serve.port={self.port}", "-o", f"Serve.index_root={index_root}",
+               "-o", f"SubModules.Recognition.model_dir={model_dir}", "-o", "det_threshold=0.5",
+               "-o", f"Global.output={log_dir}", *[x for e in extra for x in ("-o", e)]]
+        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, text=True)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}: {self.proc.stdout.read()}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                    if json.loads(r.read())["status"] == "ok":
+                        return
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise AssertionError("server did not answer /health within 120 s")
+
+    def post(self, path, body, raw=None):
+        data = raw if raw is not None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def b64(data):
+    return base64.b64encode(data).decode("ascii")
+
+
+def test_paddlex_client_flow_and_restart_keeps_the_index(model_dir, photos, tmp_path):
+    server = Server(model_dir, tmp_path / "indexes", tmp_path / "out")
+    try:
+        status, r = server.post("/face-recognition-index-build", {"imageLabelPairs": [
+            {"image": b64(photos["p00000/00"]), "label": "alice"}, {"image": b64(photos["p00001/00"]), "label": "bob"}]})
+        assert status == 200 and r["errorCode"] == 0 and r["errorMsg"] == "Success" and len(r["logId"]) == 36
+        key = r["result"]["indexKey"]
+        assert r["result"]["imageCount"] == 2 and r["result"]["idMap"] == {"0": "alice", "1": "bob"}
+        status, r = server.post("/face-recognition-index-add", {"imageLabelPairs": [
+            {"image": "data:image/jpeg;base64," + b64(photos["p00000/03"]), "label": "alice"}], "indexKey": key})
+        assert status == 200 and r["result"]["imageCount"] == 3
+        status, r = server.post("/face-recognition-infer", {"image": b64(photos["p00001/00"]), "indexKey": key})
+        assert status == 200
+        (face,) = r["result"]["faces"]
+        assert face["recResults"][0] == {"label": "bob", "score": pytest.approx(1.0, abs=1e-3)}
+        assert face["label"] == "bob" and 0.5 <= face["score"] <= 1.0 and len(face["bbox"]) == 4
+        drawn = cv2.imdecode(np.frombuffer(base64.b64decode(r["result"]["image"]), np.uint8), cv2.IMREAD_COLOR)
+        assert drawn.shape == (320, 320, 3)
+        status, r = server.post("/face-recognition-index-remove", {"ids": [1, 42], "indexKey": key})
+        assert status == 200 and r["result"]["imageCount"] == 2 and r["result"]["missingIds"] == [42]
+        status, r = server.post("/face-recognition-infer", {"image": b64(photos["p00001/00"]), "indexKey": key,
+                                                            "recThreshold": 0.999, "visualize": False})
+        assert r["result"]["faces"][0]["label"] == "unknown" and r["result"]["image"] is None
+        assert "bob" not in [m["label"] for m in r["result"]["faces"][0]["recResults"]]
+    finally:
+        assert server.stop() in (0, -signal.SIGTERM)  # SIGTERM: a graceful stop, ended by the signal
+    again = Server(model_dir, tmp_path / "indexes", tmp_path / "out")
+    try:
+        status, r = again.post("/face-recognition-infer", {"image": b64(photos["p00000/05"]), "indexKey": key,
+                                                           "recThreshold": -1.0, "topk": 5})
+        assert status == 200
+        assert sorted(m["label"] for m in r["result"]["faces"][0]["recResults"]) == ["alice", "alice"]
+    finally:
+        again.stop()
+    assert "POST /face-recognition-infer 200" in (tmp_path / "out" / "serve.log").read_text()
+
+
+def test_errors_come_in_the_envelope_with_what_to_fix(model_dir, photos, tmp_path):
+    server = Server(model_dir, tmp_path / "indexes", tmp_path / "out", "Serve.max_request_mb=0.2",
+                    "Serve.max_images_per_request=2")
+    try:
+        def error(path, body=None, raw=None):
+            status, r = server.post(path, body, raw)
+            assert r["errorCode"] == status and "result" not in r and len(r["logId"]) == 36
+            return status, r["errorMsg"]
+
+        status, msg = error("/face-recognition-infer", {"image": "%%% not base64"})
+        assert status == 422 and "neither base64 file content nor an http(s) URL" in msg
+        status, msg = error("/face-recognition-infer", {"image": b64(b"GIF89a but not really")})
+        assert status == 422 and "is not an image" in msg
+        status, msg = error("/face-recognition-infer", {"image": b64(photos["p00000/00"]), "indexKey": "no-such-key"})
+        assert status == 404 and "no index with indexKey 'no-such-key'" in msg
+        status, msg = error("/face-recognition-infer", {"image": b64(photos["p00000/00"]), "indexKey": "../etc"})
+        assert status == 404 and "not a valid key" in msg
+        status, msg = error("/face-recognition-index-build", {"imageLabelPairs": [{"image": b64(photos["p00000/00"])}]})
+        assert status == 422 and "imageLabelPairs.0.label: Field required" in msg
+        status, msg = error("/face-recognition-index-build", raw=b"{not json")
+        assert status == 422 and "invalid request" in msg
+        three = [{"image": b64(photos["p00000/00"]), "label": "a"}] * 3
+        status, msg = error("/face-recognition-index-build", {"imageLabelPairs": three})
+        assert status == 413 and "above the limit of 2" in msg
+        status, msg = error("/face-recognition-index-build", raw=b"x" * 300_000)
+        assert status == 413 and "Serve.max_request_mb" in msg
+        blank = cv2.imencode(".jpg", np.full((200, 200, 3), 90, np.uint8))[1].tobytes()
+        status, msg = error("/face-recognition-index-build", {"imageLabelPairs": [
+            {"image": b64(photos["p00000/00"]), "label": "a"}, {"image": b64(blank), "label": "wall"}]})
+        assert status == 422 and "no face found in imageLabelPairs[1] (label 'wall'); nothing was added" in msg
+        assert os.listdir(tmp_path / "indexes") == []  # nothing half-built
+        huge = cv2.imencode(".png", np.zeros((1, 1, 3), np.uint8))[1].tobytes()
+        huge = huge[:16] + (60000).to_bytes(4, "big") + (60000).to_bytes(4, "big") + huge[24:]  # a 3.6 GP header
+        status, msg = error("/face-recognition-infer", {"image": b64(huge)})
+        assert status == 422 and "megapixels, above the limit" in msg
+        status, msg = error("/face-recognition-infer", {"image": b64(photos["p00000/00"]), "detThreshold": 3})
+        assert status == 422 and "detThreshold 3.0 is outside 0 to 1" in msg
+        status, msg = error("/no-such-endpoint", {})
+        assert status == 404
+        with urllib.request.urlopen(server.url + "/health") as r:
+            assert json.loads(r.read())["indexes"] == 0
+    finally:
+        server.stop()
+
+
+def test_taken_port_is_one_line_and_exit_1(model_dir, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        out = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "main.py"), "-c", PIPELINE, "-o", "Global.mode=serve",
+                              "-o", f"Serve.port={port}", "-o", f"SubModules.Recognition.model_dir={model_dir}",
+                              "-o", f"Global.output={tmp_path}"], capture_output=True, text=True, timeout=120,
+                             cwd=REPO_ROOT)
+    assert out.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in out.stderr
+
+
+def test_concurrent_adds_to_one_index_are_all_kept_and_sigterm_finishes_in_flight(model_dir, photos, tmp_path):
+    """Six clients add at once to one index (updates serialised: every acknowledged add is in the
+    final index), while SIGTERM arrives during a last batch of requests: those still answer 200."""
+    server = Server(model_dir, tmp_path / "indexes", tmp_path / "out")
+    try:
+        _, r = server.post("/face-recognition-index-build", {"imageLabelPairs": [
+            {"image": b64(photos["p00000/00"]), "label": "seed"}]})
+        key = r["result"]["indexKey"]
+        results = []
+
+        def add(i):
+            results.append(server.post("/face-recognition-index-add", {"indexKey": key, "imageLabelPairs": [
+                {"image": b64(photos["p00001/00"]), "label": f"client{i}"}]}))
+
+        threads = [threading.Thread(target=add, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(status == 200 for status, _ in results)
+        _, r = server.post("/face-recognition-index-remove", {"ids": [], "indexKey": key})
+        assert sorted(set(r["result"]["idMap"].values())) == ["client0", "client1", "client2", "client3", "client4",
+                                                               "client5", "seed"]
+        late = []
+        threads = [threading.Thread(target=lambda: late.append(server.post("/face-recognition-infer", {
+            "image": b64(photos["p00000/05"]), "indexKey": key}))) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        server.proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join()
+        assert [status for status, _ in late] == [200] * 4
+        assert server.proc.wait(timeout=60) == -signal.SIGTERM
+    finally:
+        server.stop()
