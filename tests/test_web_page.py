@@ -28,6 +28,7 @@ DEMO_IMAGES = os.path.join("dataset", "face_demo", "val", "images")
 # Demo faces the bundled YuNet finds at threshold 0.5 once pasted 200x200 on a 320x320 grey canvas.
 ALICE = ("p00000/00.jpg", "p00000/03.jpg")
 BOB = ("p00001/00.jpg",)
+NO_FACE = "p00001/01.jpg"  # YuNet finds no face on its canvas: the service refuses to enrol it
 QUERY = "p00000/00.jpg"  # enrolled as Alice: cosine 1.0 with itself, whatever the untrained model
 KNOWN_RGB = (0x1B, 0x7F, 0x3B)  # the page's colour for a recognized face (COLORS.known in index.html)
 SERVER_START_S = 240
@@ -78,7 +79,7 @@ def photos(tmp_path_factory):
     ensure_demo(os.path.join("dataset", "face_demo"))
     out = tmp_path_factory.mktemp("photos")
     paths = {}
-    for name in sorted(set(ALICE + BOB + (QUERY,))):
+    for name in sorted(set(ALICE + BOB + (QUERY, NO_FACE))):
         face = cv2.imread(os.path.join(DEMO_IMAGES, name))
         assert face is not None, f"demo image {name} missing under {DEMO_IMAGES}"
         canvas = np.full((320, 320, 3), 200, np.uint8)
@@ -151,7 +152,7 @@ def server(model_dir, tmp_path_factory):
 
 def drive_page(sync_playwright, base, photos, screenshot_paths):
     """Everything a person does on the page, checked as it goes; returns what the faces table showed."""
-    page_errors, outside = [], []
+    page_errors, outside, posts = [], [], []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
@@ -161,12 +162,15 @@ def drive_page(sync_playwright, base, photos, screenshot_paths):
             page.on("console", lambda msg: page_errors.append(msg.text) if msg.type == "error" else None)
             page.on("request", lambda req: None if req.url.startswith((base, "data:", "blob:"))
                     else outside.append(req.url))
+            page.on("request", lambda req: posts.append(req.url[len(base):]) if req.method == "POST" else None)
             page.goto(base + "/")
             assert page.title() == "facefeat: face recognition"
             page.wait_for_function("document.getElementById('health').textContent === 'Service ready.'")
             assert page.input_value("#index-key") == ""
 
-            # (a) enrol: the first person builds an index, the second is added to it.
+            # (a) enrol: the first person builds an index, the second is added to it. Alice's two
+            # photos go one per request here (the form's batch limit lowered): build, then add.
+            page.evaluate("document.getElementById('enrol-form').dataset.maxImages = '1'")
             page.get_by_label("Name").fill("Alice")
             page.get_by_label("Photos of this person").set_input_files([photos[n] for n in ALICE])
             page.get_by_role("button", name="Enrol").click()
@@ -175,6 +179,9 @@ def drive_page(sync_playwright, base, photos, screenshot_paths):
             key = page.input_value("#index-key")
             assert key, "the built index's key is not shown"
             assert page.evaluate("localStorage.getItem('facefeat.indexKey')") == key
+            assert posts == ["/face-recognition-index-build", "/face-recognition-index-add"], posts
+            assert "Built index" in page.inner_text("#enrol-status")
+            page.evaluate("document.getElementById('enrol-form').dataset.maxImages = '16'")
 
             page.get_by_label("Name").fill("Bob")
             page.get_by_label("Photos of this person").set_input_files([photos[n] for n in BOB])
@@ -182,6 +189,7 @@ def drive_page(sync_playwright, base, photos, screenshot_paths):
             page.wait_for_function("document.getElementById('image-count').textContent === '3'")
             assert not page.is_visible("#error"), page.inner_text("#error")
             assert page.input_value("#index-key") == key, "the second enrolment must add to the same index"
+            assert posts[2:] == ["/face-recognition-index-add"], posts
             people = ["Alice (2 photos)\nRemove", "Bob (1 photo)\nRemove"]
             assert page.locator("#people li").all_inner_texts() == people
             page.reload()  # the key and the people it holds are remembered by the browser
@@ -234,7 +242,15 @@ def drive_page(sync_playwright, base, photos, screenshot_paths):
             page.wait_for_function("document.getElementById('image-count').textContent === '2'")
             assert page.locator("#people li").all_inner_texts() == ["Alice (2 photos)\nRemove"]
 
-            # Errors are shown on the page: a file that is not an image, and an unknown index key.
+            # Errors are shown on the page: a photo without a face (named by its file), a file that
+            # is not an image, and an unknown index key.
+            page.get_by_label("Name").fill("Carol")
+            page.get_by_label("Photos of this person").set_input_files(photos[NO_FACE])
+            page.get_by_role("button", name="Enrol").click()
+            page.wait_for_selector("#error.shown")
+            error_text = page.inner_text("#error")
+            assert "HTTP 422" in error_text and os.path.basename(photos[NO_FACE]) in error_text, error_text
+            assert page.inner_text("#image-count") == "2"
             page.get_by_label("Photo", exact=True).set_input_files(photos["not_image"])
             page.get_by_role("button", name="Recognize").click()
             page.wait_for_selector("#error.shown")
