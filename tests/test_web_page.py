@@ -246,26 +246,31 @@ def drive_page(sync_playwright, base, photos, screenshot_paths):
             # is not an image, and an unknown index key.
             page.get_by_label("Name").fill("Carol")
             page.get_by_label("Photos of this person").set_input_files(photos[NO_FACE])
-            page.get_by_role("button", name="Enrol").click()
+            with page.expect_response(lambda r: r.url.endswith("/face-recognition-index-add")) as refused:
+                page.get_by_role("button", name="Enrol").click()
+            assert refused.value.status == 422
+            said = refused.value.json()["errorMsg"]
             page.wait_for_selector("#error.shown")
             error_text = page.inner_text("#error")
             assert "HTTP 422" in error_text and os.path.basename(photos[NO_FACE]) in error_text, error_text
+            assert said.split("imageLabelPairs[0]")[-1].strip() in error_text, (said, error_text)  # its errorMsg
             assert page.inner_text("#image-count") == "2"
             page.get_by_label("Photo", exact=True).set_input_files(photos["not_image"])
             page.get_by_role("button", name="Recognize").click()
             page.wait_for_selector("#error.shown")
-            assert page.inner_text("#error").strip()
+            error_text = page.inner_text("#error")
+            assert "notes.txt is not an image" in error_text, error_text  # caught by the page itself
             page.get_by_label("Index key").fill("no-such-index")
             page.get_by_role("button", name="Use this key").click()
             page.get_by_label("Photo", exact=True).set_input_files(photos[QUERY])
             page.get_by_role("button", name="Recognize").click()
             page.wait_for_selector("#error.shown")
             error_text = page.inner_text("#error")
-            assert "face-recognition-infer failed: HTTP 4" in error_text, error_text
+            assert "face-recognition-infer failed: HTTP 404" in error_text and "no-such-index" in error_text, error_text
             version = browser.version
         finally:
             browser.close()
-    # The unknown key and the non-image answer 4xx: the browser logs those failed loads, nothing else.
+    # The faceless photo and the unknown key answer 4xx: the browser logs those failed loads, nothing else.
     assert not [e for e in page_errors if "status of 4" not in e], page_errors
     assert not outside, f"the page loaded something from outside the service: {outside}"
     return {"cells": cells, "key": key, "version": version}
