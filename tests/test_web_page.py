@@ -199,8 +199,11 @@ def drive_page(sync_playwright, base, photos, screenshot_paths):
 
             # (b) recognize a photo that was enrolled as Alice.
             page.get_by_label("Photo", exact=True).set_input_files(photos[QUERY])
+            page.get_by_label("Also show the server's drawing").check()
             page.get_by_role("button", name="Recognize").click()
             page.wait_for_function("document.getElementById('result-canvas').dataset.faces !== undefined")
+            page.wait_for_function("document.getElementById('server-image').naturalWidth === 320")
+            assert page.is_visible("#server-image")
             assert not page.is_visible("#error"), page.inner_text("#error")
             rows = page.locator("#faces-table tbody tr")
             assert rows.count() == 1, page.inner_text("#rec-status")
