@@ -263,13 +263,17 @@ def drive_page(sync_playwright, base, photos, screenshot_paths):
             page.wait_for_selector("#error.shown")
             error_text = page.inner_text("#error")
             assert "notes.txt is not an image" in error_text, error_text  # caught by the page itself
-            page.get_by_label("Index key").fill("no-such-index")
-            page.get_by_role("button", name="Use this key").click()
+            page.get_by_label("Index key").fill("no-such-index")  # typed, "Use this key" not pressed
             page.get_by_label("Photo", exact=True).set_input_files(photos[QUERY])
             page.get_by_role("button", name="Recognize").click()
             page.wait_for_selector("#error.shown")
             error_text = page.inner_text("#error")
             assert "face-recognition-infer failed: HTTP 404" in error_text and "no-such-index" in error_text, error_text
+            assert "Start a new index" in error_text, error_text
+            assert page.evaluate("localStorage.getItem('facefeat.indexKey')") == "no-such-index"
+            page.get_by_role("button", name="Start a new index").click()
+            assert page.input_value("#index-key") == "" and page.inner_text("#image-count") == "0"
+            assert not page.is_visible("#error")
             version = browser.version
         finally:
             browser.close()
