@@ -136,6 +136,11 @@ def test_paddlex_client_flow_and_restart_keeps_the_index(model_dir, photos, tmp_
                                                            "recThreshold": -1.0, "topk": 5})
         assert status == 200
         assert sorted(m["label"] for m in r["result"]["faces"][0]["recResults"]) == ["alice", "alice"]
+        status, r = again.post("/face-recognition-index-info", {"indexKey": key})
+        assert status == 200 and r["result"]["idMap"] == {"0": "alice", "2": "alice"} and r["result"]["labels"] == ["alice"]
+        versions = sorted(os.listdir(tmp_path / "indexes" / key))
+        status, r = again.post("/face-recognition-index-remove", {"ids": [77], "indexKey": key})
+        assert r["result"]["missingIds"] == [77] and sorted(os.listdir(tmp_path / "indexes" / key)) == versions
     finally:
         again.stop()
     assert "POST /face-recognition-infer 200" in (tmp_path / "out" / "serve.log").read_text()
