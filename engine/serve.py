@@ -25,7 +25,9 @@ from foundation.logger import get_logger, log_to_file
 
 
 def bind(host, port):
-    """A listening socket on host:port; UserError naming the address when it cannot be had."""
+    """A socket bound to host:port, not listening yet (connections are refused until listen(), so
+    a client never waits on a port whose model is still loading); UserError naming the address
+    when it cannot be had."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -35,7 +37,6 @@ def bind(host, port):
         sock.close()
         raise UserError(f"cannot listen on {host}:{port} ({e.strerror}): another process uses the port, or the "
                         f"address is not this machine's; pick another with -o Serve.port=... / -o Serve.host=...") from None
-    sock.listen(2048)
     sock.set_inheritable(True)
     return sock
 
@@ -70,5 +71,6 @@ def run(cfg):
                             timeout_graceful_shutdown=serve.shutdown_timeout or None)
     # After a graceful stop uvicorn re-raises the signal, so the process ends as the signal asks
     # (SIGTERM: killed by it, exit status 143 in a shell; Ctrl-C: 130), as a supervisor expects.
+    sock.listen(2048)  # the model is loaded: accept connections from now on
     _Server(config).run(sockets=[sock])
     return 0

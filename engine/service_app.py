@@ -4,6 +4,7 @@
                                          -> {"indexKey", "imageCount", "idMap"}
     POST /face-recognition-index-add     {"imageLabelPairs": [...], "indexKey"} -> {"imageCount", "idMap"}
     POST /face-recognition-index-remove  {"ids": [int], "indexKey"} -> {"imageCount", "idMap", "missingIds"}
+    POST /face-recognition-index-info    {"indexKey"} -> {"imageCount", "idMap", "labels", ...} (ours, read-only)
     POST /face-recognition-infer         {"image", "indexKey"?, "detThreshold"?, "recThreshold"?,
                                           "hammingRadius"?, "topk"?, "visualize"?}
                                          -> {"faces": [{"bbox", "recResults": [{"label", "score"}],
@@ -85,6 +86,10 @@ class AddImagesToIndexRequest(BaseModel):
 
 class RemoveImagesFromIndexRequest(BaseModel):
     ids: List[int]
+    indexKey: str
+
+
+class IndexInfoRequest(BaseModel):
     indexKey: str
 
 
@@ -305,6 +310,10 @@ def create_app(pipeline, store, limits=None):
 
     @app.post("/face-recognition-index-remove")
     async def remove_from_index(request: RemoveImagesFromIndexRequest):
+        current = await run_in_threadpool(store.get, request.indexKey)
+        if not set(request.ids) & set(current.entries):  # nothing to remove: no new version is written
+            return ok({"imageCount": len(current), "idMap": id_map(current), "missingIds": sorted(set(request.ids))})
+
         def change(index):
             missing = sorted(set(request.ids) - set(index.entries))
             index.remove_ids(request.ids)
@@ -312,6 +321,12 @@ def create_app(pipeline, store, limits=None):
 
         index, missing = await run_in_threadpool(store.update, request.indexKey, change)
         return ok({"imageCount": len(index), "idMap": id_map(index), "missingIds": missing})
+
+    @app.post("/face-recognition-index-info")
+    async def index_info(request: IndexInfoRequest):  # ours: read an index without changing it
+        index = await run_in_threadpool(store.get, request.indexKey)
+        return ok({"imageCount": len(index), "idMap": id_map(index), "labels": index.labels,
+                   "indexType": index.index_type, "metricType": index.metric_type})
 
     @app.post("/face-recognition-infer")
     async def infer(request: InferRequest):

@@ -248,15 +248,11 @@ def test_cli_yunet_gallery_on_lfw_photos_and_query_without_face(model_dir, tmp_p
     assert json.loads((out / "blank_res.json").read_text())["res"]["boxes"] == []
 
 
-def test_paddle_detector_adapter_runs_an_exported_detection_model(tmp_path):
-    """A stand-in detection model with PaddleDetection's inputs (image, im_shape, scale_factor) and
-    output rows [class, score, x1, y1, x2, y2] in original pixels: the adapter feeds it, scales and
-    thresholds the boxes, and the pipeline's Det.type=paddle builds it from a folder."""
+def _export_fake_face_detector(folder):
+    """A stand-in PaddleDetection face detector in `folder`: boxes 0.9 at (0.1w, 0.2h, 0.6w, 0.7h) and
+    0.3 at (0, 0, 0.2w, 0.2h) of every image."""
     import paddle
     import yaml
-
-    from foundation.errors import UserError
-    from models.face_detector import PaddleFaceDetector, build_detector
 
     class FakeFaceDet(paddle.nn.Layer):
         def __init__(self):
@@ -272,7 +268,6 @@ def test_paddle_detector_adapter_runs_an_exported_detection_model(tmp_path):
             weak = paddle.concat([0 * one, 0.3 * one, 0 * w, 0 * h, 0.2 * w, 0.2 * h], axis=1)
             return paddle.concat([good, weak], axis=0)
 
-    folder = tmp_path / "det"
     spec = [paddle.static.InputSpec([1, 3, 64, 64], "float32", "image"),
             paddle.static.InputSpec([1, 2], "float32", "im_shape"),
             paddle.static.InputSpec([1, 2], "float32", "scale_factor")]
@@ -281,6 +276,17 @@ def test_paddle_detector_adapter_runs_an_exported_detection_model(tmp_path):
         {"type": "Resize", "target_size": [64, 64], "keep_ratio": False},
         {"type": "NormalizeImage", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "is_scale": True},
         {"type": "Permute"}]}))
+    return str(folder)
+
+
+def test_paddle_detector_adapter_runs_an_exported_detection_model(tmp_path):
+    """A stand-in detection model with PaddleDetection's inputs (image, im_shape, scale_factor) and
+    output rows [class, score, x1, y1, x2, y2] in original pixels: the adapter feeds it, scales and
+    thresholds the boxes; build_detector(type="paddle") builds it from a folder."""
+    from foundation.errors import UserError
+    from models.face_detector import PaddleFaceDetector, build_detector
+
+    folder = _export_fake_face_detector(tmp_path / "det")
     det = build_detector(enable=True, type="paddle", model_dir=str(folder), threshold=0.6)
     assert isinstance(det, PaddleFaceDetector) and det.target_size == (64, 64)
     faces = det.detect(np.zeros((200, 100, 3), np.uint8))
@@ -291,6 +297,26 @@ def test_paddle_detector_adapter_runs_an_exported_detection_model(tmp_path):
         PaddleFaceDetector(str(tmp_path))
     with pytest.raises(UserError, match="not one of yunet, paddle"):
         build_detector(type="haar")
+
+
+def test_a_paddlex_detector_by_name_and_a_per_call_detection_threshold(model_dir, tmp_path):
+    """SubModules.Detection.model_name BlazeFace with a model_dir runs the Paddle adapter; faces are
+    kept at det_threshold, and predict(det_threshold=...) may go below the config's value."""
+    from engine import create_pipeline
+    from models.face_detector import PaddleFaceDetector
+
+    folder = _export_fake_face_detector(tmp_path / "det")
+    pipeline = create_pipeline("face_recognition", config={
+        "SubModules.Detection.model_name": "BlazeFace", "SubModules.Detection.model_dir": folder,
+        "SubModules.Detection.min_size": 1,
+        "SubModules.Recognition.model_dir": model_dir, "det_threshold": 0.6})
+    assert isinstance(pipeline.detector, PaddleFaceDetector)
+    img = np.full((200, 100, 3), 120, np.uint8)
+    index = pipeline.build_index([img], ["someone"])
+    (res,) = pipeline.predict(img, index=index)
+    assert [b["det_score"] for b in res["boxes"]] == [0.9]
+    (res,) = pipeline.predict(img, index=index, det_threshold=0.25)
+    assert [b["det_score"] for b in res["boxes"]] == [0.9, 0.3]
 
 
 # --------------------------------------------------------------------------- drawn results

@@ -138,6 +138,11 @@ def test_paddlex_client_flow_and_restart_keeps_the_index(model_dir, photos, tmp_
                                                            "recThreshold": -1.0, "topk": 5})
         assert status == 200
         assert sorted(m["label"] for m in r["result"]["faces"][0]["recResults"]) == ["alice", "alice"]
+        status, r = again.post("/face-recognition-index-info", {"indexKey": key})
+        assert status == 200 and r["result"]["idMap"] == {"0": "alice", "2": "alice"} and r["result"]["labels"] == ["alice"]
+        versions = sorted(os.listdir(tmp_path / "indexes" / key))
+        status, r = again.post("/face-recognition-index-remove", {"ids": [77], "indexKey": key})
+        assert r["result"]["missingIds"] == [77] and sorted(os.listdir(tmp_path / "indexes" / key)) == versions
     finally:
         again.stop()
     assert "POST /face-recognition-infer 200" in (tmp_path / "out" / "serve.log").read_text()
@@ -236,6 +241,76 @@ def test_concurrent_adds_to_one_index_are_all_kept_and_sigterm_finishes_in_fligh
         assert server.proc.wait(timeout=60) == -signal.SIGTERM
     finally:
         server.stop()
+
+
+def test_sigkill_during_adds_keeps_every_acknowledged_add(model_dir, photos, tmp_path):
+    server = Server(model_dir, tmp_path / "indexes", tmp_path / "out")
+    _, r = server.post("/face-recognition-index-build", {"imageLabelPairs": [{"image": b64(photos["p00000/00"]),
+                                                                              "label": "seed"}]})
+    key = r["result"]["indexKey"]
+    acked, lock = [], threading.Lock()
+
+    def adder(i):
+        for n in range(1000):
+            label = f"c{i}-{n}"
+            try:
+                status, _ = server.post("/face-recognition-index-add", {"indexKey": key, "imageLabelPairs": [
+                    {"image": b64(photos["p00001/00"]), "label": label}]})
+            except OSError:
+                return  # the server is gone
+            if status == 200:
+                with lock:
+                    acked.append(label)
+
+    threads = [threading.Thread(target=adder, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    deadline = time.time() + 60
+    while len(acked) < 6 and time.time() < deadline:
+        time.sleep(0.05)
+    server.proc.kill()  # SIGKILL: no chance to flush or finish anything
+    for t in threads:
+        t.join()
+    server.proc.wait()
+    assert len(acked) >= 6
+    again = Server(model_dir, tmp_path / "indexes", tmp_path / "out")
+    try:
+        _, r = again.post("/face-recognition-index-info", {"indexKey": key})
+        held = set(r["result"]["idMap"].values())
+        assert set(acked) <= held, sorted(set(acked) - held)
+    finally:
+        again.stop()
+
+
+def test_image_urls_are_fetched_and_can_be_turned_off(model_dir, photos, tmp_path):
+    import functools
+    import http.server
+
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "face.jpg").write_bytes(photos["p00001/00"])
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
+    handler.log_message = lambda *a: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    server = Server(model_dir, tmp_path / "indexes", tmp_path / "out")
+    try:
+        status, r = server.post("/face-recognition-index-build", {"imageLabelPairs": [
+            {"image": url + "/face.jpg", "label": "bob"}]})
+        assert status == 200 and r["result"]["imageCount"] == 1
+        status, r = server.post("/face-recognition-infer", {"image": url + "/face.jpg", "indexKey": r["result"]["indexKey"]})
+        assert status == 200 and r["result"]["faces"][0]["label"] == "bob"
+        status, r = server.post("/face-recognition-infer", {"image": url + "/missing.jpg"})
+        assert status == 422 and "cannot fetch" in r["errorMsg"] and "missing.jpg" in r["errorMsg"]
+    finally:
+        server.stop()
+    closed = Server(model_dir, tmp_path / "indexes", tmp_path / "out", "Serve.url_images=False")
+    try:
+        status, r = closed.post("/face-recognition-infer", {"image": url + "/face.jpg"})
+        assert status == 422 and "image URLs are turned off" in r["errorMsg"]
+    finally:
+        closed.stop()
+        httpd.shutdown()
 
 
 # --------------------------------------------------------------------------- the milvus backend

@@ -1,0 +1,102 @@
+"""The README's Python examples, run as written (in a temporary folder holding the files they name),
+so the documented API and the real one cannot drift apart. The official model the predict example
+asks for by name is served on loopback in PaddleX's layout; faces are demo faces YuNet detects."""
+import functools
+import http.server
+import os
+import re
+import shutil
+import tarfile
+import threading
+
+import cv2
+import numpy as np
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8").read()
+BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
+DEMO_FACES = {"alice": ("p00000/00", "p00000/03"), "bob": ("p00001/00",)}  # YuNet finds these on a canvas
+
+
+def block_with(text):
+    found = [b for b in BLOCKS if text in b]
+    assert len(found) == 1, f"expected one README python block with {text!r}, found {len(found)}"
+    return found[0]
+
+
+def test_every_python_block_is_run_here():
+    assert len(BLOCKS) == 2 and block_with("create_model(") and block_with("create_pipeline(")
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory):
+    import paddle
+
+    from engine.inference_folder import export_inference
+    from models import build_backbone
+
+    paddle.seed(0)
+    return export_inference(build_backbone("MobileFaceNet"), str(tmp_path_factory.mktemp("m") / "inference"),
+                            "MobileFaceNet")["dir"]
+
+
+def face_photo(name):
+    from datasets.demo import ensure_demo
+
+    demo = os.path.join(REPO_ROOT, "dataset", "face_demo")
+    ensure_demo(demo)
+    canvas = np.full((320, 320, 3), 200, np.uint8)
+    canvas[60:260, 60:260] = cv2.resize(cv2.imread(os.path.join(demo, "val", "images", name + ".jpg")), (200, 200))
+    return canvas
+
+
+def test_predict_example(random_model, tmp_path, monkeypatch):
+    from engine import official_models
+
+    www = tmp_path / "www" / "official_inference_model" / "paddle3.0.0"
+    www.mkdir(parents=True)
+    with tarfile.open(www / "MobileFaceNet_infer.tar", "w") as tar:
+        tar.add(random_model, arcname="MobileFaceNet_infer")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
+    handler.log_message = lambda *a: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setenv(official_models.ROOT_ENV, f"http://127.0.0.1:{httpd.server_address[1]}")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    work = tmp_path / "work"
+    shutil.copytree(random_model, work / "output" / "best_model" / "inference")
+    (work / "faces").mkdir(parents=True)
+    for name, photo in (("a.jpg", "p00000/00"), ("b.jpg", "p00000/03"), ("faces/c.jpg", "p00001/00")):
+        cv2.imwrite(str(work / name), cv2.resize(face_photo(photo), (112, 112)))
+    monkeypatch.chdir(work)
+    scope = {}
+    try:
+        exec(compile(block_with("create_model("), "README.md", "exec"), scope)
+    finally:
+        httpd.shutdown()
+    assert sorted(os.listdir(work / "output")) == ["a_res.json", "best_model", "c_res.json"]
+    assert -1.0 <= float(scope["sim"]) <= 1.0 and scope["sim"].is_same in (True, False)
+
+
+def test_pipeline_example(random_model, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    shutil.copytree(random_model, work / "output" / "best_model" / "inference")  # the config's model_dir
+    shutil.copytree(os.path.join(REPO_ROOT, "configs"), work / "configs")
+    for root, people in (("gallery", ("alice", "bob")), ("new", ("carol",))):
+        lines = []
+        for person in people:
+            (work / root / "images" / person).mkdir(parents=True)
+            for k, photo in enumerate(DEMO_FACES.get(person, ("p00000/05",))):
+                cv2.imwrite(str(work / root / "images" / person / f"{k}.jpg"), face_photo(photo))
+                lines.append(f"images/{person}/{k}.jpg {person}")
+        (work / root / "gallery.txt").write_text("\n".join(lines) + "\n")
+    (work / "photos").mkdir()
+    cv2.imwrite(str(work / "photos" / "bob_again.jpg"), face_photo("p00001/00"))
+    monkeypatch.chdir(work)
+    scope = {}
+    exec(compile(block_with("create_pipeline("), "README.md", "exec"), scope)
+    assert sorted(os.listdir(work / "face_index")) == ["id_map.yaml", "meta.json", "vector.index"]
+    assert len(scope["index"]) == 3 and scope["index"].labels == ["alice", "bob"]  # 3, carol (id 3) added, ids 3 and 7 removed
+    assert sorted(os.listdir(work / "out")) == ["bob_again_res.jpg", "bob_again_res.json"]
+    assert scope["res"]["boxes"][0]["label"] == "bob"
