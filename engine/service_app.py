@@ -9,7 +9,8 @@
                                           "hammingRadius"?, "topk"?, "visualize"?}
                                          -> {"faces": [{"bbox", "recResults": [{"label", "score"}],
                                              "score", "label", "labelScore"}], "image": JPEG base64 | null}
-    GET  /health                         -> {"status": "ok", "model", "embeddingSize", "indexes"}
+    GET  /health                         -> {"status": "ok", "model", "embeddingSize", "index", "indexes"};
+                                            503 {"status": "error", "errorMsg"} when Milvus does not answer
     GET  /                               the web page (engine/web/index.html)
 
 Every answer is PaddleX's envelope: {"logId", "errorCode": 0, "errorMsg": "Success", "result"} on
