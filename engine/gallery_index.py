@@ -455,7 +455,7 @@ class GalleryIndex:
             "pq_m": self.pq_m,
             "rerank": self.rerank,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "sources": {str(i): self.entries._paths.get(i) for i in sorted(self.entries)},
+            "sources": {str(i): p for i, p in sorted(self.entries._paths.items())},  # the ids with a known path
         }
 
     def save(self, index_dir):
@@ -529,19 +529,22 @@ class GalleryIndex:
         if len(labels) != index.ntotal:
             raise UserError(f"{where}: id_map lists {len(labels)} faces but the faiss index holds {index.ntotal}: "
                             "the folder is inconsistent; rebuild the index")
-        stored = set(_stored_ids(index).tolist())
-        if stored != set(labels):
-            odd = sorted(stored ^ set(labels))[:5]
+        stored = np.sort(_stored_ids(index))
+        listed = np.sort(np.fromiter(labels, dtype=np.int64, count=len(labels)))
+        if not np.array_equal(stored, listed):  # (arrays, not sets: a million-face index loads in less memory)
+            odd = sorted(set(stored.tolist()) ^ set(listed.tolist()))[:5]
             raise UserError(f"{where}: the ids in id_map do not match those in the faiss index (e.g. {odd}): "
                             "the folder is inconsistent; rebuild the index")
         sources = meta.get("sources") or {}
         self.entries = Entries()
         for i, lbl in labels.items():
             self.entries.set(i, lbl, sources.get(str(i)))
+        top = int(listed[-1]) + 1 if len(listed) else 0
+        del sources, labels, stored, listed
         self.index = index
         if isinstance(faiss.downcast_index(index), faiss.IndexIVF):
             self.nlist = int(faiss.downcast_index(index).nlist)
-        self.next_id = max(int(meta.get("next_id", 0)), max(labels) + 1 if labels else 0)
+        self.next_id = max(int(meta.get("next_id", 0)), top)
         return self
 
     @classmethod
