@@ -15,7 +15,9 @@ Every setting runs in its own process (a worker: `--worker TYPE`) so its memory 
              the milvus-lite server process counted in for Milvus Lite); the peak during the build
              adds at most one batch of --batch vectors
   loaded_mb  resident memory after saving and loading it again (faiss: the serving situation; exact
-             features of a rerank type are memory-mapped and count only the pages read)
+             features of a rerank type are memory-mapped and count only the pages read, with the
+             kernel's fault-around neighbours)
+  anon_mb    the same without file-backed pages: the memory the index really holds
   qps_1 / qps_64  queries per second, one query per call / 64 per call (top-5)
   recall@1   as above
 Rows: Flat, IVFPQ (nprobe 32 and 128), IVFPQ with rerank 8, HNSWSQ, HNSWSQ with rerank 4, IVF,
@@ -52,19 +54,22 @@ SETTINGS = {
     "HNSWSQ-rerank4": ("HNSWSQ", {"rerank": 4}),
     "HNSWSQ-ef256-rerank4": ("HNSWSQ", {"rerank": 4, "ef_search": 256}),
     "IVFPQ-np256-rerank8": ("IVFPQ", {"nprobe": 256, "rerank": 8}),
+    "IVFPQ-np512": ("IVFPQ", {"nprobe": 512}),
     "IVF": ("IVF", {"nprobe": 32}),
     "HNSW": ("HNSW", {}),
     "milvus": ("Flat", {}),
 }
 
 
-def rss_mb(pids=None):
-    """Resident memory (MB) of this process (+ the given pids), from /proc."""
+def rss_mb(pids=None, anon=False):
+    """Resident memory (MB) of this process (+ the given pids), from /proc; `anon`: without the
+    file-backed pages (a memory-mapped file's clean pages, which the kernel can drop at any time)."""
     total = 0
     for pid in [os.getpid()] + list(pids or []):
         try:
             with open(f"/proc/{pid}/statm") as f:
-                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+                fields = f.read().split()
+            total += (int(fields[1]) - (int(fields[2]) if anon else 0)) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, IndexError):
             pass
     return total / 2**20
@@ -158,7 +163,7 @@ def build_phase(args, name, index_type, settings, folder):
 def query_phase(args, name, folder):
     """Load the saved index in a fresh process (the serving situation) and measure it."""
     q, truth = make_queries(args.num, args.dim, args.batch, args.seed, args.queries, args.noise)
-    before = rss_mb()
+    before, before_anon = rss_mb(), rss_mb(anon=True)
     if name == "milvus":
         from engine.milvus_index import MilvusGalleryIndex
 
@@ -171,9 +176,11 @@ def query_phase(args, name, folder):
         index.ef_search = SETTINGS[name][1].get("ef_search", index.ef_search)
         loaded = rss_mb() - before
     qps1, qps64, recall = measure(index, q, truth)
+    anon = None
     if name != "milvus":
         loaded = max(loaded, rss_mb() - before)  # with the pages the searches read (memory-mapped rerank)
-    return {"loaded_mb": round(loaded), "qps_1": round(qps1, 1), "qps_64": round(qps64, 1),
+        anon = round(rss_mb(anon=True) - before_anon)
+    return {"loaded_mb": round(loaded), "anon_mb": anon, "qps_1": round(qps1, 1), "qps_64": round(qps64, 1),
             "recall@1": round(recall, 4)}
 
 
@@ -216,8 +223,8 @@ def main():
         return worker(args)
     print(f"# {os.cpu_count()} CPUs, faiss threads {args.threads}, dim {args.dim}, {args.queries} queries, "
           f"noise {args.noise}, load at start {load_text()}")
-    print(f"{'setting':<16}{'N':>10}{'build s':>9}{'index MB':>10}{'loaded MB':>10}{'q/s @1':>9}{'q/s @64':>9}"
-          f"{'recall@1':>10}  load")
+    print(f"{'setting':<16}{'N':>10}{'build s':>9}{'index MB':>10}{'loaded MB':>10}{'anon MB':>9}{'q/s @1':>9}"
+          f"{'q/s @64':>9}{'recall@1':>10}  load")
     for num in args.sizes:
         for name in args.types:
             folder = tempfile.mkdtemp(prefix="gallery_scale_", dir=args.tmp)
@@ -239,7 +246,8 @@ def main():
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
             r["load"] = load_text()
-            print(f"{name:<16}{num:>10}{r['build_s']:>9}{r['index_mb']:>10}{r['loaded_mb']:>10}{r['qps_1']:>9}"
+            anon = "-" if r.get("anon_mb") is None else r["anon_mb"]
+            print(f"{name:<16}{num:>10}{r['build_s']:>9}{r['index_mb']:>10}{r['loaded_mb']:>10}{anon:>9}{r['qps_1']:>9}"
                   f"{r['qps_64']:>9}{r['recall@1']:>10}  {r['load']}", flush=True)
             if args.out:
                 with open(args.out, "a", encoding="utf-8") as f:

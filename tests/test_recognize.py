@@ -411,3 +411,6 @@ def test_cli_on_a_milvus_lite_collection(model_dir, gallery, tmp_path, capsys):
     assert _cli("Global.mode=recognize", f"Predict.input={gallery / 'queries'}", "index=nobody", *common[:1],
                 *common[2:]) == 1
     assert "no gallery index 'nobody' on Milvus" in capsys.readouterr().err
+    from engine.milvus_index import forget_client
+
+    forget_client(str(tmp_path / "g.db"))  # stop this test's Milvus Lite server
