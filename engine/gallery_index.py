@@ -456,6 +456,10 @@ class GalleryIndex:
             "rerank": self.rerank,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "sources": {str(i): p for i, p in sorted(self.entries._paths.items())},  # the ids with a known path
+            # id_map.yaml's content again, as two JSON lists: a million-face index loads without building
+            # YAML's node graph (~850 MB for 1M ids); used while id_map.yaml matches info_sha256
+            "ids": sorted(self.entries),
+            "labels": [self.entries.label(i) for i in sorted(self.entries)],
         }
 
     def save(self, index_dir):
@@ -469,7 +473,8 @@ class GalleryIndex:
                 faiss.write_index(self.exact, os.path.join(tmp, EXACT_FILE))
             with open(os.path.join(tmp, INFO_FILE), "w", encoding="utf-8") as f:
                 yaml.dump(self.index_info(), f, Dumper=YAML_DUMPER, default_flow_style=False, allow_unicode=True)
-            meta = dict(self.meta(), index_sha256=file_digest(os.path.join(tmp, INDEX_FILE)))
+            meta = dict(self.meta(), index_sha256=file_digest(os.path.join(tmp, INDEX_FILE)),
+                        info_sha256=file_digest(os.path.join(tmp, INFO_FILE)))
             with open(os.path.join(tmp, META_FILE), "w", encoding="utf-8") as f:
                 json.dump(meta, f, indent=1, ensure_ascii=False)
 
@@ -571,9 +576,16 @@ class GalleryIndex:
             if os.path.isfile(meta_path):
                 with open(meta_path, encoding="utf-8") as f:
                     meta = json.load(f)
+            fast = (not old_layout and isinstance(meta, dict) and isinstance(meta.get("ids"), list)
+                    and isinstance(meta.get("labels"), list) and len(meta["ids"]) == len(meta["labels"])
+                    and bool(meta.get("index_sha256")) and meta.get("index_type") and meta.get("metric_type")
+                    and meta.get("info_sha256") == file_digest(info_path))  # id_map.yaml as we wrote it
             if old_layout:
                 with open(os.path.join(index_dir, OLD_ID_MAP_FILE), encoding="utf-8") as f:
                     old = json.load(f)
+            elif fast:  # our own folder: meta.json carries the id map (checked against vector.index below)
+                info = {"id_map": dict(zip(meta.pop("ids"), meta.pop("labels"))), "metric_type": meta["metric_type"],
+                        "index_type": meta["index_type"]}
             else:
                 with open(info_path, encoding="utf-8") as f:
                     info = yaml.load(f, Loader=YAML_LOADER)
