@@ -31,9 +31,10 @@ PACKAGES = {"openvino": "openvino", "onnxruntime": "onnxruntime", "paddle2onnx":
 # Prior measurements (benchmarks/infer_speed.py; 2 threads; the same exported models on every
 # engine, fp32 outputs equal to Paddle's within 4e-5): batch-1 latency in ms and batch-64
 # throughput in images/s per (model, backend, precision). Paddle's row is its faster format
-# (.pdmodel). "avx512_bf16": AMD EPYC with AVX-512 BF16 and no AMX, idle (issue 15).
-# A CPU with AMX uses them too until it has a table of its own. A CPU without native bf16 uses the fp32 rows
-# of the avx512_bf16 table (no bf16 row applies to it): OpenVINO fp32 is the fastest there too.
+# (.pdmodel). "avx512_bf16": AMD EPYC with AVX-512 BF16 and no AMX, idle (issue 15). "amx":
+# Intel Xeon with AMX-BF16 (2 KVM cores), 2026-12-01, load average 4-7 from other jobs, so every
+# figure is low but the order is the same. A CPU without native bf16 uses the fp32 rows of the
+# avx512_bf16 table (no bf16 row applies to it): OpenVINO fp32 is the fastest there too.
 PRIOR_MEASUREMENTS = {
     "avx512_bf16": {
         "MobileFaceNet": {("paddle", "fp32"): (6.8, 254), ("paddle", "bf16"): (5.3, 345),
@@ -42,6 +43,14 @@ PRIOR_MEASUREMENTS = {
         "ResNet50_face": {("paddle", "fp32"): (44.0, 25.0), ("paddle", "bf16"): (24.5, 47.8),
                           ("openvino", "fp32"): (39.5, 25.8), ("openvino", "bf16"): (20.5, 51.0),
                           ("onnxruntime", "fp32"): (39.6, 26.0)},
+    },
+    "amx": {
+        "MobileFaceNet": {("paddle", "fp32"): (27.9, 82.4), ("paddle", "bf16"): (23.7, 99.6),
+                          ("openvino", "fp32"): (9.0, 108.8), ("openvino", "bf16"): (4.6, 225.9),
+                          ("onnxruntime", "fp32"): (44.7, 25.3)},
+        "ResNet50_face": {("paddle", "fp32"): (155.9, 8.7), ("paddle", "bf16"): (64.4, 22.9),
+                          ("openvino", "fp32"): (133.4, 8.8), ("openvino", "bf16"): (36.2, 44.3),
+                          ("onnxruntime", "fp32"): (152.1, 10.7)},
     },
 }
 # What `auto` may pick. Paddle's bf16 is left to the user (run_mode mkldnn_bf16): under the PIR
