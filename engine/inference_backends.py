@@ -190,6 +190,9 @@ class OnnxRuntimeRunner:
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # errors only
+        # Worker threads sleep between runs instead of spinning: on cores shared with other work
+        # (decoding threads, other jobs) spinning made it several times slower.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(onnx_file, opts, providers=["CPUExecutionProvider"])
         except Exception as e:

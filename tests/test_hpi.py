@@ -285,7 +285,7 @@ def test_predict_and_evaluate_run_through_the_chosen_backend(folder, tmp_path, c
         out = tmp_path / f"eval_{hpip}"
         cfg = config(Global__mode="evaluate", Global__dataset_dir=str(data), Global__output=str(out),
                      Evaluate__weight_path=save_dir, Evaluate__batch_size=5, Predict__use_hpip=hpip,
-                     Predict__hpi_config__backend=backend, Predict__hpi_config__precision="fp32")
+                     Predict__hpi_config__backend=backend)  # no precision: evaluate scores fp32
         assert E.run(cfg) == 0
         with open(out / "evaluate_result.json") as f:
             results[hpip] = json.load(f)["metrics"]["acc"]
