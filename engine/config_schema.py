@@ -221,6 +221,9 @@ class RecognitionModule:
                                        "(Global.mode=export); null = the official model_name")
     batch_size: int = setting(16, "faces embedded per forward pass", min=1)
     run_mode: str = setting("paddle", "paddle (fp32) or mkldnn_bf16", choices=RUN_MODES)
+    use_hpip: bool = setting(False, "high-performance inference: OpenVINO / ONNX Runtime on an ONNX model (needs "
+                             "pip install \".[cpu,hpi]\"); False = Paddle Inference")
+    hpi_config: HpiConfig = setting(HpiConfig, "")
 
 
 @dataclass

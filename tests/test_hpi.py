@@ -315,3 +315,27 @@ def test_create_model_takes_use_hpip(folder, faces, cache):
     assert fast.model.backend == ("openvino" if HAVE["openvino"] else "paddle")
     a, b = plain.feature(faces[0][0]), fast.feature(faces[0][0])
     assert float(a @ b) >= 0.9999
+
+
+@needs_p2o
+def test_the_recognition_pipeline_takes_use_hpip(folder, faces, cache):
+    """create_pipeline(use_hpip=True, hpi_config=...) and SubModules.Recognition.use_hpip run the
+    feature model on the chosen backend; its matches equal Paddle's."""
+    from engine import create_pipeline
+
+    save_dir, _ = folder
+    config = {"SubModules.Recognition.model_dir": save_dir, "SubModules.Detection.enable": False}
+    plain = create_pipeline("face_recognition", config=config)
+    backend = "openvino" if HAVE["openvino"] else "onnxruntime"
+    fast = create_pipeline("face_recognition", config=config, use_hpip=True,
+                           hpi_config={"backend": backend, "precision": "fp32"})
+    assert plain.model.backend == "paddle" and fast.model.backend == backend
+    labels = [f"p{i}" for i in range(len(faces[0]))]
+    a, b = plain.build_index(faces[0], labels), fast.build_index(faces[0], labels)
+    for img in faces[0][:3]:
+        (ra,), (rb,) = plain.predict(img, index=a), fast.predict(img, index=b)
+        assert ra["boxes"][0]["labels"] == rb["boxes"][0]["labels"]
+        np.testing.assert_allclose(ra["boxes"][0]["rec_scores"], rb["boxes"][0]["rec_scores"], atol=1e-3)
+    from_yaml = create_pipeline("face_recognition", config=dict(config, **{
+        "SubModules.Recognition.use_hpip": True, "SubModules.Recognition.hpi_config.backend": backend}))
+    assert from_yaml.model.backend == backend
