@@ -1,19 +1,24 @@
-"""Inference speed of the exported face feature models: paddle.inference vs onnxruntime.
+"""Inference speed per backend, precision, format and model, through the one predictor (InferenceModel).
 
-    python benchmarks/infer_speed.py                       # both models, 2 threads
-    python benchmarks/infer_speed.py --models MobileFaceNet --threads 1 --batches 1,32,64
+    python benchmarks/infer_speed.py                        # both models, 2 threads
+    python benchmarks/infer_speed.py --models MobileFaceNet --threads 1 --seconds 1
+    python benchmarks/infer_speed.py --model-dir output/best_model/inference --models MobileFaceNet
 
 For each model: export (random weights with BatchNorm statistics calibrated on random images, or
---model-dir for a trained export), then time
-  - latency: batch 1, median of the timed runs (ms)
-  - throughput: batch 32 / 64, images per second over --seconds of back-to-back runs
-for InferenceModel in fp32 (oneDNN) and bf16 (oneDNN, where the CPU supports it; features are
-compared with fp32 by cosine), and for the same exported model converted with paddle2onnx and
-run with onnxruntime (same threads). paddle2onnx/onnxruntime are optional (pip install
-paddle2onnx onnxruntime); their rows are skipped when absent. Inputs are random [-1, 1] tensors:
-no image decoding is timed.
+--model-dir for a trained export; both Paddle formats), then time every engine installed:
+  - paddle fp32 / bf16 (oneDNN) on inference.pdmodel and on inference.json (PIR),
+  - openvino fp32 / bf16 and onnxruntime fp32 on the ONNX model (paddle2onnx, converted from the
+    .json and from the .pdmodel: the two ONNX files are compared byte for byte, so an ONNX backend
+    runs both formats at the same speed when they are equal),
+  - auto: use_hpip=True without a backend (what the automatic choice picks on this CPU),
+as batch-1 latency (median ms) and batch-64 throughput (images/s), engines interleaved in
+--rounds blocks with the order rotated, so a change of machine load hits all of them alike.
+Features are checked against paddle fp32 (.pdmodel) by the lowest cosine. Prints the CPU, its
+flags, the threads and the load average before and after, and the ratio of auto to the best.
+Inputs are random [-1, 1] tensors: no image decoding is timed.
 """
 import argparse
+import hashlib
 import os
 import statistics
 import sys
@@ -24,7 +29,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from foundation.runtime import set_threads  # noqa: E402
+from foundation.runtime import cpu_flags, cpuinfo_field, set_threads  # noqa: E402
+
+SHOWN_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 def parse_args(argv=None):
@@ -32,12 +39,9 @@ def parse_args(argv=None):
     p.add_argument("--models", default="MobileFaceNet,ResNet50_face")
     p.add_argument("--model-dir", default=None, help="benchmark this exported model instead of a random one")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batches", default="1,32,64", help="batch 1 gives latency, the others throughput")
-    p.add_argument("--seconds", type=float, default=5.0, help="timing budget per measurement")
-    p.add_argument("--run-modes", default="paddle,mkldnn_bf16")
-    p.add_argument("--formats", default="program,pir", help="exported formats to time (both are written by export)")
-    p.add_argument("--no-onnx", action="store_true")
-    p.add_argument("--ort-no-spin", action="store_true", help="onnxruntime threads sleep instead of spinning (fairer on a busy machine)")
+    p.add_argument("--throughput-batch", type=int, default=64)
+    p.add_argument("--seconds", type=float, default=2.0, help="timing budget per engine and batch size")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved blocks per engine and batch size")
     return p.parse_args(argv)
 
 
@@ -61,58 +65,100 @@ def calibrated_backbone(name, seed=0):
     return model
 
 
-def time_fn(fn, batch, seconds, min_runs=5):
-    """(median seconds per call, images per second) over about `seconds` of calls, after 2 warm-ups."""
-    fn(batch)
-    fn(batch)
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_runs or time.perf_counter() - start < seconds:
-        t = time.perf_counter()
-        fn(batch)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), len(batch) * len(times) / sum(times)
-
-
-def onnx_predictor(model_dir, threads, workdir, spin=True):
-    """An onnxruntime run function for the exported model, or (None, reason)."""
-    try:
-        import onnxruntime as ort
-        import paddle2onnx
-    except ImportError as e:
-        return None, f"skipped: {e.name} not installed (pip install paddle2onnx onnxruntime)"
-    from engine.inference_folder import find_model_files
-
-    model_file, params_file, _ = find_model_files(model_dir)
-    onnx_path = os.path.join(workdir, "model.onnx")
-    # optimize_tool None: the default tools may try to pip-install packages at run time
-    paddle2onnx.export(model_file, params_file, save_file=onnx_path, opset_version=11,
-                       enable_onnx_checker=True, optimize_tool="None")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if not spin:  # busy-waiting worker threads collapse when the cores are shared with other work
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return (lambda b: sess.run(None, {name: b})[0]), f"onnxruntime {ort.__version__}"
-
-
 def cosine_rows(a, b):
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
+def engines(model_dir, threads):
+    """[(label, InferenceModel)] of every engine installed here, the paddle fp32 .pdmodel one first."""
+    from engine.inference_backends import cpu_bf16_class, is_installed
+    from engine.inference_model import InferenceModel
+
+    bf16 = bool(cpu_bf16_class())
+    out = []
+    for fmt, fname in (("program", ".pdmodel"), ("pir", ".json")):
+        for precision in ("fp32", "bf16") if bf16 else ("fp32",):
+            model = InferenceModel(model_dir, num_threads=threads, prefer_format=fmt, use_hpip=True,
+                                   hpi_config={"backend": "paddle", "precision": precision})
+            out.append((f"paddle {precision} {fname}" + (" (ran fp32)" if model.precision != precision else ""), model))
+    for backend, precisions in (("openvino", ("fp32", "bf16") if bf16 else ("fp32",)), ("onnxruntime", ("fp32",))):
+        if not is_installed(backend):
+            print(f"  {backend}: not installed (pip install \".[cpu,hpi]\"), skipped")
+            continue
+        for precision in precisions:
+            model = InferenceModel(model_dir, num_threads=threads, prefer_format="pir", use_hpip=True,
+                                   hpi_config={"backend": backend, "precision": precision})
+            out.append((f"{backend} {precision} onnx", model))
+    auto = InferenceModel(model_dir, num_threads=threads, use_hpip=True)
+    out.append((f"auto = {auto.backend} {auto.precision}", auto))
+    return out
+
+
+def onnx_formats_equal(model_dir):
+    """Whether paddle2onnx gives the same ONNX bytes from inference.json and inference.pdmodel
+    (None when the backends are not installed)."""
+    from engine.inference_backends import is_installed
+    from engine.inference_model import InferenceModel
+
+    if not (is_installed("onnxruntime") and importable("paddle2onnx")):
+        return None
+    files = [InferenceModel(model_dir, prefer_format=f, use_hpip=True, hpi_config={"backend": "onnxruntime"}).onnx_file
+             for f in ("program", "pir")]
+    digests = {hashlib.sha256(open(f, "rb").read()).hexdigest() for f in files}
+    return len(digests) == 1
+
+
+def importable(name):
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def time_interleaved(runs, batch, seconds, rounds):
+    """{label: [seconds per call]} with the engines' blocks interleaved, order rotated each round."""
+    times = {label: [] for label, _ in runs}
+    for _, fn in runs:  # warm-up: oneDNN / OpenVINO build their kernels for this shape
+        fn(batch)
+        fn(batch)
+    per_block = seconds / rounds
+    for r in range(rounds):
+        order = runs[r % len(runs):] + runs[:r % len(runs)]
+        for label, fn in order:
+            start = time.perf_counter()
+            while True:
+                t = time.perf_counter()
+                fn(batch)
+                times[label].append(time.perf_counter() - t)
+                if time.perf_counter() - start >= per_block:
+                    break
+    return times
 
 
 def main(argv=None):
     args = parse_args(argv)
     set_threads(args.threads)
     from engine.inference_folder import export_inference
-    from engine.inference_model import InferenceModel, cpu_supports_bf16
 
-    batches = [int(b) for b in args.batches.split(",")]
+    flags = cpu_flags()
+    load_before = os.getloadavg()
+    print(f"CPU: {cpuinfo_field('model name') or 'unknown'}; {os.cpu_count()} logical cores; flags: "
+          + ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in SHOWN_FLAGS))
+    print(f"threads {args.threads}; load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f} "
+          f"(1/5/15 min) at start; batch 1 = median latency, batch {args.throughput_batch} = throughput; "
+          f"{args.rounds} interleaved blocks, {args.seconds:g} s per engine and batch")
+    versions = []
+    for pkg in ("paddlepaddle", "openvino", "onnxruntime", "paddle2onnx"):
+        try:
+            import importlib.metadata
+
+            versions.append(f"{pkg} {importlib.metadata.version(pkg)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{pkg} not installed")
+    print("; ".join(versions))
     rng = np.random.default_rng(1)
-    print(f"threads {args.threads}; CPU bf16 support: {cpu_supports_bf16()}; random inputs, timing {args.seconds}s each")
-    rows = []
+    tb = args.throughput_batch
+    cache = tempfile.TemporaryDirectory()  # the ONNX conversions of this run (random nets: not worth keeping)
+    os.environ["XDG_CACHE_HOME"] = cache.name
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             if args.model_dir:
@@ -120,42 +166,42 @@ def main(argv=None):
             else:
                 model_dir = os.path.join(tmp, "inference")
                 export_inference(calibrated_backbone(name), model_dir, name)
-            data = {b: rng.uniform(-1, 1, (b, 3, 112, 112)).astype("float32") for b in batches}
+            print(f"\n{name} ({model_dir})")
+            runs = engines(model_dir, args.threads)
             check = rng.uniform(-1, 1, (16, 3, 112, 112)).astype("float32")
-            predictors = []
-            reference = None
-            for fmt in args.formats.split(","):
-                for mode in args.run_modes.split(","):
-                    try:
-                        model = InferenceModel(model_dir, num_threads=args.threads, run_mode=mode, prefer_format=fmt)
-                    except Exception as e:  # e.g. a --model-dir with one format only
-                        print(f"{name}: {fmt} {mode} skipped: {e}")
-                        continue
-                    if model.format != fmt:
-                        print(f"{name}: no {fmt} model in {model_dir}, skipped")
-                        break
-                    feats = model.predict(check)
-                    note = model.bf16_note
-                    if reference is None:
-                        reference = feats
-                    else:
-                        note += f"; min cosine to {predictors[0][0]}: {cosine_rows(feats, reference).min():.5f}"
-                    predictors.append((f"paddle {fmt} {mode}", model.predict, note.strip("; ")))
-            if not args.no_onnx:
-                fn, label = onnx_predictor(model_dir, args.threads, tmp, spin=not args.ort_no_spin)
-                if fn is None:
-                    print(f"{name}: onnxruntime {label}")
-                else:
-                    feats = fn(check)
-                    predictors.append((label, fn, f"max abs diff to paddle fp32: {np.abs(feats - reference).max():.1e}"))
-            for label, fn, note in predictors:
-                cells = []
-                for b in batches:
-                    sec, ips = time_fn(fn, data[b], args.seconds)
-                    cells.append(f"b{b}: {sec * 1000:.1f} ms" if b == 1 else f"b{b}: {ips:.1f} img/s")
-                row = f"{name:14s} {label:30s} " + "  ".join(cells) + (f"  ({note})" if note else "")
-                rows.append(row)
-                print(row, flush=True)
+            ref = runs[0][1].predict(check)
+            cos = {label: float(cosine_rows(m.predict(check), ref).min()) for label, m in runs}
+            fns = [(label, m.predict) for label, m in runs]
+            lat = time_interleaved(fns, rng.uniform(-1, 1, (1, 3, 112, 112)).astype("float32"), args.seconds, args.rounds)
+            thr = time_interleaved(fns, rng.uniform(-1, 1, (tb, 3, 112, 112)).astype("float32"), args.seconds, args.rounds)
+            res = {label: (statistics.median(lat[label]) * 1000, tb * len(thr[label]) / sum(thr[label])) for label, _ in runs}
+            print(f"  {'engine':34s} {'b1 ms':>8s} {f'b{tb} img/s':>12s}  min cosine to paddle fp32 .pdmodel")
+            for label, _ in runs:
+                ms, ips = res[label]
+                print(f"  {label:34s} {ms:8.2f} {ips:12.1f}  {cos[label]:.5f}")
+            named = {k: v for k, v in res.items() if not k.startswith("auto")}
+            auto_label = next(k for k in res if k.startswith("auto"))
+            best_ms = min(v[0] for v in named.values())
+            best_ips = max(v[1] for v in named.values())
+            best_ms_label = min(named, key=lambda k: named[k][0])
+            best_ips_label = max(named, key=lambda k: named[k][1])
+            a_ms, a_ips = res[auto_label]
+            print(f"  auto / best: batch 1 {best_ms / a_ms:.2f} (best {best_ms_label}), batch {tb} "
+                  f"{a_ips / best_ips:.2f} (best {best_ips_label}); 1.00 = as fast as the best")
+            base = res["paddle fp32 .pdmodel"]
+            print(f"  auto / today's default (paddle fp32 .pdmodel): batch 1 {base[0] / a_ms:.2f}x faster, "
+                  f"batch {tb} {a_ips / base[1]:.2f}x the throughput")
+            for prec in ("fp32", "bf16"):
+                j, p = res.get(f"paddle {prec} .json"), res.get(f"paddle {prec} .pdmodel")
+                if j and p:
+                    print(f"  paddle {prec}: .json / .pdmodel throughput {j[1] / p[1]:.2f}, latency {p[0] / j[0]:.2f}")
+            same = onnx_formats_equal(model_dir)
+            if same is not None:
+                print(f"  ONNX from .json and from .pdmodel: {'byte-identical' if same else 'DIFFERENT'}"
+                      + (" (every ONNX backend runs both formats alike)" if same else ""))
+    cache.cleanup()
+    load_after = os.getloadavg()
+    print(f"\nload average {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f} at the end")
     return 0
 
 

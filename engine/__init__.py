@@ -47,8 +47,8 @@ def create_model(model_name=None, model_dir=None, **kwargs):
     return _create_model(model_name, model_dir=model_dir, **kwargs)
 
 
-def create_pipeline(pipeline="face_recognition", device=None, config=None):
+def create_pipeline(pipeline="face_recognition", device=None, config=None, use_hpip=None, hpi_config=None):
     """Python API, PaddleX's: the face recognition pipeline (see engine.recognition.create_pipeline)."""
     from engine.recognition import create_pipeline as _create_pipeline  # Paddle loads here, as above
 
-    return _create_pipeline(pipeline, device=device, config=config)
+    return _create_pipeline(pipeline, device=device, config=config, use_hpip=use_hpip, hpi_config=hpi_config)

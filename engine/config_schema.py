@@ -16,6 +16,9 @@ BACKBONES = ("MobileFaceNet", "ResNet50_face")
 MODEL_MODES = ("check_dataset", "train", "evaluate", "export", "predict")
 PIPELINE_MODES = ("build_index", "append_index", "remove_index", "recognize", "serve")
 RUN_MODES = ("paddle", "mkldnn", "mkldnn_bf16")
+HPI_BACKENDS = ("paddle", "openvino", "onnxruntime")  # high-performance inference (engine.inference_backends)
+HPI_PRECISIONS = ("fp32", "bf16")
+EXPORT_FORMATS = ("paddle", "onnx")
 
 
 def setting(default, help, *, min=None, max=None, greater_than=None, choices=None):
@@ -141,11 +144,26 @@ class EvaluateSection:
 class ExportSection:
     weight_path: str = setting("output/best_model/best_model.pdparams", "checkpoint (.pdparams) to export")
     save_dir: Optional[str] = setting(None, "where to write; null = <weights folder>/inference")
+    formats: Optional[List[str]] = setting(None, "what to write: [paddle] (inference.json + .pdmodel) or [paddle, "
+                                           "onnx] (also inference.onnx by paddle2onnx, checked against Paddle); "
+                                           "null = both where paddle2onnx is installed")
+    onnx_tolerance: float = setting(1e-4, "largest ONNX-to-Paddle feature difference accepted at export, relative "
+                                    "to the largest feature value (every cosine must also be >= 0.9999)",
+                                    greater_than=0.0, max=1.0)
 
 
 @dataclass
 class KernelOption:
     run_mode: str = setting("paddle", "paddle (fp32) or mkldnn_bf16 (oneDNN bf16 convolutions)", choices=RUN_MODES)
+
+
+@dataclass
+class HpiConfig:
+    backend: Optional[str] = setting(None, "paddle, openvino or onnxruntime; null = automatic (the fastest installed "
+                                     "for this CPU, from measurements kept in the code)", choices=HPI_BACKENDS)
+    precision: Optional[str] = setting(None, "fp32 or bf16 (CPUs with avx512_bf16 or amx); null = the backend's "
+                                       "choice (automatic: bf16 where the CPU has it)", choices=HPI_PRECISIONS)
+    num_threads: Optional[int] = setting(None, "threads of the backend; null = Global.num_threads", min=1)
 
 
 @dataclass
@@ -157,6 +175,9 @@ class PredictSection:
     detect: bool = setting(False, "inputs are raw photos: detect (YuNet) and align each one's main face first "
                            "(no face: an error for a named file, skipped in a folder)")
     kernel_option: KernelOption = setting(KernelOption, "")
+    use_hpip: bool = setting(False, "high-performance inference for predict and evaluate: OpenVINO / ONNX Runtime "
+                             "on an ONNX model (needs pip install \".[cpu,hpi]\"); False = Paddle Inference")
+    hpi_config: HpiConfig = setting(HpiConfig, "")
 
 
 @dataclass
@@ -200,6 +221,9 @@ class RecognitionModule:
                                        "(Global.mode=export); null = the official model_name")
     batch_size: int = setting(16, "faces embedded per forward pass", min=1)
     run_mode: str = setting("paddle", "paddle (fp32) or mkldnn_bf16", choices=RUN_MODES)
+    use_hpip: bool = setting(False, "high-performance inference: OpenVINO / ONNX Runtime on an ONNX model (needs "
+                             "pip install \".[cpu,hpi]\"); False = Paddle Inference")
+    hpi_config: HpiConfig = setting(HpiConfig, "")
 
 
 @dataclass

@@ -24,6 +24,7 @@ import numpy as np
 from datasets.demo import resolve_dataset_dir
 from datasets.recordio import find_bins
 from engine import metrics as M
+from engine.inference_backends import hpi_settings
 from engine.inference_folder import export_checkpoint, resolve_model_source
 from engine.inference_model import InferenceModel
 from engine.official_models import feature_model_dir
@@ -61,9 +62,16 @@ def load_inference_model(cfg, source, tmp_dir):
     else:
         model_dir = path
     threads = num_threads_from(cfg.Global.num_threads)
-    model = InferenceModel(model_dir, device=cfg.Global.device, num_threads=threads, run_mode="paddle")
+    use_hpip, hpi_config = hpi_settings(cfg.Predict)  # Predict.use_hpip / hpi_config: every forward pass
+    if use_hpip and "precision" not in hpi_config:
+        # The accuracy measured should not depend on this CPU's flags: bf16 moved pair cosines by up
+        # to 0.012 and a weak model's LFW accuracy by 0.17 point (README), so only when asked for.
+        hpi_config = dict(hpi_config, precision="fp32")
+        logger.info("evaluate: high-performance inference in fp32 (-o Predict.hpi_config.precision=bf16 to score bf16)")
+    model = InferenceModel(model_dir, device=cfg.Global.device, num_threads=threads, run_mode="paddle",
+                           use_hpip=use_hpip, hpi_config=hpi_config)
     logger.info(f"model: {model.model_name} ({model.embedding_size}-d, {model.format} format) from "
-                f"{path if kind == 'inference' else path + ' (checkpoint)'}, paddle.inference on {threads} thread(s)")
+                f"{path if kind == 'inference' else path + ' (checkpoint)'}, {model.describe()}")
     return model
 
 

@@ -20,6 +20,7 @@ import paddle
 import yaml
 
 from datasets.transforms import to_bgr
+from engine.onnx_convert import DEFAULT_TOLERANCE, ONNX_FILE_NAME, convert_checked, log_check
 from foundation.atomic_io import atomic_replace_dir, file_digest
 from foundation.errors import ConfigError, UserError
 from foundation.logger import get_logger
@@ -255,9 +256,15 @@ def recorded_threshold(info):
     return None, "the model folder records no verified threshold"
 
 
-def export_inference(backbone, save_dir, model_name, image_size=112, program_format=True, verification=None):
+def export_inference(backbone, save_dir, model_name, image_size=112, program_format=True, verification=None,
+                     onnx=False, onnx_tolerance=DEFAULT_TOLERANCE):
     """Write backbone's static inference model and inference.yml to `save_dir`, atomically.
     `verification` (verification_record) is written into inference.yml when given.
+
+    With onnx=True the folder also gets inference.onnx (paddle2onnx from inference.json), checked
+    against Paddle's output before anything is swapped in (engine.onnx_convert; UserError and no
+    folder change when it disagrees beyond `onnx_tolerance`); the check and the parameter file's
+    sha256 go into inference.yml's `Onnx` section, which tells InferenceModel the file is current.
 
     Paddle 3.x writes inference.json (PIR). With program_format=True (and a backbone made by
     models.build_backbone) the folder also gets inference.pdmodel, the older format of the same
@@ -297,6 +304,16 @@ def export_inference(backbone, save_dir, model_name, image_size=112, program_for
             why = _add_program_format(backbone_name, embedding_size, image_size, state, tmp_dir)
             if why:
                 notes.append(why)
+        if onnx:
+            model_file = next(os.path.join(tmp_dir, n) for n in MODEL_FILE_NAMES if os.path.isfile(os.path.join(tmp_dir, n)))
+            params_file = os.path.join(tmp_dir, PARAMS_FILE_NAME)
+            record = convert_checked(model_file, params_file, os.path.join(tmp_dir, ONNX_FILE_NAME),
+                                     tolerance=onnx_tolerance, image_size=image_size)
+            log_check(record, f"{save_dir}/{ONNX_FILE_NAME}")
+            record["params_sha256"] = file_digest(params_file)
+            config["Onnx"] = {"file": ONNX_FILE_NAME, **record}
+            with open(os.path.join(tmp_dir, CONFIG_FILE_NAME), "w", encoding="utf-8") as f:
+                yaml.safe_dump(config, f, sort_keys=False)
 
     try:
         atomic_replace_dir(build, save_dir)
@@ -305,7 +322,7 @@ def export_inference(backbone, save_dir, model_name, image_size=112, program_for
             backbone.train()
     for note in notes:
         get_logger().warning(f"{save_dir}: only inference.json written ({note})")
-    formats = [n for n in MODEL_FILE_NAMES if os.path.isfile(os.path.join(save_dir, n))]
+    formats = [n for n in MODEL_FILE_NAMES + (ONNX_FILE_NAME,) if os.path.isfile(os.path.join(save_dir, n))]
     return {
         "dir": save_dir,
         "model": os.path.join(save_dir, formats[0]),
@@ -316,9 +333,9 @@ def export_inference(backbone, save_dir, model_name, image_size=112, program_for
 
 
 def export_checkpoint(weight_path, model_name, backbone_name=None, embedding_size=None, image_size=112,
-                      save_dir=None, setting="Export.weight_path"):
-    """Build the backbone, load `weight_path` strictly, export. Returns export_inference's paths
-    plus "loaded_tensors". `save_dir` defaults to <weights folder>/inference."""
+                      save_dir=None, setting="Export.weight_path", onnx=False, onnx_tolerance=DEFAULT_TOLERANCE):
+    """Build the backbone, load `weight_path` strictly, export (with inference.onnx when `onnx`).
+    Returns export_inference's paths plus "loaded_tensors". `save_dir` defaults to <weights folder>/inference."""
     backbone_name = backbone_name or model_name
     if not weight_path:
         raise ConfigError(f"{setting} is empty: give the training checkpoint to export, "
@@ -335,6 +352,7 @@ def export_checkpoint(weight_path, model_name, backbone_name=None, embedding_siz
     report = load_backbone_weights(backbone, weight_path, strict=True)
     if save_dir is None:
         save_dir = os.path.join(os.path.dirname(os.path.abspath(weight_path)), "inference")
-    paths = export_inference(backbone, save_dir, model_name, image_size=int(image_size))
+    paths = export_inference(backbone, save_dir, model_name, image_size=int(image_size), onnx=onnx,
+                             onnx_tolerance=onnx_tolerance)
     paths["loaded_tensors"] = len(report["loaded"])
     return paths

@@ -10,6 +10,13 @@ export writes) runs the old format, which is faster here (see engine.inference_f
 run_mode: "paddle" (fp32, oneDNN on CPU; "mkldnn" is the same) or "mkldnn_bf16" (oneDNN bf16
 convolutions where the CPU has native bf16; see InferenceModel._setup_bf16 for its limits).
 A predictor is not thread-safe: call predict from one thread (decode images in others).
+
+use_hpip=True (with hpi_config {"backend", "precision", "num_threads"}, each optional) is
+PaddleX's high-performance inference: the backend is chosen by engine.inference_backends
+(automatically without a backend: OpenVINO bf16 on a CPU with native bf16, else OpenVINO fp32,
+else Paddle), and OpenVINO / ONNX Runtime run the folder's inference.onnx or an ONNX model
+converted once into the cache (engine.onnx_convert). One log line names the backend, precision
+and threads. Every caller (predict, evaluate, the recognition pipeline) gets the same predict().
 """
 import os
 import re
@@ -17,7 +24,10 @@ import re
 import numpy as np
 from paddle import inference as paddle_infer
 
+from engine.inference_backends import onnx_runner
+from engine.inference_backends import resolve as resolve_backend
 from engine.inference_folder import Preprocess, find_model_files, read_inference_yml
+from engine.onnx_convert import cached_onnx, folder_onnx
 from foundation.errors import ConfigError, UserError
 from foundation.logger import get_logger
 from foundation.runtime import cpu_flags, parse_device
@@ -49,7 +59,7 @@ class InferenceModel:
     """
 
     def __init__(self, model_dir, device="cpu", num_threads=2, run_mode="paddle", mkldnn_cache_capacity=10,
-                 prefer_format=None):
+                 prefer_format=None, use_hpip=False, hpi_config=None):
         if run_mode not in RUN_MODES:
             raise ConfigError(f"run_mode '{run_mode}' is not one of {', '.join(RUN_MODES)}")
         self.model_dir = str(model_dir)
@@ -59,11 +69,43 @@ class InferenceModel:
         self.preprocess = Preprocess(self.info, os.path.join(self.model_dir, "inference.yml"))
         glob = self.info.get("Global", {}) if isinstance(self.info.get("Global"), dict) else {}
         self.model_name = glob.get("model_name") or os.path.basename(os.path.dirname(os.path.abspath(self.model_dir)))
-        self.run_mode = run_mode
         self.bf16_note = ""
         self.num_threads = int(num_threads)
         kind, ids = parse_device(device)
+        # high-performance inference: which backend, precision and threads (engine.inference_backends)
+        self.use_hpip = bool(use_hpip)
+        self.backend, self.backend_reason, self.onnx_file, self._runner = "paddle", "use_hpip off", None, None
+        if hpi_config and not use_hpip:
+            get_logger().warning("hpi_config is ignored while use_hpip is off (Predict.use_hpip=True turns it on)")
+        if use_hpip:
+            default = "bf16" if run_mode == "mkldnn_bf16" else "fp32"
+            backend, precision, self.num_threads, self.backend_reason = resolve_backend(
+                hpi_config, self.model_name, self.num_threads, kind, default_precision=default)
+            self.backend = backend
+            if backend == "paddle":
+                run_mode = "mkldnn_bf16" if precision == "bf16" else "paddle"
+            else:
+                size = int((glob.get("input_shape") or [3, 112, 112])[-1])
+                self.onnx_file = (folder_onnx(self.model_dir, self.params_file, self.info)
+                                  or cached_onnx(self.model_file, self.params_file, image_size=size,
+                                                 num_threads=self.num_threads))
+                self._runner = onnx_runner(backend, self.onnx_file, precision, self.num_threads)
+        self.run_mode = run_mode
+        if self._runner is None:
+            self._create_paddle_predictor(kind, ids, run_mode, mkldnn_cache_capacity)
+            self.precision = "bf16" if run_mode == "mkldnn_bf16" and not self.bf16_note.startswith("fp32") else "fp32"
+        else:
+            self.precision = self._runner.precision
+        self.embedding_size = int(glob.get("embedding_size") or 0) or self._probe_embedding_size()
+        if use_hpip:
+            get_logger().info(f"high-performance inference: {self.describe()} ({self.backend_reason})")
 
+    def describe(self):
+        """'paddle fp32 (.pdmodel), 2 thread(s)' / 'openvino bf16 (inference.onnx), 2 thread(s)'."""
+        source = os.path.basename(self.onnx_file or self.model_file)
+        return f"{self.backend} {self.precision} ({source}), {self.num_threads} thread(s)"
+
+    def _create_paddle_predictor(self, kind, ids, run_mode, mkldnn_cache_capacity):
         config = paddle_infer.Config(self.model_file, self.params_file)
         # PIR programs need the new executor; old ProgramDesc files only run on the old one.
         config.enable_new_ir(self.format == "pir")
@@ -91,7 +133,6 @@ class InferenceModel:
         self.output_names = self.predictor.get_output_names()
         self._input = self.predictor.get_input_handle(self.input_names[0])
         self._output = self.predictor.get_output_handle(self.output_names[0])
-        self.embedding_size = int(glob.get("embedding_size") or 0) or self._probe_embedding_size()
 
     def _setup_bf16(self, config):
         """Turn on oneDNN bf16 where it gives right answers; returns a note on what was done.
@@ -133,6 +174,9 @@ class InferenceModel:
         if batch.shape[0] == 0:
             return np.zeros((0, getattr(self, "embedding_size", 0)), dtype=np.float32)
         batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if self._runner is not None:
+            out = self._runner.predict(batch)
+            return out.reshape(out.shape[0], -1).astype(np.float32, copy=False)
         self._input.reshape(list(batch.shape))
         self._input.copy_from_cpu(batch)
         self.predictor.run()
@@ -142,4 +186,5 @@ class InferenceModel:
     __call__ = predict
 
     def __repr__(self):
-        return f"InferenceModel({self.model_dir!r}, format={self.format}, run_mode={self.run_mode}, threads={self.num_threads})"
+        return (f"InferenceModel({self.model_dir!r}, format={self.format}, backend={self.backend}, "
+                f"precision={self.precision}, threads={self.num_threads})")

@@ -8,6 +8,7 @@ feature) and <Global.output>/predict/predict.log. The predictor itself is engine
 """
 import os
 
+from engine.inference_backends import hpi_settings
 from engine.model_inputs import expand_inputs
 from engine.official_models import feature_model_dir
 from engine.predictor import FaceFeaturePredictor
@@ -28,11 +29,13 @@ def run(cfg):
     output = os.path.join(cfg.Global.output, RESULT_FOLDER)
     os.makedirs(output, exist_ok=True)
     logger = log_to_file(os.path.join(output, "predict.log"))
+    use_hpip, hpi_config = hpi_settings(cfg.Predict)
     predictor = FaceFeaturePredictor(
         model_dir, device=cfg.Global.device, num_threads=cfg.Global.num_threads,
-        run_mode=cfg.Predict.kernel_option.run_mode, detect=cfg.Predict.detect)
+        run_mode=cfg.Predict.kernel_option.run_mode, detect=cfg.Predict.detect, use_hpip=use_hpip,
+        hpi_config=hpi_config)
     batch_size = cfg.Predict.batch_size
-    logger.info(f"{predictor}: batch {batch_size}, run mode {predictor.model.run_mode}"
+    logger.info(f"{predictor}: batch {batch_size}, {predictor.model.describe()}"
                 + (", detect + align the main face of each photo" if cfg.Predict.detect else ""))
     written = 0
     for res in predictor.predict(items, batch_size=batch_size):

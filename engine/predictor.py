@@ -7,6 +7,7 @@
         res.print(json_format=False)
         res.save_to_json("./output/")                          # ./output/<stem>_res.json
     sim = model.compare("a.jpg", "b.jpg", threshold=0.3)      # cosine; sim.is_same with a threshold
+    model = create_model("MobileFaceNet", use_hpip=True)       # OpenVINO / ONNX Runtime (pip install ".[cpu,hpi]")
 
 Inputs are those of engine.model_inputs. Every feature is L2-normalised, whatever the batch
 size (the reference normalises only the first feature of a batch).
@@ -38,10 +39,11 @@ class FaceFeaturePredictor:
     """An exported face feature model plus pre-processing; see the module docstring."""
 
     def __init__(self, model_dir, device="cpu", num_threads=None, run_mode="paddle", model_name=None, detect=False,
-                 det=None):
+                 det=None, use_hpip=False, hpi_config=None):
         threads = num_threads_from(num_threads or 0)
         set_threads(threads)
-        self.model = InferenceModel(model_dir, device=device, num_threads=threads, run_mode=run_mode)
+        self.model = InferenceModel(model_dir, device=device, num_threads=threads, run_mode=run_mode,
+                                    use_hpip=use_hpip, hpi_config=hpi_config)
         self.model_dir = self.model.model_dir
         self.model_name = self.model.model_name
         self.embedding_size = self.model.embedding_size
@@ -111,11 +113,14 @@ class FaceFeaturePredictor:
         return Similarity(float(np.dot(fa, fb)), threshold)
 
 
-def create_model(model_name=None, model_dir=None, device="cpu", num_threads=None, run_mode="paddle", detect=False):
+def create_model(model_name=None, model_dir=None, device="cpu", num_threads=None, run_mode="paddle", detect=False,
+                 use_hpip=False, hpi_config=None):
     """A FaceFeaturePredictor. `model_name` is an official model ("MobileFaceNet", "ResNet50_face":
     downloaded once into the cache, as PaddleX does) or the path of an inference folder; `model_dir`
     names a local folder explicitly. With detect, inputs are raw photos whose main face is detected
-    and aligned first."""
+    and aligned first. use_hpip=True is high-performance inference, as in PaddleX: hpi_config
+    {"backend": "paddle" | "openvino" | "onnxruntime", "precision": "fp32" | "bf16", "num_threads": N},
+    each optional (no backend: chosen automatically; see engine.inference_backends)."""
     if model_dir is None:
         if not model_name:
             raise UserError("create_model needs a model name (e.g. 'MobileFaceNet') or model_dir=<inference folder>")
@@ -127,4 +132,4 @@ def create_model(model_name=None, model_dir=None, device="cpu", num_threads=None
             raise UserError(f"unknown model '{model_name}': official models are {', '.join(FEATURE_MODELS)}; or give "
                             "the path of an inference folder (create_model('output/best_model/inference'))")
     return FaceFeaturePredictor(model_dir, device=device, num_threads=num_threads, run_mode=run_mode,
-                                model_name=model_name, detect=detect)
+                                model_name=model_name, detect=detect, use_hpip=use_hpip, hpi_config=hpi_config)

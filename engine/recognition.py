@@ -37,6 +37,7 @@ import yaml
 from datasets.transforms import ImageReadError, read_image, to_bgr
 from engine.config import load_config, pipeline_config_path
 from engine.gallery_index import GalleryIndex, apply_threshold, list_gallery, set_search_threads
+from engine.inference_backends import hpi_settings
 from engine.inference_folder import recorded_threshold
 from engine.inference_model import InferenceModel
 from engine.metrics import l2_normalize
@@ -106,8 +107,8 @@ class FaceRecognitionPipeline:
 
     def __init__(self, model_dir, det=None, device="cpu", num_threads=2, batch_size=16, run_mode="paddle",
                  det_threshold=0.6, rec_threshold=None, rec_topk=5, index=None, index_type="Flat",
-                 metric_type="IP", nprobe=32, backend="faiss", uri=None, token=None, connect_timeout=5.0,
-                 connect_retries=2, pq_m=0, rerank=0, ef_search=64):
+                 metric_type="IP", nprobe=32, use_hpip=False, hpi_config=None, backend="faiss", uri=None,
+                 token=None, connect_timeout=5.0, connect_retries=2, pq_m=0, rerank=0, ef_search=64):
         threads = num_threads_from(num_threads)
         set_threads(threads)
         set_search_threads(threads)
@@ -115,7 +116,8 @@ class FaceRecognitionPipeline:
         self.margin = float(det.pop("margin", 0.2))
         self.det_threshold = float(det.pop("threshold", det_threshold))
         self.detector = build_detector(num_threads=threads, threshold=min(self.det_threshold, DETECTION_FLOOR), **det)
-        self.model = InferenceModel(model_dir, device=device, num_threads=threads, run_mode=run_mode)
+        self.model = InferenceModel(model_dir, device=device, num_threads=threads, run_mode=run_mode,
+                                    use_hpip=use_hpip, hpi_config=hpi_config)
         self.fingerprint = file_digest(self.model.params_file)  # different weights never share an index
         self.batch_size = max(1, int(batch_size))
         self.rec_topk = int(rec_topk)
@@ -160,8 +162,10 @@ class FaceRecognitionPipeline:
             det["model_dir"] = det_cfg.model_dir or (official_model_dir(det_cfg.model_name) if det_cfg.enable else None)
         rec = cfg.SubModules.Recognition
         model_dir = feature_model_dir(rec.model_dir, rec.model_name, "SubModules.Recognition.model_dir")
+        use_hpip, hpi_config = hpi_settings(rec)
         return cls(model_dir, det, device=cfg.Global.device, num_threads=cfg.Global.num_threads,
-                   batch_size=rec.batch_size, run_mode=rec.run_mode, det_threshold=cfg.det_threshold,
+                   batch_size=rec.batch_size, run_mode=rec.run_mode, use_hpip=use_hpip, hpi_config=hpi_config,
+                   det_threshold=cfg.det_threshold,
                    rec_threshold=cfg.rec_threshold, rec_topk=cfg.rec_topk, index=cfg.index,
                    index_type=cfg.Index.index_type, metric_type=cfg.Index.metric_type, nprobe=cfg.Index.nprobe,
                    backend=cfg.Index.backend, uri=cfg.Index.uri, token=cfg.Index.token,
@@ -401,12 +405,18 @@ def read_id_list(path):
     return ids
 
 
-def create_pipeline(pipeline="face_recognition", device=None, config=None):
+def create_pipeline(pipeline="face_recognition", device=None, config=None, use_hpip=None, hpi_config=None):
     """PaddleX's create_pipeline: "face_recognition" (the bundled configs/face_recognition/pipeline.yaml)
     or the path of a pipeline YAML. `device` overrides Global.device; `config` is a dict of
-    'Key.sub' -> value overrides applied on top (e.g. {"SubModules.Recognition.model_dir": "..."})."""
+    'Key.sub' -> value overrides applied on top (e.g. {"SubModules.Recognition.model_dir": "..."});
+    use_hpip / hpi_config (PaddleX's high-performance inference) apply to the feature model."""
     path = pipeline_config_path(pipeline)
-    settings = [f"{k}={_override_text(v)}" for k, v in dict(config or {}).items()]
+    overrides = dict(config or {})
+    if use_hpip is not None:
+        overrides["SubModules.Recognition.use_hpip"] = bool(use_hpip)
+    for key, value in (hpi_config or {}).items():
+        overrides[f"SubModules.Recognition.hpi_config.{key}"] = value
+    settings = [f"{k}={_override_text(v)}" for k, v in overrides.items()]
     if device is not None:
         settings.append(f"Global.device={device}")
     return FaceRecognitionPipeline.from_config(load_config(path, settings))

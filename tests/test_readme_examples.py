@@ -26,7 +26,8 @@ def block_with(text):
 
 
 def test_every_python_block_is_run_here():
-    assert len(BLOCKS) == 2 and block_with("create_model(") and block_with("create_pipeline(")
+    assert len(BLOCKS) == 3 and block_with("model.predict(") and block_with("create_pipeline(")
+    assert block_with("use_hpip=True")
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def test_predict_example(random_model, tmp_path, monkeypatch):
     monkeypatch.chdir(work)
     scope = {}
     try:
-        exec(compile(block_with("create_model("), "README.md", "exec"), scope)
+        exec(compile(block_with("model.predict("), "README.md", "exec"), scope)
     finally:
         httpd.shutdown()
     assert sorted(os.listdir(work / "output")) == ["a_res.json", "best_model", "c_res.json"]
@@ -100,3 +101,16 @@ def test_pipeline_example(random_model, tmp_path, monkeypatch):
     assert len(scope["index"]) == 3 and scope["index"].labels == ["alice", "bob"]  # 3, carol (id 3) added, ids 3 and 7 removed
     assert sorted(os.listdir(work / "out")) == ["bob_again_res.jpg", "bob_again_res.json"]
     assert scope["res"]["boxes"][0]["label"] == "bob"
+
+
+def test_high_performance_inference_example(random_model, tmp_path, monkeypatch):
+    import importlib.util
+
+    if not all(importlib.util.find_spec(m) for m in ("paddle2onnx", "onnxruntime")):
+        pytest.skip('the hpi extra is not installed (pip install ".[cpu,hpi]")')
+    shutil.copytree(random_model, tmp_path / "output" / "best_model" / "inference")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the ONNX conversion goes here
+    scope = {}
+    exec(compile(block_with("use_hpip=True"), "README.md", "exec"), scope)
+    assert scope["model"].model.backend == "onnxruntime"
