@@ -25,7 +25,7 @@ def model_name_of(cfg):
 def build_model(cfg, num_classes):
     """FaceRecModel: the Arch.backbone network + an ArcMargin head over `num_classes` identities."""
     # Arch.head.name (ArcMargin) and Arch.loss (CELoss) have a single choice, checked at load.
-    backbone = build_backbone(cfg.Arch.backbone, embedding_size=cfg.Arch.embedding_size)
+    backbone = build_backbone(cfg.Arch.backbone, embedding_size=cfg.Arch.embedding_size, recompute=cfg.Train.recompute)
     if int(num_classes) < 2:
         raise DatasetError(f"training needs at least 2 identities, the training list has {num_classes}: "
                            "add images of more people to train/label.txt")
