@@ -419,11 +419,18 @@ def test_loader_workers_die_with_a_killed_trainer(tmp_path):
            *overrides(data, out, "Train.num_workers=2", "Train.epochs_iters=50")]
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers = []
+
+    def command_line(p):  # a short-lived child (a compiler, a check worker) may be gone or a zombie by now
+        try:
+            return " ".join(p.cmdline() or [])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return ""
+
     try:
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None and len(workers) < 2:
             workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
-                       if "main.py" in " ".join(c.cmdline() or [])] if psutil.pid_exists(proc.pid) else []
+                       if "main.py" in command_line(c)] if psutil.pid_exists(proc.pid) else []
             time.sleep(0.1)
         assert len(workers) >= 2, "the loader workers never started"
     finally:
