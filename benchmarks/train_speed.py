@@ -137,7 +137,7 @@ def demo_batches(args):
     samples = load_train_list(args.demo_dir)
     dataset = FaceTrainDataset(samples, flip_prob=0.5, seed=args.seed)
     sampler = SeededBatchSampler(len(samples), args.batch_size, seed=args.seed)
-    loader = BatchLoader(dataset, sampler, num_workers=args.num_workers)
+    loader = BatchLoader(dataset, sampler, num_workers=args.num_workers).start()  # fork while this process is small
 
     def gen():
         epoch = 0
@@ -246,6 +246,8 @@ def main(argv=None):
     options = "plain Paddle eager" if args.plain else "; ".join(report.values())
     print(f"model {args.model}, batch {args.batch_size}, threads {args.threads}, fp32 eager, Paddle {paddle.__version__}")
     print(f"options: {options}")
+    # the demo loader's workers fork first, while this process is small (BatchLoader.start)
+    demo = demo_batches(args) if args.data in ("demo", "both") else None
     status = 0
     if args.check_loss > 0:
         model, opt = build(args, args.classes)
@@ -301,7 +303,7 @@ def main(argv=None):
                   f"{os.getloadavg()[0]:.1f} at the end")
     if args.data in ("demo", "both"):
         with TreeMemorySampler() as mem:
-            batches, num_classes, loader = demo_batches(args)
+            batches, num_classes, loader = demo
             try:
                 model, opt = build(args, num_classes)
                 wall, cpu, _ = run(args, batches, model, opt)

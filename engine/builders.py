@@ -112,7 +112,8 @@ def build_train_loader(cfg, dataset_dir, rank=0, world_size=1):
     check_batch_size(batch_size, num_samples, world_size)
     sampler = SeededBatchSampler(num_samples, batch_size, seed=seed, rank=rank, world_size=world_size,
                                  shuffle=True, drop_last=True)
-    loader = BatchLoader(dataset, sampler, num_workers=cfg.Train.num_workers)
+    # workers forked now, from a trainer without a model yet, stay small (BatchLoader.start)
+    loader = BatchLoader(dataset, sampler, num_workers=cfg.Train.num_workers).start()
     steps = len(sampler)
     dropped = sampler.per_rank - steps * batch_size
     if dropped and rank == 0:

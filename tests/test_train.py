@@ -128,6 +128,32 @@ def test_loader_same_batches_with_and_without_workers(data):
         np.testing.assert_array_equal(ya, yb)
 
 
+def test_loader_start_forks_the_workers_before_the_first_batch(data):
+    """BatchLoader.start() forks every worker at once, while the trainer is still small (a worker
+    keeps its own copy of each page the trainer rewrites after the fork); batches are unchanged."""
+    from datasets.label_files import load_train_list
+
+    psutil = pytest.importorskip("psutil")
+    ds = FaceTrainDataset(load_train_list(data), flip_prob=0.5, seed=3)
+    before = {c.pid for c in psutil.Process().children()}
+    plain = BatchLoader(ds, SeededBatchSampler(len(ds), 3, seed=3), num_workers=0)
+    plain.set_epoch(1)
+    expected = list(plain)
+    loader = BatchLoader(ds, SeededBatchSampler(len(ds), 3, seed=3), num_workers=2).start()
+    try:
+        started = {c.pid for c in psutil.Process().children()} - before
+        assert len(started) >= 2  # both workers exist before any batch was asked for
+        loader.set_epoch(1)
+        got = list(loader)
+        assert {c.pid for c in psutil.Process().children()} - before == started  # the same workers load
+    finally:
+        loader.close()
+    assert len(got) == len(expected) == 2
+    for (xa, ya), (xb, yb) in zip(got, expected):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+
+
 def test_loader_reports_bad_image_and_dead_worker(tmp_path, data):
     from datasets.label_files import load_train_list
 
