@@ -116,6 +116,8 @@ class TrainSection:
     amp: str = setting("O1", "mixed precision on GPU (O1) or none (O0); CPU always trains in fp32",
                        choices=("O0", "O1"))
     num_workers: int = setting(2, "image-decoding worker processes (0 = in the training process)", min=0)
+    recompute: bool = setting(False, "recompute the backbone's activations in the backward pass: less memory "
+                              "(batch 128 under 3 GB), slower steps")
     pretrain_weight_path: Optional[str] = setting("", "start from these weights: a .pdparams path, an http(s) URL, or "
                                                   "'official' (the official weights of Global.model, as PaddleX)")
     pretrain_weight_sha256: Optional[str] = setting(None, "sha256 the downloaded weights must have (optional pin)")
