@@ -42,7 +42,7 @@ CALIBRATION = 12
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("int8") / "demo")
-    generate_demo(root, train_identities=6, images_per_identity=3, val_identities=6, val_pairs=40, seed=3, workers=1)
+    generate_demo(root, train_identities=6, images_per_identity=4, val_identities=8, val_pairs=40, seed=3, workers=1)
     return root
 
 
