@@ -10,6 +10,9 @@ For each model: export (random weights with BatchNorm statistics calibrated on r
   - openvino fp32 / bf16 and onnxruntime fp32 on the ONNX model (paddle2onnx, converted from the
     .json and from the .pdmodel: the two ONNX files are compared byte for byte, so an ONNX backend
     runs both formats at the same speed when they are equal),
+  - openvino int8: the folder's gated inference_int8.onnx (Export.int8) when its export kept it;
+    otherwise, where nncf is installed, an int8 model quantized here on synthetic inputs for timing
+    only (labelled so: its accuracy is not gated, and int8 is never chosen automatically),
   - auto: use_hpip=True without a backend (what the automatic choice picks on this CPU),
 as batch-1 latency (median ms) and batch-64 throughput (images/s), engines interleaved in
 --rounds blocks with the order rotated, so a change of machine load hits all of them alike.
@@ -89,9 +92,34 @@ def engines(model_dir, threads):
             model = InferenceModel(model_dir, num_threads=threads, prefer_format="pir", use_hpip=True,
                                    hpi_config={"backend": backend, "precision": precision})
             out.append((f"{backend} {precision} onnx", model))
+    int8 = int8_engine(model_dir, threads, next((m.onnx_file for label, m in out if label.startswith("openvino")), None))
+    if int8:
+        out.append(int8)
     auto = InferenceModel(model_dir, num_threads=threads, use_hpip=True)
     out.append((f"auto = {auto.backend} {auto.precision}", auto))
     return out
+
+
+def int8_engine(model_dir, threads, onnx_file):
+    """(label, predictor) for OpenVINO int8, or None: the folder's gated model when its export kept
+    it, else (nncf installed) an int8 model quantized now for timing only; see the docstring."""
+    from engine.inference_backends import OpenVINORunner
+    from engine.inference_folder import read_inference_yml
+    from engine.inference_model import InferenceModel
+    from engine.onnx_convert import check_images, quantize_int8
+
+    rec = read_inference_yml(model_dir).get("Int8") or {}
+    if rec.get("passed"):
+        return ("openvino int8 onnx (gated)",
+                InferenceModel(model_dir, num_threads=threads, use_hpip=True, hpi_config={"precision": "int8"}))
+    if onnx_file is None or not importable("nncf"):
+        print("  openvino int8: needs openvino and nncf (pip install \".[cpu,hpi,int8]\"), skipped")
+        return None
+    why = "refused" if rec else "ungated"
+    folder = tempfile.mkdtemp(prefix="int8_timing_", dir=os.environ.get("XDG_CACHE_HOME"))  # main's cache: removed
+    path = os.path.join(folder, "timing_only_int8.onnx")
+    quantize_int8(onnx_file, [check_images(1, seed=i) for i in range(32)], path)
+    return f"openvino int8 onnx ({why}, timing)", OpenVINORunner(path, "int8", threads)
 
 
 def onnx_formats_equal(model_dir):
@@ -175,11 +203,12 @@ def main(argv=None):
             lat = time_interleaved(fns, rng.uniform(-1, 1, (1, 3, 112, 112)).astype("float32"), args.seconds, args.rounds)
             thr = time_interleaved(fns, rng.uniform(-1, 1, (tb, 3, 112, 112)).astype("float32"), args.seconds, args.rounds)
             res = {label: (statistics.median(lat[label]) * 1000, tb * len(thr[label]) / sum(thr[label])) for label, _ in runs}
-            print(f"  {'engine':34s} {'b1 ms':>8s} {f'b{tb} img/s':>12s}  min cosine to paddle fp32 .pdmodel")
+            print(f"  {'engine':38s} {'b1 ms':>8s} {f'b{tb} img/s':>12s}  min cosine to paddle fp32 .pdmodel")
             for label, _ in runs:
                 ms, ips = res[label]
-                print(f"  {label:34s} {ms:8.2f} {ips:12.1f}  {cos[label]:.5f}")
-            named = {k: v for k, v in res.items() if not k.startswith("auto")}
+                print(f"  {label:38s} {ms:8.2f} {ips:12.1f}  {cos[label]:.5f}")
+            # the best of what auto may pick: int8 is never chosen automatically (and may be ungated)
+            named = {k: v for k, v in res.items() if not k.startswith("auto") and "int8" not in k}
             auto_label = next(k for k in res if k.startswith("auto"))
             best_ms = min(v[0] for v in named.values())
             best_ips = max(v[1] for v in named.values())

@@ -3,6 +3,7 @@
     python benchmarks/train_speed.py --model MobileFaceNet --batch-size 64 --threads 1
     python benchmarks/train_speed.py --plain            # Paddle as shipped: no shim, no fused kernels
     python benchmarks/train_speed.py --data demo --num-workers 1 --demo-dir /tmp/face_demo
+    python benchmarks/train_speed.py --data synthetic --torch   # + the same step in PyTorch, and the ratio
 
 Protocol: face model + ArcMargin head (m 0.5, s 64) + cross-entropy + AdamW (lr 1e-3, weight decay
 0.05 on 2+-D parameters), 112x112 inputs, fp32 eager (dygraph) training. `--data synthetic` cycles
@@ -17,6 +18,16 @@ machine.
 then the same K steps in plain eager mode in a fresh process (same seed, same weights, same
 batches), and compares the two loss curves (relative tolerance --loss-rtol). A speed-up that
 changes the curve beyond float rounding fails the check (exit code 1).
+
+Memory: each measurement prints the peak PSS and summed RSS of the whole process tree (this
+process and its loader workers; benchmarks/peak_rss.py's sampler, in a watcher process of its
+own), and the end line the peak over the run.
+
+`--torch` adds the PyTorch reference (benchmarks/torch_reference.py: the same MobileFaceNet layer
+table, ArcFace head, AdamW, batch and threads), run by --torch-python (default: this Python if it
+has torch, else $FACEFEAT_TORCH_PYTHON) in one process per variant (eager, channels_last, compile),
+between two measurements of ours on the synthetic batches, and prints ours / torch's best variant
+for wall and CPU-time images/s. `pip install -e ".[bench]"` installs PyTorch (CPU).
 """
 import argparse
 import json
@@ -26,9 +37,12 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+for _path in (ROOT, BENCH):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+TORCH_VARIANTS = ("eager", "channels_last", "compile")
 
 
 def parse_args(argv=None):
@@ -46,10 +60,16 @@ def parse_args(argv=None):
     p.add_argument("--no-mkl-shim", action="store_true")
     p.add_argument("--no-fast-ops", action="store_true")
     p.add_argument("--no-allocator", action="store_true")
+    p.add_argument("--recompute", action="store_true", help="Train.recompute: activations recomputed in backward")
     p.add_argument("--check-loss", type=int, default=5, metavar="K", help="steps of the loss check (0: skip)")
     p.add_argument("--loss-rtol", type=float, default=1e-3)
     p.add_argument("--profile", action="store_true", help="print Paddle's operator time table for the timed steps")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--torch", action="store_true", help="also time the same step in PyTorch and print the ratio")
+    p.add_argument("--torch-python", default=None, help="a Python with PyTorch (default: this one if it has torch, "
+                   "else $FACEFEAT_TORCH_PYTHON)")
+    p.add_argument("--torch-variants", default=",".join(TORCH_VARIANTS), help="comma-separated subset of "
+                   + ", ".join(TORCH_VARIANTS))
     p.add_argument("--losses-json", help=argparse.SUPPRESS)  # internal: the plain-eager reference run
     return p.parse_args(argv)
 
@@ -78,7 +98,7 @@ def build(args, num_classes):
     from models import ArcMargin, FaceRecModel, build_backbone
 
     paddle.seed(args.seed)
-    backbone = build_backbone(args.model)
+    backbone = build_backbone(args.model, recompute=args.recompute)
     model = FaceRecModel(backbone, ArcMargin(backbone.embedding_size, num_classes))
     model.train()
     decay = {p.name for p in model.parameters() if len(p.shape) > 1}
@@ -117,7 +137,7 @@ def demo_batches(args):
     samples = load_train_list(args.demo_dir)
     dataset = FaceTrainDataset(samples, flip_prob=0.5, seed=args.seed)
     sampler = SeededBatchSampler(len(samples), args.batch_size, seed=args.seed)
-    loader = BatchLoader(dataset, sampler, num_workers=args.num_workers)
+    loader = BatchLoader(dataset, sampler, num_workers=args.num_workers).start()  # fork while this process is small
 
     def gen():
         epoch = 0
@@ -177,6 +197,39 @@ def reference_losses(args):
             return json.load(f)
 
 
+def torch_python(args):
+    """The Python that runs the PyTorch reference, or SystemExit saying how to get one."""
+    import importlib.util
+
+    candidates = [args.torch_python] if args.torch_python else (
+        [sys.executable] if importlib.util.find_spec("torch") else []) + [os.environ.get("FACEFEAT_TORCH_PYTHON")]
+    for python in filter(None, candidates):
+        probe = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
+        if probe.returncode == 0:
+            return python
+    tried = ", ".join(filter(None, candidates)) or "this Python has no torch"
+    raise SystemExit("--torch: no Python with PyTorch found (" + tried + "). Install it with "
+                     "pip install -e \".[bench]\" (or pip install torch), or give --torch-python /path/to/python "
+                     "of a virtualenv that has it (or set FACEFEAT_TORCH_PYTHON)")
+
+
+def torch_reference(args, python, variant):
+    """One variant of benchmarks/torch_reference.py in its own process; its JSON result."""
+    cmd = [python, os.path.join(BENCH, "torch_reference.py"), "--variant", variant, "--batch-size",
+           str(args.batch_size), "--classes", str(args.classes), "--threads", str(args.threads),
+           "--steps", str(args.steps), "--warmup", str(max(args.warmup, 3 if variant == "compile" else 1)),
+           "--seed", str(args.seed)]
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"variant": variant, "error": proc.stderr.strip().splitlines()[-1:] or ["exit code %d" % proc.returncode]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def gb(n):
+    return f"{n / 2**30:.2f} GB"
+
+
 def main(argv=None):
     args = parse_args(argv)
     report = setup(args)
@@ -193,6 +246,8 @@ def main(argv=None):
     options = "plain Paddle eager" if args.plain else "; ".join(report.values())
     print(f"model {args.model}, batch {args.batch_size}, threads {args.threads}, fp32 eager, Paddle {paddle.__version__}")
     print(f"options: {options}")
+    # the demo loader's workers fork first, while this process is small (BatchLoader.start)
+    demo = demo_batches(args) if args.data in ("demo", "both") else None
     status = 0
     if args.check_loss > 0:
         model, opt = build(args, args.classes)
@@ -207,21 +262,57 @@ def main(argv=None):
         print("  plain    : " + " ".join(f"{v:.5f}" for v in ref))
         status = 0 if ok else 1
 
-    if args.data in ("synthetic", "both"):
-        model, opt = build(args, args.classes)
-        wall, cpu, _ = run(args, synthetic_batches(args, args.classes), model, opt, profile=args.profile)
-        print(f"synthetic tensors : {wall:6.2f} img/s wall, {cpu:6.2f} img/s of CPU time "
-              f"({args.steps} steps after {args.warmup} warm-up, load average {os.getloadavg()[0]:.1f})")
+    from peak_rss import TreeMemorySampler
+
+    cpu_model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    print(f"CPU {cpu_model}, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} at the start")
+    ours = []
+
+    def synthetic(label="synthetic tensors"):
+        with TreeMemorySampler() as mem:
+            model, opt = build(args, args.classes)
+            wall, cpu, _ = run(args, synthetic_batches(args, args.classes), model, opt, profile=args.profile)
+            del model, opt
+        ours.append((wall, cpu))
+        print(f"{label} : {wall:6.2f} img/s wall, {cpu:6.2f} img/s of CPU time ({args.steps} steps after "
+              f"{args.warmup} warm-up, load average {os.getloadavg()[0]:.1f}); process tree peak PSS "
+              f"{gb(mem.peak_pss)}, RSS {gb(mem.peak_rss)}", flush=True)
+
+    python = torch_python(args) if args.torch else None
+    if args.data in ("synthetic", "both") or args.torch:
+        synthetic()
+    if args.torch:
+        results = []
+        for variant in [v for v in args.torch_variants.split(",") if v]:
+            r = torch_reference(args, python, variant)
+            results.append(r)
+            if "error" in r:
+                print(f"PyTorch {variant:13s}: failed: {r['error'][0]}", flush=True)
+                continue
+            print(f"PyTorch {r['torch']} {variant:13s}: {r['wall_img_s']:6.2f} img/s wall, {r['cpu_img_s']:6.2f} "
+                  f"img/s of CPU time (load average {r['load']:.1f}); peak RSS {gb(r['peak_rss_bytes'])}", flush=True)
+        synthetic("synthetic, again  ")  # ours after torch too: the ratio is not one side's luck of the load
+        good = [r for r in results if "error" not in r]
+        if good:
+            best_wall = max(good, key=lambda r: r["wall_img_s"])
+            best_cpu = max(good, key=lambda r: r["cpu_img_s"])
+            wall, cpu = max(w for w, _ in ours), max(c for _, c in ours)
+            print(f"ratio ours / PyTorch's best: {wall / best_wall['wall_img_s']:.2f} wall ({best_wall['variant']}), "
+                  f"{cpu / best_cpu['cpu_img_s']:.2f} CPU time ({best_cpu['variant']}); best of our "
+                  f"{len(ours)} runs, batch {args.batch_size}, {args.threads} threads, load average "
+                  f"{os.getloadavg()[0]:.1f} at the end")
     if args.data in ("demo", "both"):
-        batches, num_classes, loader = demo_batches(args)
-        try:
-            model, opt = build(args, num_classes)
-            wall, cpu, _ = run(args, batches, model, opt)
-        finally:
-            loader.close()
+        with TreeMemorySampler() as mem:
+            batches, num_classes, loader = demo
+            try:
+                model, opt = build(args, num_classes)
+                wall, cpu, _ = run(args, batches, model, opt)
+            finally:
+                loader.close()
         print(f"demo dataset      : {wall:6.2f} img/s wall, {cpu:6.2f} img/s of main-process CPU time "
-              f"({num_classes} classes, {args.num_workers} loader workers, load average {os.getloadavg()[0]:.1f})")
-    print(f"peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+              f"({num_classes} classes, {args.num_workers} loader workers, load average {os.getloadavg()[0]:.1f}); "
+              f"process tree peak PSS {gb(mem.peak_pss)}, RSS {gb(mem.peak_rss)}")
+    print(f"peak RSS of this process over the run {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     return status
 
 

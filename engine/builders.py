@@ -25,7 +25,7 @@ def model_name_of(cfg):
 def build_model(cfg, num_classes):
     """FaceRecModel: the Arch.backbone network + an ArcMargin head over `num_classes` identities."""
     # Arch.head.name (ArcMargin) and Arch.loss (CELoss) have a single choice, checked at load.
-    backbone = build_backbone(cfg.Arch.backbone, embedding_size=cfg.Arch.embedding_size)
+    backbone = build_backbone(cfg.Arch.backbone, embedding_size=cfg.Arch.embedding_size, recompute=cfg.Train.recompute)
     if int(num_classes) < 2:
         raise DatasetError(f"training needs at least 2 identities, the training list has {num_classes}: "
                            "add images of more people to train/label.txt")
@@ -112,7 +112,8 @@ def build_train_loader(cfg, dataset_dir, rank=0, world_size=1):
     check_batch_size(batch_size, num_samples, world_size)
     sampler = SeededBatchSampler(num_samples, batch_size, seed=seed, rank=rank, world_size=world_size,
                                  shuffle=True, drop_last=True)
-    loader = BatchLoader(dataset, sampler, num_workers=cfg.Train.num_workers)
+    # workers forked now, from a trainer without a model yet, stay small (BatchLoader.start)
+    loader = BatchLoader(dataset, sampler, num_workers=cfg.Train.num_workers).start()
     steps = len(sampler)
     dropped = sampler.per_rank - steps * batch_size
     if dropped and rank == 0:

@@ -17,7 +17,7 @@ MODEL_MODES = ("check_dataset", "train", "evaluate", "export", "predict")
 PIPELINE_MODES = ("build_index", "append_index", "remove_index", "recognize", "serve")
 RUN_MODES = ("paddle", "mkldnn", "mkldnn_bf16")
 HPI_BACKENDS = ("paddle", "openvino", "onnxruntime")  # high-performance inference (engine.inference_backends)
-HPI_PRECISIONS = ("fp32", "bf16")
+HPI_PRECISIONS = ("fp32", "bf16", "int8")  # int8: only a folder whose export passed the gate
 EXPORT_FORMATS = ("paddle", "onnx")
 
 
@@ -116,6 +116,8 @@ class TrainSection:
     amp: str = setting("O1", "mixed precision on GPU (O1) or none (O0); CPU always trains in fp32",
                        choices=("O0", "O1"))
     num_workers: int = setting(2, "image-decoding worker processes (0 = in the training process)", min=0)
+    recompute: bool = setting(False, "recompute the backbone's activations in the backward pass: less memory "
+                              "(batch 128 under 3 GB), slower steps")
     pretrain_weight_path: Optional[str] = setting("", "start from these weights: a .pdparams path, an http(s) URL, or "
                                                   "'official' (the official weights of Global.model, as PaddleX)")
     pretrain_weight_sha256: Optional[str] = setting(None, "sha256 the downloaded weights must have (optional pin)")
@@ -150,6 +152,13 @@ class ExportSection:
     onnx_tolerance: float = setting(1e-4, "largest ONNX-to-Paddle feature difference accepted at export, relative "
                                     "to the largest feature value (every cosine must also be >= 0.9999)",
                                     greater_than=0.0, max=1.0)
+    int8: bool = setting(False, "also write inference_int8.onnx (NNCF post-training int8, calibrated on training "
+                         "faces) if its val-pair accuracy loses at most int8_max_loss points; needs the ONNX format "
+                         "and pip install \".[cpu,hpi,int8]\"")
+    int8_calibration: int = setting(300, "training images (evenly spaced in train/label.txt) that calibrate int8",
+                                    min=1)
+    int8_max_loss: float = setting(0.2, "largest verification accuracy loss (percentage points, 10-fold val "
+                                   "pairs, fp32 -> int8) for which inference_int8.onnx is kept", min=0.0, max=100.0)
 
 
 @dataclass
@@ -161,8 +170,10 @@ class KernelOption:
 class HpiConfig:
     backend: Optional[str] = setting(None, "paddle, openvino or onnxruntime; null = automatic (the fastest installed "
                                      "for this CPU, from measurements kept in the code)", choices=HPI_BACKENDS)
-    precision: Optional[str] = setting(None, "fp32 or bf16 (CPUs with avx512_bf16 or amx); null = the backend's "
-                                       "choice (automatic: bf16 where the CPU has it)", choices=HPI_PRECISIONS)
+    precision: Optional[str] = setting(None, "fp32, bf16 (CPUs with avx512_bf16 or amx) or int8 (OpenVINO, a folder "
+                                       "whose export passed Export.int8's accuracy gate); null = the backend's "
+                                       "choice (automatic: bf16 where the CPU has it; never int8)",
+                                       choices=HPI_PRECISIONS)
     num_threads: Optional[int] = setting(None, "threads of the backend; null = Global.num_threads", min=1)
 
 

@@ -4,7 +4,9 @@
     model = InferenceModel(folder, use_hpip=True, hpi_config={"backend": "openvino", "precision": "fp32"})
 
 hpi_config, as in PaddleX: {"backend": "paddle" | "openvino" | "onnxruntime", "precision":
-"fp32" | "bf16", "num_threads": N}; every key is optional. Without a backend the choice is
+"fp32" | "bf16" | "int8", "num_threads": N}; every key is optional. int8 runs on OpenVINO only, only
+a folder's inference_int8.onnx whose export passed the accuracy gate (engine.int8_gate), and only
+when asked for: the automatic choice never picks it. Without a backend the choice is
 automatic (`choose_backend`): the fastest backend installed for this CPU, from the measurements
 in PRIOR_MEASUREMENTS (made with benchmarks/infer_speed.py). OpenVINO and ONNX Runtime run the
 ONNX model that engine.onnx_convert writes (paddle2onnx); Paddle runs the exported files itself
@@ -26,7 +28,8 @@ from foundation.runtime import cpu_flags
 HPI_CONFIG_KEYS = ("backend", "precision", "num_threads")
 HPI_INSTALL = 'pip install ".[cpu,hpi]"'
 # the Python module each backend (and the converter) needs
-PACKAGES = {"openvino": "openvino", "onnxruntime": "onnxruntime", "paddle2onnx": "paddle2onnx"}
+PACKAGES = {"openvino": "openvino", "onnxruntime": "onnxruntime", "paddle2onnx": "paddle2onnx", "nncf": "nncf"}
+INT8_INSTALL = 'pip install ".[cpu,hpi,int8]"'
 
 # Prior measurements (benchmarks/infer_speed.py; 2 threads; the same exported models on every
 # engine, fp32 outputs equal to Paddle's within 4e-5): batch-1 latency in ms and batch-64
@@ -137,6 +140,13 @@ def resolve(hpi_config, model_name, default_threads, device_kind="cpu", default_
     cfg = check_hpi_config(hpi_config)
     threads = int(cfg["num_threads"] or default_threads or 1)
     backend, precision = cfg["backend"], cfg["precision"]
+    if precision == "int8":  # asked for by name only; see engine.int8_gate
+        if backend not in (None, "openvino"):
+            raise ConfigError(f"hpi_config.precision int8 runs on OpenVINO only, not {backend}: set "
+                              "hpi_config.backend=openvino or leave it out")
+        if device_kind != "cpu":
+            raise ConfigError("hpi_config.precision int8 runs on the CPU only here; use Global.device=cpu")
+        return "openvino", "int8", threads, "hpi_config.precision int8 (never chosen automatically)"
     if backend is None:
         backend, precision, why = choose_backend(model_name, device_kind=device_kind, precision=precision)
     else:
@@ -161,6 +171,8 @@ class OpenVINORunner:
         core = ov.Core()
         if precision == "bf16" and not cpu_bf16_class():
             raise ConfigError("hpi_config.precision bf16: this CPU has no native bf16 (avx512_bf16 or amx); use fp32")
+        # int8: a quantized model (QuantizeLinear / DequantizeLinear pairs) runs its quantized layers in
+        # int8 and the rest in f32, the way the accuracy gate measured it
         config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                   "INFERENCE_NUM_THREADS": int(num_threads), "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
         try:
@@ -170,6 +182,8 @@ class OpenVINORunner:
         self.request = self.compiled.create_infer_request()
         hint = str(self.compiled.get_property("INFERENCE_PRECISION_HINT")).lower()  # "<Type: 'bfloat16'>"
         self.precision = "bf16" if "bf16" in hint or "bfloat16" in hint else "fp32"
+        if precision == "int8":
+            self.precision = "int8"
         self.num_threads = int(num_threads)
 
     def predict(self, batch):

@@ -20,7 +20,7 @@ import paddle
 import yaml
 
 from datasets.transforms import to_bgr
-from engine.onnx_convert import DEFAULT_TOLERANCE, ONNX_FILE_NAME, convert_checked, log_check
+from engine.onnx_convert import DEFAULT_TOLERANCE, INT8_FILE_NAME, ONNX_FILE_NAME, convert_checked, log_check
 from foundation.atomic_io import atomic_replace_dir, file_digest
 from foundation.errors import ConfigError, UserError
 from foundation.logger import get_logger
@@ -257,7 +257,7 @@ def recorded_threshold(info):
 
 
 def export_inference(backbone, save_dir, model_name, image_size=112, program_format=True, verification=None,
-                     onnx=False, onnx_tolerance=DEFAULT_TOLERANCE):
+                     onnx=False, onnx_tolerance=DEFAULT_TOLERANCE, int8=None):
     """Write backbone's static inference model and inference.yml to `save_dir`, atomically.
     `verification` (verification_record) is written into inference.yml when given.
 
@@ -265,6 +265,9 @@ def export_inference(backbone, save_dir, model_name, image_size=112, program_for
     against Paddle's output before anything is swapped in (engine.onnx_convert; UserError and no
     folder change when it disagrees beyond `onnx_tolerance`); the check and the parameter file's
     sha256 go into inference.yml's `Onnx` section, which tells InferenceModel the file is current.
+    `int8` (needs onnx): a function of the build folder (engine.int8_gate.quantize_with_gate with
+    its settings) that writes inference_int8.onnx there only when it passes its accuracy gate and
+    returns the record that goes into inference.yml's `Int8` section, kept or refused.
 
     Paddle 3.x writes inference.json (PIR). With program_format=True (and a backbone made by
     models.build_backbone) the folder also gets inference.pdmodel, the older format of the same
@@ -314,6 +317,10 @@ def export_inference(backbone, save_dir, model_name, image_size=112, program_for
             config["Onnx"] = {"file": ONNX_FILE_NAME, **record}
             with open(os.path.join(tmp_dir, CONFIG_FILE_NAME), "w", encoding="utf-8") as f:
                 yaml.safe_dump(config, f, sort_keys=False)
+            if int8 is not None:
+                config["Int8"] = int8(tmp_dir)
+                with open(os.path.join(tmp_dir, CONFIG_FILE_NAME), "w", encoding="utf-8") as f:
+                    yaml.safe_dump(config, f, sort_keys=False)
 
     try:
         atomic_replace_dir(build, save_dir)
@@ -322,7 +329,7 @@ def export_inference(backbone, save_dir, model_name, image_size=112, program_for
             backbone.train()
     for note in notes:
         get_logger().warning(f"{save_dir}: only inference.json written ({note})")
-    formats = [n for n in MODEL_FILE_NAMES + (ONNX_FILE_NAME,) if os.path.isfile(os.path.join(save_dir, n))]
+    formats = [n for n in MODEL_FILE_NAMES + (ONNX_FILE_NAME, INT8_FILE_NAME) if os.path.isfile(os.path.join(save_dir, n))]
     return {
         "dir": save_dir,
         "model": os.path.join(save_dir, formats[0]),
@@ -333,8 +340,10 @@ def export_inference(backbone, save_dir, model_name, image_size=112, program_for
 
 
 def export_checkpoint(weight_path, model_name, backbone_name=None, embedding_size=None, image_size=112,
-                      save_dir=None, setting="Export.weight_path", onnx=False, onnx_tolerance=DEFAULT_TOLERANCE):
-    """Build the backbone, load `weight_path` strictly, export (with inference.onnx when `onnx`).
+                      save_dir=None, setting="Export.weight_path", onnx=False, onnx_tolerance=DEFAULT_TOLERANCE,
+                      int8=None):
+    """Build the backbone, load `weight_path` strictly, export (with inference.onnx when `onnx`,
+    and the gated inference_int8.onnx when `int8`: see export_inference).
     Returns export_inference's paths plus "loaded_tensors". `save_dir` defaults to <weights folder>/inference."""
     backbone_name = backbone_name or model_name
     if not weight_path:
@@ -353,6 +362,6 @@ def export_checkpoint(weight_path, model_name, backbone_name=None, embedding_siz
     if save_dir is None:
         save_dir = os.path.join(os.path.dirname(os.path.abspath(weight_path)), "inference")
     paths = export_inference(backbone, save_dir, model_name, image_size=int(image_size), onnx=onnx,
-                             onnx_tolerance=onnx_tolerance)
+                             onnx_tolerance=onnx_tolerance, int8=int8)
     paths["loaded_tensors"] = len(report["loaded"])
     return paths

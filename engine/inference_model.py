@@ -15,7 +15,9 @@ use_hpip=True (with hpi_config {"backend", "precision", "num_threads"}, each opt
 PaddleX's high-performance inference: the backend is chosen by engine.inference_backends
 (automatically without a backend: OpenVINO bf16 on a CPU with native bf16, else OpenVINO fp32,
 else Paddle), and OpenVINO / ONNX Runtime run the folder's inference.onnx or an ONNX model
-converted once into the cache (engine.onnx_convert). One log line names the backend, precision
+converted once into the cache (engine.onnx_convert); hpi_config.precision int8 runs the folder's
+inference_int8.onnx on OpenVINO, only when its export passed the accuracy gate (engine.int8_gate),
+and is never chosen automatically. One log line names the backend, precision
 and threads. Every caller (predict, evaluate, the recognition pipeline) gets the same predict().
 """
 import os
@@ -27,7 +29,7 @@ from paddle import inference as paddle_infer
 from engine.inference_backends import onnx_runner
 from engine.inference_backends import resolve as resolve_backend
 from engine.inference_folder import Preprocess, find_model_files, read_inference_yml
-from engine.onnx_convert import cached_onnx, folder_onnx
+from engine.onnx_convert import cached_onnx, folder_int8, folder_onnx
 from foundation.errors import ConfigError, UserError
 from foundation.logger import get_logger
 from foundation.runtime import cpu_flags, parse_device
@@ -86,9 +88,15 @@ class InferenceModel:
                 run_mode = "mkldnn_bf16" if precision == "bf16" else "paddle"
             else:
                 size = int((glob.get("input_shape") or [3, 112, 112])[-1])
-                self.onnx_file = (folder_onnx(self.model_dir, self.params_file, self.info)
-                                  or cached_onnx(self.model_file, self.params_file, image_size=size,
-                                                 num_threads=self.num_threads))
+                if precision == "int8":  # only the folder's gated int8 model (UserError saying why not)
+                    self.onnx_file = folder_int8(self.model_dir, self.params_file, self.info)
+                    rec = self.info["Int8"]
+                    self.backend_reason += (f"; its export measured val accuracy {rec.get('int8_acc', 0) * 100:.2f} % "
+                                            f"int8 vs {rec.get('fp32_acc', 0) * 100:.2f} % fp32")
+                else:
+                    self.onnx_file = (folder_onnx(self.model_dir, self.params_file, self.info)
+                                      or cached_onnx(self.model_file, self.params_file, image_size=size,
+                                                     num_threads=self.num_threads))
                 self._runner = onnx_runner(backend, self.onnx_file, precision, self.num_threads)
         self.run_mode = run_mode
         if self._runner is None:

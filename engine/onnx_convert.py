@@ -172,3 +172,44 @@ def cached_onnx(model_file, params_file, image_size=112, num_threads=2, toleranc
     atomic_write_json(os.path.join(folder, "check.json"), record)
     log_check(record, model_file)
     return path
+
+
+# --------------------------------------------------------------------------- int8
+INT8_FILE_NAME = "inference_int8.onnx"
+
+
+def quantize_int8(onnx_file, calibration, out_path):
+    """NNCF post-training int8 of an ONNX model, calibrated on `calibration` (a list of float32
+    [1, 3, H, W] pre-processed faces), written to `out_path` (atomically) as a QDQ ONNX model.
+    Whether it may be used is decided by engine.int8_gate, never here."""
+    require("nncf", "Export.int8 (post-training int8)")
+    onnx = require("onnx", "Export.int8 (post-training int8)")
+    import nncf  # noqa: E402 - optional, checked by require above
+
+    model = onnx.load(onnx_file)
+    input_name = model.graph.input[0].name
+    t0 = time.perf_counter()
+    quantized = nncf.quantize(model, nncf.Dataset(calibration, lambda x: {input_name: x}),
+                              subset_size=len(calibration))
+    atomic_write_bytes(out_path, quantized.SerializeToString())
+    return round(time.perf_counter() - t0, 2)
+
+
+def folder_int8(model_dir, params_file, info):
+    """The folder's inference_int8.onnx, when its export passed the accuracy gate on these very
+    parameters (inference.yml `Int8`); otherwise a UserError saying why not."""
+    path = os.path.join(model_dir, INT8_FILE_NAME)
+    rec = info.get("Int8") if isinstance(info, dict) else None
+    how = ("export it with -o Export.int8=True (kept only when its verification accuracy loses at most "
+           "Export.int8_max_loss points), or run fp32 / bf16")
+    if not isinstance(rec, dict):
+        raise UserError(f"hpi_config.precision int8: {model_dir} has no int8 model: {how}")
+    if not rec.get("passed"):
+        raise UserError(f"hpi_config.precision int8: {model_dir} has no int8 model: export refused it "
+                        f"({rec.get('reason', 'accuracy gate failed')})")
+    if not os.path.isfile(path):
+        raise UserError(f"hpi_config.precision int8: {path} is missing although inference.yml records it: {how}")
+    if rec.get("params_sha256") != file_digest(params_file):
+        raise UserError(f"hpi_config.precision int8: {path} was quantized from other parameters than "
+                        f"{os.path.basename(params_file)}: {how}")
+    return path

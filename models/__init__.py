@@ -31,12 +31,16 @@ __all__ = [
 ]
 
 
-def build_backbone(name, embedding_size=None):
-    """A backbone by its config name; `embedding_size` overrides the model's default (128 / 512)."""
+def build_backbone(name, embedding_size=None, recompute=False):
+    """A backbone by its config name; `embedding_size` overrides the model's default (128 / 512);
+    `recompute` recomputes the activations of its stages in the backward pass (less memory)."""
     if name not in BACKBONES:
         raise ConfigError(f"unknown backbone '{name}'. Valid names: {', '.join(BACKBONES)}")
     cls = BACKBONES[name]
-    model = cls() if embedding_size is None else cls(embedding_size=int(embedding_size))
+    kwargs = {"recompute": bool(recompute)}
+    if embedding_size is not None:
+        kwargs["embedding_size"] = int(embedding_size)
+    model = cls(**kwargs)
     model.model_name = name
     return model
 

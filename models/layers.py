@@ -12,8 +12,12 @@ parameters, which run the fused C++ kernels of models/fast_cpu_ops.py in CPU tra
 `fast_cpu_ops.enable()` has succeeded (engine/cpu_speed.py does it), and Paddle's own operators
 otherwise (GPU, AMP, export tracing, or no compiler).
 """
+import logging
+
+import paddle
 import paddle.nn as nn
 from paddle import ParamAttr
+from paddle.distributed.fleet.utils import recompute as paddle_recompute
 from paddle.nn.initializer import Constant, KaimingNormal
 
 from models import fast_cpu_ops
@@ -134,3 +138,56 @@ def ConvBNPReLU(in_channels, out_channels, kernel_size, stride=1, padding=0, dep
 def ConvBNReLU(in_channels, out_channels, kernel_size, stride=1, padding=0):
     """ConvBN followed by ReLU."""
     return ConvBN(in_channels, out_channels, kernel_size, stride, padding, act="relu")
+
+
+class _DropNoGradInputWarning(logging.Filter):
+    """Paddle's recompute warns when no input of a block needs a gradient (the image into the first
+    layer), as if recomputing it were useless; with the hook implementation used here the block's
+    parameters still get their gradients, so the warning is wrong and only that one is dropped."""
+
+    def filter(self, record):
+        return "None of the inputs to current recompute block need grad" not in record.getMessage()
+
+
+logging.getLogger("paddle.distributed.fleet.utils.log_util").addFilter(_DropNoGradInputWarning())
+
+
+def _batchnorms(layer):
+    return [m for m in layer.sublayers(include_self=True) if isinstance(m, nn.BatchNorm2D)]
+
+
+def recomputed(layer, x):
+    """`layer(x)` whose activations are not kept for the backward pass: they are computed again
+    there from `x` (paddle.distributed.fleet.utils.recompute, hook implementation), trading one
+    more forward pass of `layer` for its activation memory. Loss and gradients equal `layer(x)`.
+
+    The second forward would update the BatchNorm running statistics a second time; they are
+    put back to their values after the first, so the statistics also equal the plain run's.
+    """
+    norms = _batchnorms(layer)
+    calls = []
+
+    def run(inp):
+        calls.append(1)
+        if len(calls) == 1 or not norms:
+            return layer(inp)
+        with paddle.no_grad():
+            kept = [(paddle.assign(bn._mean), paddle.assign(bn._variance)) for bn in norms]
+        out = layer(inp)
+        with paddle.no_grad():
+            for bn, (mean, var) in zip(norms, kept):
+                paddle.assign(mean, output=bn._mean)
+                paddle.assign(var, output=bn._variance)
+        return out
+
+    return paddle_recompute(run, x, use_reentrant=False)
+
+
+@paddle.jit.not_to_static  # export traces it as the plain loop it is in eval mode
+def run_layers(layers, x, recompute=False):
+    """`x` through `layers` in order; with `recompute` (in training, with gradients on) each one
+    through `recomputed`, so only the inputs of the layers stay in memory until the backward."""
+    use = recompute and paddle.is_grad_enabled() and any(layer.training for layer in layers)
+    for layer in layers:
+        x = recomputed(layer, x) if use else layer(x)
+    return x

@@ -20,7 +20,7 @@ linear7, linear1), so its checkpoints load by name.
 import paddle
 import paddle.nn as nn
 
-from models.layers import ConvBN, ConvBNPReLU, make_batchnorm, make_conv, make_depthwise_conv, make_prelu
+from models.layers import ConvBN, ConvBNPReLU, make_batchnorm, make_conv, make_depthwise_conv, make_prelu, run_layers
 
 # Inverted-residual stages: (expansion t, output channels c, repeats n, stride of the first s).
 BOTTLENECK_SETTINGS = [
@@ -63,9 +63,10 @@ class Bottleneck(nn.Layer):
 class MobileFaceNet(nn.Layer):
     """112x112x3 -> [N, embedding_size] raw (not normalised) face features."""
 
-    def __init__(self, embedding_size=128, settings=BOTTLENECK_SETTINGS):
+    def __init__(self, embedding_size=128, settings=BOTTLENECK_SETTINGS, recompute=False):
         super().__init__()
         self.embedding_size = embedding_size
+        self.recompute = recompute  # training: recompute the activations of conv1, dw_conv1 and each block in backward
         self.conv1 = ConvBNPReLU(3, 64, 3, stride=2, padding=1)
         self.dw_conv1 = ConvBNPReLU(64, 64, 3, stride=1, padding=1, depthwise=True)
 
@@ -84,9 +85,7 @@ class MobileFaceNet(nn.Layer):
         self.linear1 = ConvBN(512, embedding_size, 1, act=None)
 
     def forward(self, x):
-        x = self.conv1(x)
-        x = self.dw_conv1(x)
-        x = self.blocks(x)
+        x = run_layers([self.conv1, self.dw_conv1, *self.blocks], x, self.recompute)
         x = self.conv2(x)
         x = self.linear7(x)
         x = self.linear1(x)

@@ -30,7 +30,7 @@ import paddle.nn as nn
 from paddle import ParamAttr
 from paddle.nn.initializer import Uniform
 
-from models.layers import ConvBN, ConvBNReLU
+from models.layers import ConvBN, ConvBNReLU, run_layers
 
 # (bottleneck width, blocks, stride of the first block); the output width is 4x the bottleneck width.
 STAGE_SETTINGS = [
@@ -67,9 +67,10 @@ class BottleneckBlock(nn.Layer):
 class ResNet50Face(nn.Layer):
     """112x112x3 -> [N, embedding_size] raw (not normalised) face features."""
 
-    def __init__(self, embedding_size=512, stages=STAGE_SETTINGS):
+    def __init__(self, embedding_size=512, stages=STAGE_SETTINGS, recompute=False):
         super().__init__()
         self.embedding_size = embedding_size
+        self.recompute = recompute  # training: recompute the activations of the stem and each block in backward
         self.stem = nn.Sequential(ConvBNReLU(3, 64, 7, stride=1, padding=3))
         self.max_pool = nn.MaxPool2D(kernel_size=3, stride=2, padding=1)
 
@@ -86,8 +87,6 @@ class ResNet50Face(nn.Layer):
         self.fc = nn.Linear(channels, embedding_size, weight_attr=ParamAttr(initializer=Uniform(-bound, bound)))
 
     def forward(self, x):
-        x = self.stem(x)
-        x = self.max_pool(x)
-        x = self.blocks(x)
+        x = run_layers([self.stem, self.max_pool, *self.blocks], x, self.recompute)
         x = paddle.flatten(self.avg_pool(x), start_axis=1)
         return self.fc(x)

@@ -265,3 +265,24 @@ def test_setup_without_any_compiler_reports_plain_paddle(kernels_state, private_
     assert report["fast_ops"].startswith("fused kernels: off (no C++ compiler")
     assert report["mkl_shim"].startswith("MKL vendor shim: off (cannot build it: no C compiler")
     assert not fast_cpu_ops.enabled()
+
+
+def test_recompute_leaves_the_allocator_alone(monkeypatch, kernels_state):
+    """Train.recompute is for memory: training then keeps glibc's default (freed blocks go back),
+    and the log line says why; without it the allocator setting is applied."""
+    from types import SimpleNamespace
+
+    from engine.train import cpu_speed_notes
+
+    calls = []
+    monkeypatch.setattr(cpu_speed, "tune_allocator", lambda: calls.append(1) or "allocator: on (test)")
+    monkeypatch.setenv(fast_cpu_ops.DISABLE_ENV, "1")
+    monkeypatch.delenv(cpu_speed.ALL_OFF_ENV, raising=False)
+
+    def notes(recompute):
+        return cpu_speed_notes(SimpleNamespace(Global=SimpleNamespace(cpu_speedup=True),
+                                               Train=SimpleNamespace(recompute=recompute)))
+
+    assert "allocator: on (test)" in notes(False) and calls == [1]
+    lines = notes(True)
+    assert calls == [1] and any(line.startswith("allocator: unchanged (Train.recompute") for line in lines), lines

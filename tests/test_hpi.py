@@ -127,8 +127,8 @@ def test_hpi_config_is_checked():
         B.check_hpi_config({"backends": "openvino"})
     with pytest.raises(ConfigError, match="tensorrt.*not one of paddle, openvino, onnxruntime"):
         B.check_hpi_config({"backend": "tensorrt"})
-    with pytest.raises(ConfigError, match="precision 'int8'"):
-        B.check_hpi_config({"precision": "int8"})
+    with pytest.raises(ConfigError, match="precision 'fp16' is not one of fp32, bf16, int8"):
+        B.check_hpi_config({"precision": "fp16"})  # int8: tests/test_int8.py
     with pytest.raises(ConfigError, match="num_threads"):
         B.check_hpi_config({"num_threads": 0})
     with pytest.raises(ConfigError, match="onnxruntime has no bf16"):

@@ -267,3 +267,65 @@ def test_partial_fc_scores_every_positive_and_equals_the_full_head_when_it_sampl
                                logits.numpy()[np.arange(6), label.numpy()], rtol=1e-5, atol=1e-5)
     quarter.eval()  # evaluation never samples
     assert quarter.margin_logits(feat, label)[0].shape[1] == 20
+
+
+def _tiny_backbone(name, recompute):
+    from models.mobilefacenet import MobileFaceNet
+    from models.resnet_face import ResNet50Face
+
+    if name == "MobileFaceNet":  # two strided stages: a 56x56 input ends at 7x7 like 112x112 does
+        return MobileFaceNet(embedding_size=16, settings=[(2, 8, 2, 2), (2, 16, 1, 2)], recompute=recompute)
+    return ResNet50Face(embedding_size=16, stages=[(4, 2, 2), (8, 1, 2)], recompute=recompute)
+
+
+def count_trainable(layer):
+    return sum(1 for p in layer.parameters() if not p.stop_gradient)
+
+
+def _one_step(name, recompute, calls):
+    import paddle.nn.functional as F
+
+    paddle.seed(0)
+    backbone = _tiny_backbone(name, recompute)
+    block = backbone.blocks[0]
+    block.register_forward_pre_hook(lambda layer, inputs: calls.append(1))
+    model = FaceRecModel(backbone, ArcMargin(16, 5))
+    model.train()
+    rng = np.random.RandomState(0)
+    x = paddle.to_tensor(rng.uniform(-1, 1, (4, 3, 56, 56)).astype("float32"))
+    y = paddle.to_tensor(np.array([0, 1, 2, 4], dtype="int64"))
+    loss = F.cross_entropy(model(x, y), y)
+    loss.backward()
+    grads = {n: p.grad.numpy().copy() for n, p in model.named_parameters() if p.grad is not None}
+    stats = {n: v.numpy().copy() for n, v in model.state_dict().items() if n.endswith(("_mean", "_variance"))}
+    return float(loss), grads, stats
+
+
+@pytest.mark.parametrize("name", ["MobileFaceNet", "ResNet50_face"])
+def test_recompute_gives_the_plain_loss_gradients_and_batchnorm_statistics(name):
+    """Train.recompute: the blocks run a second time in backward (so their activations were not
+    kept), yet the loss, every parameter's gradient and the BN running statistics (updated once,
+    not twice) equal the plain run's within float rounding."""
+    plain_calls, recompute_calls = [], []
+    loss0, grads0, stats0 = _one_step(name, False, plain_calls)
+    loss1, grads1, stats1 = _one_step(name, True, recompute_calls)
+    assert len(plain_calls) == 1 and len(recompute_calls) == 2
+    assert loss1 == pytest.approx(loss0, rel=1e-6)
+    assert set(grads1) == set(grads0) and len(grads0) == count_trainable(_tiny_backbone(name, False)) + 1
+    for key, g in grads0.items():
+        np.testing.assert_allclose(grads1[key], g, rtol=1e-5, atol=1e-6 * max(1.0, float(np.abs(g).max())), err_msg=key)
+    for key, v in stats0.items():
+        np.testing.assert_allclose(stats1[key], v, rtol=1e-6, atol=1e-7, err_msg=key)
+
+
+def test_recompute_is_off_in_eval_and_without_gradients():
+    backbone = _tiny_backbone("MobileFaceNet", True)
+    calls = []
+    backbone.blocks[0].register_forward_pre_hook(lambda layer, inputs: calls.append(1))
+    x = paddle.to_tensor(np.zeros((2, 3, 56, 56), dtype="float32"))
+    backbone.eval()
+    backbone(x)
+    backbone.train()
+    with paddle.no_grad():
+        backbone(x)
+    assert len(calls) == 2  # one forward each, nothing wrapped for a backward that never comes

@@ -128,6 +128,32 @@ def test_loader_same_batches_with_and_without_workers(data):
         np.testing.assert_array_equal(ya, yb)
 
 
+def test_loader_start_forks_the_workers_before_the_first_batch(data):
+    """BatchLoader.start() forks every worker at once, while the trainer is still small (a worker
+    keeps its own copy of each page the trainer rewrites after the fork); batches are unchanged."""
+    from datasets.label_files import load_train_list
+
+    psutil = pytest.importorskip("psutil")
+    ds = FaceTrainDataset(load_train_list(data), flip_prob=0.5, seed=3)
+    before = {c.pid for c in psutil.Process().children()}
+    plain = BatchLoader(ds, SeededBatchSampler(len(ds), 3, seed=3), num_workers=0)
+    plain.set_epoch(1)
+    expected = list(plain)
+    loader = BatchLoader(ds, SeededBatchSampler(len(ds), 3, seed=3), num_workers=2).start()
+    try:
+        started = {c.pid for c in psutil.Process().children()} - before
+        assert len(started) >= 2  # both workers exist before any batch was asked for
+        loader.set_epoch(1)
+        got = list(loader)
+        assert {c.pid for c in psutil.Process().children()} - before == started  # the same workers load
+    finally:
+        loader.close()
+    assert len(got) == len(expected) == 2
+    for (xa, ya), (xb, yb) in zip(got, expected):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+
+
 def test_loader_reports_bad_image_and_dead_worker(tmp_path, data):
     from datasets.label_files import load_train_list
 
@@ -419,11 +445,18 @@ def test_loader_workers_die_with_a_killed_trainer(tmp_path):
            *overrides(data, out, "Train.num_workers=2", "Train.epochs_iters=50")]
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers = []
+
+    def command_line(p):  # a short-lived child (a compiler, a check worker) may be gone or a zombie by now
+        try:
+            return " ".join(p.cmdline() or [])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return ""
+
     try:
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None and len(workers) < 2:
             workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
-                       if "main.py" in " ".join(c.cmdline() or [])] if psutil.pid_exists(proc.pid) else []
+                       if "main.py" in command_line(c)] if psutil.pid_exists(proc.pid) else []
             time.sleep(0.1)
         assert len(workers) >= 2, "the loader workers never started"
     finally:
