@@ -68,3 +68,30 @@ def config(**overrides):
     from engine.config import load_config
 
     return load_config(CONFIG, [f"{k.replace('__', '.')}={v}" for k, v in overrides.items()])
+
+
+def export_random_model(folder, seed=0):
+    """An exported random-init MobileFaceNet (paddle.seed(seed)) in <folder>/inference; returns that path."""
+    import paddle
+
+    from engine.inference_folder import export_inference
+    from models import build_backbone
+
+    paddle.seed(seed)
+    out = os.path.join(str(folder), "inference")
+    export_inference(build_backbone("MobileFaceNet"), out, "MobileFaceNet")
+    return out
+
+
+def demo_face_photo(name):
+    """The demo face `name` ("p00000/00") enlarged to 200x200 on a plain 320x320 canvas (value 200):
+    a photo YuNet detects for some demo faces (p00000/00, /03, /05, p00001/00)."""
+    from datasets.demo import ensure_demo
+
+    demo = os.path.join(REPO_ROOT, "dataset", "face_demo")
+    ensure_demo(demo)
+    face = cv2.imread(os.path.join(demo, "val", "images", name if name.endswith(".jpg") else name + ".jpg"))
+    assert face is not None, f"demo image {name} missing under {demo}"
+    canvas = np.full((320, 320, 3), 200, np.uint8)
+    canvas[60:260, 60:260] = cv2.resize(face, (200, 200), interpolation=cv2.INTER_LINEAR)
+    return canvas

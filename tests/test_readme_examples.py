@@ -10,8 +10,8 @@ import tarfile
 import threading
 
 import cv2
-import numpy as np
 import pytest
+from _tiny_face_model import demo_face_photo, export_random_model
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8").read()
@@ -32,24 +32,7 @@ def test_every_python_block_is_run_here():
 
 @pytest.fixture(scope="module")
 def random_model(tmp_path_factory):
-    import paddle
-
-    from engine.inference_folder import export_inference
-    from models import build_backbone
-
-    paddle.seed(0)
-    return export_inference(build_backbone("MobileFaceNet"), str(tmp_path_factory.mktemp("m") / "inference"),
-                            "MobileFaceNet")["dir"]
-
-
-def face_photo(name):
-    from datasets.demo import ensure_demo
-
-    demo = os.path.join(REPO_ROOT, "dataset", "face_demo")
-    ensure_demo(demo)
-    canvas = np.full((320, 320, 3), 200, np.uint8)
-    canvas[60:260, 60:260] = cv2.resize(cv2.imread(os.path.join(demo, "val", "images", name + ".jpg")), (200, 200))
-    return canvas
+    return export_random_model(tmp_path_factory.mktemp("m"))
 
 
 def test_predict_example(random_model, tmp_path, monkeypatch):
@@ -69,7 +52,7 @@ def test_predict_example(random_model, tmp_path, monkeypatch):
     shutil.copytree(random_model, work / "output" / "best_model" / "inference")
     (work / "faces").mkdir(parents=True)
     for name, photo in (("a.jpg", "p00000/00"), ("b.jpg", "p00000/03"), ("faces/c.jpg", "p00001/00")):
-        cv2.imwrite(str(work / name), cv2.resize(face_photo(photo), (112, 112)))
+        cv2.imwrite(str(work / name), cv2.resize(demo_face_photo(photo), (112, 112)))
     monkeypatch.chdir(work)
     scope = {}
     try:
@@ -89,11 +72,11 @@ def test_pipeline_example(random_model, tmp_path, monkeypatch):
         for person in people:
             (work / root / "images" / person).mkdir(parents=True)
             for k, photo in enumerate(DEMO_FACES.get(person, ("p00000/05",))):
-                cv2.imwrite(str(work / root / "images" / person / f"{k}.jpg"), face_photo(photo))
+                cv2.imwrite(str(work / root / "images" / person / f"{k}.jpg"), demo_face_photo(photo))
                 lines.append(f"images/{person}/{k}.jpg {person}")
         (work / root / "gallery.txt").write_text("\n".join(lines) + "\n")
     (work / "photos").mkdir()
-    cv2.imwrite(str(work / "photos" / "bob_again.jpg"), face_photo("p00001/00"))
+    cv2.imwrite(str(work / "photos" / "bob_again.jpg"), demo_face_photo("p00001/00"))
     monkeypatch.chdir(work)
     scope = {}
     exec(compile(block_with("create_pipeline("), "README.md", "exec"), scope)

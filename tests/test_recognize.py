@@ -7,6 +7,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+from _tiny_face_model import export_random_model
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIPELINE = os.path.join(REPO_ROOT, "configs", "face_recognition", "pipeline.yaml")
@@ -17,15 +18,7 @@ LFW_PEOPLE = ("Colin_Powell", "Tony_Blair")
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    import paddle
-
-    from engine.inference_folder import export_inference
-    from models import build_backbone
-
-    paddle.seed(0)
-    out = str(tmp_path_factory.mktemp("model") / "inference")
-    export_inference(build_backbone("MobileFaceNet"), out, "MobileFaceNet")
-    return out
+    return export_random_model(tmp_path_factory.mktemp("model"))
 
 
 def make_crops(n_people=4, per_person=3, seed=3, size=112):

@@ -16,6 +16,7 @@ import urllib.request
 import cv2
 import numpy as np
 import pytest
+from _tiny_face_model import demo_face_photo, export_random_model
 
 from tests._milvus import milvus_server, need_milvus  # noqa: F401 - milvus_server is a fixture
 
@@ -26,30 +27,15 @@ DEMO_FACES = ("p00000/00", "p00000/03", "p00000/05", "p00001/00")  # ones YuNet 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    import paddle
-
-    from engine.inference_folder import export_inference
-    from models import build_backbone
-
-    paddle.seed(0)
-    out = str(tmp_path_factory.mktemp("model") / "inference")
-    export_inference(build_backbone("MobileFaceNet"), out, "MobileFaceNet")
-    return out
+    return export_random_model(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     """{name: JPEG bytes}: demo faces enlarged onto a plain 320x320 canvas, so YuNet detects them."""
-    from datasets.demo import ensure_demo
-
-    demo = os.path.join(REPO_ROOT, "dataset", "face_demo")
-    ensure_demo(demo)
     out = {}
     for name in DEMO_FACES:
-        face = cv2.imread(os.path.join(demo, "val", "images", name + ".jpg"))
-        canvas = np.full((320, 320, 3), 200, np.uint8)
-        canvas[60:260, 60:260] = cv2.resize(face, (200, 200))
-        out[name] = cv2.imencode(".jpg", canvas)[1].tobytes()
+        out[name] = cv2.imencode(".jpg", demo_face_photo(name))[1].tobytes()
     return out
 
 

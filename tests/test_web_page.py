@@ -18,8 +18,8 @@ import urllib.error
 import urllib.request
 
 import cv2
-import numpy as np
 import pytest
+from _tiny_face_model import demo_face_photo, export_random_model
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIPELINE = os.path.join(REPO_ROOT, "configs", "face_recognition", "pipeline.yaml")
@@ -61,15 +61,7 @@ def sync_playwright():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    import paddle
-
-    from engine.inference_folder import export_inference
-    from models import build_backbone
-
-    paddle.seed(0)
-    out = str(tmp_path_factory.mktemp("model") / "inference")
-    export_inference(build_backbone("MobileFaceNet"), out, "MobileFaceNet")
-    return out
+    return export_random_model(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +73,7 @@ def photos(tmp_path_factory):
     out = tmp_path_factory.mktemp("photos")
     paths = {}
     for name in sorted(set(ALICE + BOB + (QUERY, NO_FACE))):
-        face = cv2.imread(os.path.join(DEMO_IMAGES, name))
-        assert face is not None, f"demo image {name} missing under {DEMO_IMAGES}"
-        canvas = np.full((320, 320, 3), 200, np.uint8)
-        canvas[60:260, 60:260] = cv2.resize(face, (200, 200), interpolation=cv2.INTER_LINEAR)
+        canvas = demo_face_photo(name)
         path = out / (name.replace("/", "_").replace(".jpg", ".png"))
         cv2.imwrite(str(path), canvas)
         paths[name] = str(path)
