@@ -14,16 +14,21 @@ For each model: export (random weights with BatchNorm statistics calibrated on r
     otherwise, where nncf is installed, an int8 model quantized here on synthetic inputs for timing
     only (labelled so: its accuracy is not gated, and int8 is never chosen automatically),
   - auto: use_hpip=True without a backend (what the automatic choice picks on this CPU),
-as batch-1 latency (median ms) and batch-64 throughput (images/s), engines interleaved in
---rounds blocks with the order rotated, so a change of machine load hits all of them alike.
+as batch-1 latency (median ms) and batch-64 throughput (images/s). Each engine runs in a fresh
+process of its own for each of --rounds blocks, the order rotated each round, so a change of
+machine load hits all of them alike and no engine's idle worker threads (OpenMP spins for a while
+after a parallel region) take the cores from the next one. `auto` is timed in its own process
+too, and compared with the best engine and with the named engine it picked.
 Features are checked against paddle fp32 (.pdmodel) by the lowest cosine. Prints the CPU, its
 flags, the threads and the load average before and after, and the ratio of auto to the best.
 Inputs are random [-1, 1] tensors: no image decoding is timed.
 """
 import argparse
 import hashlib
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -72,54 +77,64 @@ def cosine_rows(a, b):
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
 
 
-def engines(model_dir, threads):
-    """[(label, InferenceModel)] of every engine installed here, the paddle fp32 .pdmodel one first."""
+def engine_specs(model_dir, threads):
+    """[(label, spec)] of every engine installed here, the paddle fp32 .pdmodel one first; a spec is
+    what a child process needs to build the engine (see build_engine)."""
     from engine.inference_backends import cpu_bf16_class, is_installed
-    from engine.inference_model import InferenceModel
 
     bf16 = bool(cpu_bf16_class())
     out = []
     for fmt, fname in (("program", ".pdmodel"), ("pir", ".json")):
         for precision in ("fp32", "bf16") if bf16 else ("fp32",):
-            model = InferenceModel(model_dir, num_threads=threads, prefer_format=fmt, use_hpip=True,
-                                   hpi_config={"backend": "paddle", "precision": precision})
-            out.append((f"paddle {precision} {fname}" + (" (ran fp32)" if model.precision != precision else ""), model))
+            out.append((f"paddle {precision} {fname}", {"format": fmt, "backend": "paddle", "precision": precision}))
     for backend, precisions in (("openvino", ("fp32", "bf16") if bf16 else ("fp32",)), ("onnxruntime", ("fp32",))):
         if not is_installed(backend):
             print(f"  {backend}: not installed (pip install \".[cpu,hpi]\"), skipped")
             continue
         for precision in precisions:
-            model = InferenceModel(model_dir, num_threads=threads, prefer_format="pir", use_hpip=True,
-                                   hpi_config={"backend": backend, "precision": precision})
-            out.append((f"{backend} {precision} onnx", model))
-    int8 = int8_engine(model_dir, threads, next((m.onnx_file for label, m in out if label.startswith("openvino")), None))
+            out.append((f"{backend} {precision} onnx", {"format": "pir", "backend": backend, "precision": precision}))
+    int8 = int8_spec(model_dir, next((s for _, s in out if s["backend"] == "openvino"), None), threads)
     if int8:
         out.append(int8)
-    auto = InferenceModel(model_dir, num_threads=threads, use_hpip=True)
-    out.append((f"auto = {auto.backend} {auto.precision}", auto))
+    out.append(("auto", {"auto": True}))
     return out
 
 
-def int8_engine(model_dir, threads, onnx_file):
-    """(label, predictor) for OpenVINO int8, or None: the folder's gated model when its export kept
-    it, else (nncf installed) an int8 model quantized now for timing only; see the docstring."""
+def build_engine(spec, model_dir, threads):
+    """The predictor a spec names (in the child process that times it)."""
     from engine.inference_backends import OpenVINORunner
+    from engine.inference_model import InferenceModel
+
+    if spec.get("int8_file"):
+        return OpenVINORunner(spec["int8_file"], "int8", threads)
+    if spec.get("auto"):
+        return InferenceModel(model_dir, num_threads=threads, use_hpip=True)
+    hpi = {"backend": spec["backend"], "precision": spec["precision"]}
+    if spec.get("int8_gated"):
+        hpi = {"precision": "int8"}
+    return InferenceModel(model_dir, num_threads=threads, prefer_format=spec["format"], use_hpip=True, hpi_config=hpi)
+
+
+def int8_spec(model_dir, openvino_spec, threads):
+    """(label, spec) for OpenVINO int8, or None: the folder's gated model when its export kept it,
+    else (nncf installed) an int8 model quantized now for timing only; see the docstring."""
     from engine.inference_folder import read_inference_yml
     from engine.inference_model import InferenceModel
     from engine.onnx_convert import check_images, quantize_int8
 
     rec = read_inference_yml(model_dir).get("Int8") or {}
     if rec.get("passed"):
-        return ("openvino int8 onnx (gated)",
-                InferenceModel(model_dir, num_threads=threads, use_hpip=True, hpi_config={"precision": "int8"}))
-    if onnx_file is None or not importable("nncf"):
+        return "openvino int8 onnx (gated)", {"int8_gated": True, "format": "pir"}
+    if openvino_spec is None or not importable("nncf"):
         print("  openvino int8: needs openvino and nncf (pip install \".[cpu,hpi,int8]\"), skipped")
         return None
+    onnx_file = InferenceModel(model_dir, num_threads=threads, prefer_format="pir", use_hpip=True,
+                               hpi_config={"backend": "onnxruntime"}).onnx_file
     why = "refused" if rec else "ungated"
     folder = tempfile.mkdtemp(prefix="int8_timing_", dir=os.environ.get("XDG_CACHE_HOME"))  # main's cache: removed
     path = os.path.join(folder, "timing_only_int8.onnx")
     quantize_int8(onnx_file, [check_images(1, seed=i) for i in range(32)], path)
-    return f"openvino int8 onnx ({why}, timing)", OpenVINORunner(path, "int8", threads)
+    return f"openvino int8 onnx ({why}, timing)", {"int8_file": path}
 
 
 def onnx_formats_equal(model_dir):
@@ -142,27 +157,68 @@ def importable(name):
     return importlib.util.find_spec(name) is not None
 
 
-def time_interleaved(runs, batch, seconds, rounds):
-    """{label: [seconds per call]} with the engines' blocks interleaved, order rotated each round."""
-    times = {label: [] for label, _ in runs}
-    for _, fn in runs:  # warm-up: oneDNN / OpenVINO build their kernels for this shape
-        fn(batch)
-        fn(batch)
-    per_block = seconds / rounds
-    for r in range(rounds):
+def time_engine(predict, batch, seconds, warmup):
+    """[seconds per call] of predict(batch) for a time budget, after `warmup` calls (oneDNN and
+    OpenVINO build their kernels for the shape on the first)."""
+    for _ in range(warmup):
+        predict(batch)
+    times, start = [], time.perf_counter()
+    while True:
+        t = time.perf_counter()
+        predict(batch)
+        times.append(time.perf_counter() - t)
+        if time.perf_counter() - start >= seconds:
+            return times
+
+
+def child_main(job_file):
+    """One engine in this process: build it, time batch 1 then the throughput batch, write the
+    features of the check batch; the result goes to job["out"] as JSON."""
+    with open(job_file) as f:
+        job = json.load(f)
+    set_threads(job["threads"])
+    model = build_engine(job["spec"], job["model_dir"], job["threads"])
+    rng = np.random.default_rng(job["round"])
+    lat = time_engine(model.predict, rng.uniform(-1, 1, (1, 3, 112, 112)).astype("float32"), job["seconds"], 3)
+    tb = job["throughput_batch"]
+    thr = time_engine(model.predict, rng.uniform(-1, 1, (tb, 3, 112, 112)).astype("float32"), job["seconds"], 1)
+    np.save(job["out"] + ".npy", model.predict(np.load(job["check"])))
+    desc = f"{model.backend} {model.precision}" if hasattr(model, "backend") else ""
+    with open(job["out"], "w") as f:
+        json.dump({"lat": lat, "thr": thr, "engine": desc}, f)
+    return 0
+
+
+def time_in_processes(runs, model_dir, args, check_file, work):
+    """{label: (latencies, throughput call times, features, engine description)}: each engine timed
+    in a fresh process of its own per round (no engine's idle threads can steal the cores of the
+    next one), the order rotated each round so a change of machine load hits all of them alike."""
+    out = {label: ([], [], None, "") for label, _ in runs}
+    per_block = args.seconds / args.rounds
+    for r in range(args.rounds):
         order = runs[r % len(runs):] + runs[:r % len(runs)]
-        for label, fn in order:
-            start = time.perf_counter()
-            while True:
-                t = time.perf_counter()
-                fn(batch)
-                times[label].append(time.perf_counter() - t)
-                if time.perf_counter() - start >= per_block:
-                    break
-    return times
+        for label, spec in order:
+            job_file = os.path.join(work, "job.json")
+            res_file = os.path.join(work, "result.json")
+            with open(job_file, "w") as f:
+                json.dump({"spec": spec, "model_dir": model_dir, "threads": args.threads, "round": r,
+                           "seconds": per_block, "throughput_batch": args.throughput_batch,
+                           "check": check_file, "out": res_file}, f)
+            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", job_file],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"{label}: the timing process failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+            with open(res_file) as f:
+                res = json.load(f)
+            lat, thr, _, _ = out[label]
+            out[label] = (lat + res["lat"], thr + res["thr"], np.load(res_file + ".npy"), res["engine"])
+    return out
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        return child_main(argv[1])
     args = parse_args(argv)
     set_threads(args.threads)
     from engine.inference_folder import export_inference
@@ -195,16 +251,22 @@ def main(argv=None):
                 model_dir = os.path.join(tmp, "inference")
                 export_inference(calibrated_backbone(name), model_dir, name)
             print(f"\n{name} ({model_dir})")
-            runs = engines(model_dir, args.threads)
-            check = rng.uniform(-1, 1, (16, 3, 112, 112)).astype("float32")
-            ref = runs[0][1].predict(check)
-            cos = {label: float(cosine_rows(m.predict(check), ref).min()) for label, m in runs}
-            fns = [(label, m.predict) for label, m in runs]
-            lat = time_interleaved(fns, rng.uniform(-1, 1, (1, 3, 112, 112)).astype("float32"), args.seconds, args.rounds)
-            thr = time_interleaved(fns, rng.uniform(-1, 1, (tb, 3, 112, 112)).astype("float32"), args.seconds, args.rounds)
-            res = {label: (statistics.median(lat[label]) * 1000, tb * len(thr[label]) / sum(thr[label])) for label, _ in runs}
+            runs = engine_specs(model_dir, args.threads)
+            check_file = os.path.join(tmp, "check.npy")
+            np.save(check_file, rng.uniform(-1, 1, (16, 3, 112, 112)).astype("float32"))
+            timed = time_in_processes(runs, model_dir, args, check_file, tmp)
+            ref = timed[runs[0][0]][2]
+            for label, spec in runs:  # Paddle's bf16 falls back to fp32 where a layer has no bf16 kernel
+                ran = timed[label][3].split(" ")[-1:]
+                if spec.get("precision") == "bf16" and ran == ["fp32"]:
+                    timed[label + " (ran fp32)"] = timed.pop(label)
+            auto_engine = timed["auto"][3]
+            if auto_engine:
+                timed[f"auto = {auto_engine}"] = timed.pop("auto")
+            res = {label: (statistics.median(v[0]) * 1000, tb * len(v[1]) / sum(v[1])) for label, v in timed.items()}
+            cos = {label: float(cosine_rows(v[2], ref).min()) for label, v in timed.items()}
             print(f"  {'engine':38s} {'b1 ms':>8s} {f'b{tb} img/s':>12s}  min cosine to paddle fp32 .pdmodel")
-            for label, _ in runs:
+            for label in res:
                 ms, ips = res[label]
                 print(f"  {label:38s} {ms:8.2f} {ips:12.1f}  {cos[label]:.5f}")
             # the best of what auto may pick: int8 is never chosen automatically (and may be ungated)
@@ -215,6 +277,10 @@ def main(argv=None):
             best_ms_label = min(named, key=lambda k: named[k][0])
             best_ips_label = max(named, key=lambda k: named[k][1])
             a_ms, a_ips = res[auto_label]
+            own = next((k for k in named if auto_engine and k.startswith(auto_engine)), None)
+            if own:
+                print(f"  auto / its own engine ({own}) timed separately: batch 1 {res[own][0] / a_ms:.2f}, "
+                      f"batch {tb} {a_ips / res[own][1]:.2f} (the spread between two runs of one engine)")
             print(f"  auto / best: batch 1 {best_ms / a_ms:.2f} (best {best_ms_label}), batch {tb} "
                   f"{a_ips / best_ips:.2f} (best {best_ips_label}); 1.00 = as fast as the best")
             base = res["paddle fp32 .pdmodel"]

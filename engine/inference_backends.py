@@ -35,8 +35,8 @@ INT8_INSTALL = 'pip install ".[cpu,hpi,int8]"'
 # engine, fp32 outputs equal to Paddle's within 4e-5): batch-1 latency in ms and batch-64
 # throughput in images/s per (model, backend, precision). Paddle's row is its faster format
 # (.pdmodel). "avx512_bf16": AMD EPYC with AVX-512 BF16 and no AMX, idle (issue 15). "amx":
-# Intel Xeon with AMX-BF16 (2 KVM cores), 2026-12-01, load average 4-7 from other jobs, so every
-# figure is low but the order is the same. A CPU without native bf16 uses the fp32 rows of the
+# Intel Xeon with AMX-BF16 (2 KVM cores), 2026-12-02, load average 1.3-1.7 (no other jobs; each
+# engine timed in a process of its own). A CPU without native bf16 uses the fp32 rows of the
 # avx512_bf16 table (no bf16 row applies to it): OpenVINO fp32 is the fastest there too.
 PRIOR_MEASUREMENTS = {
     "avx512_bf16": {
@@ -48,12 +48,12 @@ PRIOR_MEASUREMENTS = {
                           ("onnxruntime", "fp32"): (39.6, 26.0)},
     },
     "amx": {
-        "MobileFaceNet": {("paddle", "fp32"): (27.9, 82.4), ("paddle", "bf16"): (23.7, 99.6),
-                          ("openvino", "fp32"): (9.0, 108.8), ("openvino", "bf16"): (4.6, 225.9),
-                          ("onnxruntime", "fp32"): (44.7, 25.3)},
-        "ResNet50_face": {("paddle", "fp32"): (155.9, 8.7), ("paddle", "bf16"): (64.4, 22.9),
-                          ("openvino", "fp32"): (133.4, 8.8), ("openvino", "bf16"): (36.2, 44.3),
-                          ("onnxruntime", "fp32"): (152.1, 10.7)},
+        "MobileFaceNet": {("paddle", "fp32"): (9.5, 159.6), ("paddle", "bf16"): (8.3, 214.9),
+                          ("openvino", "fp32"): (3.4, 205.3), ("openvino", "bf16"): (1.9, 408.2),
+                          ("onnxruntime", "fp32"): (15.7, 66.6)},
+        "ResNet50_face": {("paddle", "fp32"): (57.4, 22.6), ("paddle", "bf16"): (23.0, 68.2),
+                          ("openvino", "fp32"): (52.7, 21.3), ("openvino", "bf16"): (11.6, 98.1),
+                          ("onnxruntime", "fp32"): (47.0, 22.5)},
     },
 }
 # What `auto` may pick. Paddle's bf16 is left to the user (run_mode mkldnn_bf16): under the PIR
