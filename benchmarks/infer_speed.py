@@ -6,7 +6,9 @@
 
 For each model: export (random weights with BatchNorm statistics calibrated on random images, or
 --model-dir for a trained export; both Paddle formats), then time every engine installed:
-  - paddle fp32 / bf16 (oneDNN) on inference.pdmodel and on inference.json (PIR),
+  - paddle fp32 / bf16 (oneDNN) on inference.pdmodel and on inference.json (PIR executor), and
+    fp32 on a copy of the folder without inference.pdmodel (as official models ship: it runs the
+    old-format program engine.program_convert writes into the cache),
   - openvino fp32 / bf16 and onnxruntime fp32 on the ONNX model (paddle2onnx, converted from the
     .json and from the .pdmodel: the two ONNX files are compared byte for byte, so an ONNX backend
     runs both formats at the same speed when they are equal),
@@ -77,7 +79,7 @@ def cosine_rows(a, b):
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
 
 
-def engine_specs(model_dir, threads):
+def engine_specs(model_dir, threads, work):
     """[(label, spec)] of every engine installed here, the paddle fp32 .pdmodel one first; a spec is
     what a child process needs to build the engine (see build_engine)."""
     from engine.inference_backends import cpu_bf16_class, is_installed
@@ -87,13 +89,16 @@ def engine_specs(model_dir, threads):
     for fmt, fname in (("program", ".pdmodel"), ("pir", ".json")):
         for precision in ("fp32", "bf16") if bf16 else ("fp32",):
             out.append((f"paddle {precision} {fname}", {"format": fmt, "backend": "paddle", "precision": precision}))
+    # what an official model (inference.json only) runs on plain Paddle: its checked old-format program
+    if os.path.isfile(os.path.join(model_dir, "inference.json")):
+        out.append(("paddle fp32 .json-only folder", {"json_only": json_only_copy(model_dir, os.path.join(work, "json_only"))}))
     for backend, precisions in (("openvino", ("fp32", "bf16") if bf16 else ("fp32",)), ("onnxruntime", ("fp32",))):
         if not is_installed(backend):
             print(f"  {backend}: not installed (pip install \".[cpu,hpi]\"), skipped")
             continue
         for precision in precisions:
             out.append((f"{backend} {precision} onnx", {"format": "pir", "backend": backend, "precision": precision}))
-    int8 = int8_spec(model_dir, next((s for _, s in out if s["backend"] == "openvino"), None), threads)
+    int8 = int8_spec(model_dir, next((s for _, s in out if s.get("backend") == "openvino"), None), threads)
     if int8:
         out.append(int8)
     out.append(("auto", {"auto": True}))
@@ -109,10 +114,22 @@ def build_engine(spec, model_dir, threads):
         return OpenVINORunner(spec["int8_file"], "int8", threads)
     if spec.get("auto"):
         return InferenceModel(model_dir, num_threads=threads, use_hpip=True)
+    if spec.get("json_only"):
+        return InferenceModel(spec["json_only"], num_threads=threads)
     hpi = {"backend": spec["backend"], "precision": spec["precision"]}
     if spec.get("int8_gated"):
         hpi = {"precision": "int8"}
     return InferenceModel(model_dir, num_threads=threads, prefer_format=spec["format"], use_hpip=True, hpi_config=hpi)
+
+
+def json_only_copy(model_dir, out):
+    """A copy of the folder as official models ship it (no inference.pdmodel) in `out`."""
+    import shutil
+
+    os.makedirs(out)
+    for name in ("inference.json", "inference.pdiparams", "inference.yml"):
+        shutil.copy(os.path.join(model_dir, name), out)
+    return out
 
 
 def int8_spec(model_dir, openvino_spec, threads):
@@ -251,7 +268,7 @@ def main(argv=None):
                 model_dir = os.path.join(tmp, "inference")
                 export_inference(calibrated_backbone(name), model_dir, name)
             print(f"\n{name} ({model_dir})")
-            runs = engine_specs(model_dir, args.threads)
+            runs = engine_specs(model_dir, args.threads, tmp)
             check_file = os.path.join(tmp, "check.npy")
             np.save(check_file, rng.uniform(-1, 1, (16, 3, 112, 112)).astype("float32"))
             timed = time_in_processes(runs, model_dir, args, check_file, tmp)
@@ -283,6 +300,8 @@ def main(argv=None):
                       f"batch {tb} {a_ips / res[own][1]:.2f} (the spread between two runs of one engine)")
             print(f"  auto / best: batch 1 {best_ms / a_ms:.2f} (best {best_ms_label}), batch {tb} "
                   f"{a_ips / best_ips:.2f} (best {best_ips_label}); 1.00 = as fast as the best")
+            print(f"  auto picked the best engine of this run: batch 1 {'yes' if own == best_ms_label else 'no'}, "
+                  f"batch {tb} {'yes' if own == best_ips_label else 'no'}")
             base = res["paddle fp32 .pdmodel"]
             print(f"  auto / today's default (paddle fp32 .pdmodel): batch 1 {base[0] / a_ms:.2f}x faster, "
                   f"batch {tb} {a_ips / base[1]:.2f}x the throughput")
@@ -290,6 +309,9 @@ def main(argv=None):
                 j, p = res.get(f"paddle {prec} .json"), res.get(f"paddle {prec} .pdmodel")
                 if j and p:
                     print(f"  paddle {prec}: .json / .pdmodel throughput {j[1] / p[1]:.2f}, latency {p[0] / j[0]:.2f}")
+            j, p = res.get("paddle fp32 .json-only folder"), res.get("paddle fp32 .pdmodel")
+            if j and p:
+                print(f"  .json-only folder (converted) / .pdmodel: throughput {j[1] / p[1]:.2f}, latency {p[0] / j[0]:.2f}")
             same = onnx_formats_equal(model_dir)
             if same is not None:
                 print(f"  ONNX from .json and from .pdmodel: {'byte-identical' if same else 'DIFFERENT'}"

@@ -201,7 +201,8 @@ def run(cfg):
 
     metrics = combine_sets(sets)
     metrics["model"] = {"name": model.model_name, "embedding_size": model.embedding_size,
-                        "weight_path": str(weight_path), "format": model.format}
+                        "weight_path": str(weight_path), "format": model.format,
+                        "folder_format": model.folder_format}
     roc_path = os.path.join(output, "evaluate_roc.png")
     plot_roc(roc_path, curves)
     metrics["roc_curve_png"] = roc_path

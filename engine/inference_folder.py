@@ -189,39 +189,54 @@ import paddle
 from models import build_backbone
 with paddle.utils.unique_name.guard():
     backbone = build_backbone(name, embedding_size=int(size))
-state = dict(np.load(weights))
-backbone.set_state_dict({k: paddle.to_tensor(v) for k, v in state.items()})
+if weights != "-":  # "-": the program only (its own random parameters are thrown away)
+    state = dict(np.load(weights))
+    backbone.set_state_dict({k: paddle.to_tensor(v) for k, v in state.items()})
 backbone.eval()
 spec = [paddle.static.InputSpec(shape=[None, 3, int(image_size), int(image_size)], dtype="float32", name="x")]
 paddle.jit.save(backbone, out, input_spec=spec)
 """
 
 
-def _add_program_format(backbone_name, embedding_size, image_size, state, tmp_dir):
-    """Also write inference.pdmodel (old ProgramDesc) next to inference.json, sharing
-    inference.pdiparams. Returns None on success, else why it was left out (export still succeeds).
-
-    Why both: on this CPU the old executor runs MobileFaceNet about 1.8x faster than the PIR
-    executor (batch 64, 2 threads), and only it can keep PReLU out of oneDNN bf16 (see
-    engine/inference_model.py). The parameter files of both formats are byte-identical when the
-    parameter names are (fresh unique-name scope on both sides); that is checked, not assumed.
-    """
-    with tempfile.TemporaryDirectory(dir=tmp_dir) as work:
-        weights = os.path.join(work, "weights.npz")
-        np.savez(weights, **state)
-        out = os.path.join(work, "inference")
+def write_program_format(backbone_name, embedding_size, image_size, out_prefix, state=None):
+    """Write <out_prefix>.pdmodel (old ProgramDesc) and .pdiparams of our backbone `backbone_name`,
+    with `state`'s parameters (None: random ones, when only the program is wanted), in a child
+    process with FLAGS_enable_pir_api=0. Returns None on success, else why not."""
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(out_prefix) or None) as work:
+        weights = "-"
+        if state is not None:
+            weights = os.path.join(work, "weights.npz")
+            np.savez(weights, **state)
         env = dict(os.environ, FLAGS_enable_pir_api="0")
         try:
             proc = subprocess.run(
                 [sys.executable, "-c", _PROGRAM_EXPORT_SCRIPT, _PACKAGES_ROOT, backbone_name, str(embedding_size),
-                 str(image_size), weights, out],
+                 str(image_size), weights, out_prefix],
                 env=env, capture_output=True, text=True, timeout=600,
             )
         except (OSError, subprocess.TimeoutExpired) as e:
             return f"old-format export did not run: {e}"
-        if proc.returncode != 0 or not os.path.isfile(out + ".pdmodel"):
-            tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
-            return f"old-format export failed: {tail[0]}"
+    if proc.returncode != 0 or not os.path.isfile(out_prefix + ".pdmodel"):
+        tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
+        return f"old-format export failed: {tail[0]}"
+    return None
+
+
+def _add_program_format(backbone_name, embedding_size, image_size, state, tmp_dir):
+    """Also write inference.pdmodel (old ProgramDesc) next to inference.json, sharing
+    inference.pdiparams. Returns None on success, else why it was left out (export still succeeds).
+
+    Why both: on this CPU the old executor runs MobileFaceNet about 2x faster than the PIR
+    executor (batch 64, 2 threads; README, inference speed), and only it can keep PReLU out of
+    oneDNN bf16 (see engine/inference_model.py). The parameter files of both formats are
+    byte-identical when the parameter names are (fresh unique-name scope on both sides); that is
+    checked, not assumed.
+    """
+    with tempfile.TemporaryDirectory(dir=tmp_dir) as work:
+        out = os.path.join(work, "inference")
+        why = write_program_format(backbone_name, embedding_size, image_size, out, state)
+        if why:
+            return why
         if file_digest(out + ".pdiparams") != file_digest(os.path.join(tmp_dir, PARAMS_FILE_NAME)):
             return "old-format parameters differ from the PIR ones"
         os.replace(out + ".pdmodel", os.path.join(tmp_dir, "inference.pdmodel"))

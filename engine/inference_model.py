@@ -6,6 +6,9 @@ cannot go through the new PIR executor (its oneDNN passes fail on attribute type
 predictor is built with `config.enable_new_ir(False)`; the JSON format needs the new IR on.
 The choice is made from the files found; the user never sets it. A folder holding both (what
 export writes) runs the old format, which is faster here (see engine.inference_folder.find_model_files).
+A folder with only inference.json of one of our architectures (an official PaddleX model) runs on
+the CPU through its old-format program, written once into the cache and checked to give the same
+features (engine.program_convert); `prefer_format="pir"` keeps the PIR executor.
 
 run_mode: "paddle" (fp32, oneDNN on CPU; "mkldnn" is the same) or "mkldnn_bf16" (oneDNN bf16
 convolutions where the CPU has native bf16; see InferenceModel._setup_bf16 for its limits).
@@ -30,6 +33,7 @@ from engine.inference_backends import onnx_runner
 from engine.inference_backends import resolve as resolve_backend
 from engine.inference_folder import Preprocess, find_model_files, read_inference_yml
 from engine.onnx_convert import cached_onnx, folder_int8, folder_onnx
+from engine.program_convert import cached_program
 from foundation.errors import ConfigError, UserError
 from foundation.logger import get_logger
 from foundation.runtime import cpu_flags, parse_device
@@ -66,6 +70,7 @@ class InferenceModel:
             raise ConfigError(f"run_mode '{run_mode}' is not one of {', '.join(RUN_MODES)}")
         self.model_dir = str(model_dir)
         self.model_file, self.params_file, self.format = find_model_files(self.model_dir, prefer=prefer_format)
+        self.folder_format = self.format  # what the folder holds; self.format is what runs
         self.info = read_inference_yml(self.model_dir)
         # how images become the model's input, as the folder's inference.yml says (PaddleX layout)
         self.preprocess = Preprocess(self.info, os.path.join(self.model_dir, "inference.yml"))
@@ -100,6 +105,8 @@ class InferenceModel:
                 self._runner = onnx_runner(backend, self.onnx_file, precision, self.num_threads)
         self.run_mode = run_mode
         if self._runner is None:
+            if self.format == "pir" and prefer_format != "pir" and kind == "cpu":
+                self._use_program_format(glob)
             self._create_paddle_predictor(kind, ids, run_mode, mkldnn_cache_capacity)
             self.precision = "bf16" if run_mode == "mkldnn_bf16" and not self.bf16_note.startswith("fp32") else "fp32"
         else:
@@ -112,6 +119,17 @@ class InferenceModel:
         """'paddle fp32 (.pdmodel), 2 thread(s)' / 'openvino bf16 (inference.onnx), 2 thread(s)'."""
         source = os.path.basename(self.onnx_file or self.model_file)
         return f"{self.backend} {self.precision} ({source}), {self.num_threads} thread(s)"
+
+    def _use_program_format(self, glob):
+        """Switch a PIR-only folder of our architectures to its checked old-format program (2x
+        faster on the CPU; engine.program_convert), or say in the log why it stays PIR."""
+        size = int((glob.get("input_shape") or [3, 112, 112])[-1])
+        path, why = cached_program(self.model_file, self.params_file, glob.get("model_name"),
+                                   glob.get("embedding_size"), size)
+        if path:
+            self.model_file, self.format = path, "program"
+        else:
+            get_logger().info(f"{self.model_file} runs on Paddle's PIR executor ({why})")
 
     def _create_paddle_predictor(self, kind, ids, run_mode, mkldnn_cache_capacity):
         config = paddle_infer.Config(self.model_file, self.params_file)
