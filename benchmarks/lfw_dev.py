@@ -8,7 +8,7 @@ Over the photos in DIR/images/<Person>/*.jpg (5,373 250x250 LFW photos, one labe
 the centre, often other faces around it), with the pipeline's default detector (YuNet, threshold
 0.6, smallest face 24 px):
   - central-face detection rate: photos with a detected face whose box contains the image centre;
-  - how often the main face (highest score, then largest, then closest to the centre: the face
+  - how often the main face (the largest box nearest the centre, models.alignment.main_face: the face
     predict, evaluate and the aligned importer use) is that central face;
   - detection time per photo (decoding not included), OpenCV sequential (one thread: how predict
     and the pipeline run it, parallel over images instead);

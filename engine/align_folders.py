@@ -4,8 +4,8 @@
                                    [--det-threshold 0.6 --min-size 24 --threads 2]
 
 datasets/import_folders.py with a detector in front: every photo goes through YuNet
-(models.face_detector.MainFaceCropper); its main face (highest score, then largest, then closest to
-the centre) is aligned on its 5 landmarks to the 112x112 template and written as PNG. Photos with
+(models.face_detector.MainFaceCropper); its main face (the largest box nearest the centre; models.alignment.main_face)
+is aligned on its 5 landmarks to the 112x112 template and written as PNG. Photos with
 no face are left out, photos with several faces keep the main one; both are counted, the first
 few printed, and all listed in DST/convert_report.txt. Split, pairs and the other options are the
 importer's. It lives in engine because datasets/ may not import models/.

@@ -13,7 +13,7 @@ Inputs are those of engine.model_inputs. Every feature is L2-normalised, whateve
 size (the reference normalises only the first feature of a batch).
 
 With detect=True (Predict.detect, create_model(..., detect=True)) each input is a raw photo: its
-main face (YuNet; highest score, then largest, then closest to the centre) is aligned to the
+main face (YuNet; the largest box nearest the centre) is aligned to the
 112x112 template and embedded, and the result also holds that face's `face`: box, det_score and
 landmarks. A photo without a face is an error when named directly and is skipped (and counted in
 `failures`) when found in a folder. Without it each image is taken to be a face crop already.

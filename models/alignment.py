@@ -65,15 +65,22 @@ def face_chip(img_bgr, face, margin=0.2, size=112):
 
 
 def main_face(faces, image_shape=None):
-    """The face a photo is of: the highest score, then the largest box, then the one closest to
-    the image centre. None for no faces."""
+    """The face a photo is of: the largest box nearest the image centre, i.e. the highest box area
+    minus twice the squared distance of the box centre from the image centre (both in pixels^2),
+    then the highest score. None for no faces.
+
+    Why not the detector's score first: every clear face scores about the same, so a sharp
+    background face beat the photo's subject in 1.8 % of the lfw_dev photos (95 of 5,373; 94 of
+    the 875 with several faces). Area minus twice the squared offset picks the central face in
+    5,372 of 5,373 (all 875 with several faces; benchmarks/lfw_dev.py --detect-only). Without
+    image_shape the largest face wins."""
     if not faces:
         return None
     cy, cx = (image_shape[0] / 2.0, image_shape[1] / 2.0) if image_shape is not None else (0.0, 0.0)
 
     def key(f):
-        x1, y1, x2, y2 = f.box
-        dist = ((x1 + x2) / 2 - cx) ** 2 + ((y1 + y2) / 2 - cy) ** 2 if image_shape is not None else 0.0
-        return (-float(f.score), -(x2 - x1) * (y2 - y1), dist)
+        x1, y1, x2, y2 = (float(v) for v in f.box)
+        offset = ((x1 + x2) / 2 - cx) ** 2 + ((y1 + y2) / 2 - cy) ** 2 if image_shape is not None else 0.0
+        return ((x2 - x1) * (y2 - y1) - 2.0 * offset, float(f.score))
 
-    return min(faces, key=key)
+    return max(faces, key=key)

@@ -279,7 +279,7 @@ def build_detector(enable=True, type="yunet", model_dir=None, threshold=0.6, min
 
 class MainFaceCropper:
     """Detect the faces of raw photos and return the main one aligned (models.alignment.main_face:
-    highest score, then largest, then closest to the centre). Safe to call from several threads:
+    the largest box nearest the centre). Safe to call from several threads:
     each thread builds its own detector with the same settings.
 
         cropper = MainFaceCropper(type="yunet", threshold=0.6)

@@ -66,11 +66,20 @@ def test_face_chip_falls_back_to_a_square_crop_and_passes_whole_images_through()
         align_face(img, np.zeros((2, 2)))
 
 
-def test_main_face_prefers_score_then_size_then_centre():
-    a, b, c = Face([0, 0, 10, 10], 0.9), Face([0, 0, 50, 50], 0.8), Face([80, 80, 90, 90], 0.9)
-    assert main_face([b, a], (100, 100)) is a
-    assert main_face([a, Face([0, 0, 20, 20], 0.9)], (100, 100)).box == [0, 0, 20, 20]
-    assert main_face([a, c, Face([45, 45, 55, 55], 0.9)], (100, 100)).box == [45, 45, 55, 55]
+def test_main_face_is_the_largest_nearest_the_centre_not_the_highest_score():
+    subject = Face([35, 30, 75, 80], 0.80)  # large, central, a lower score
+    background = Face([0, 0, 20, 20], 0.99)  # small, in a corner, sharper
+    assert main_face([background, subject], (100, 100)) is subject
+    # size against distance: area minus twice the squared offset (pixels^2)
+    big_off = Face([50, 0, 100, 50], 0.9)  # 2500 - 2 * (25^2 + 25^2) = 0
+    small_central = Face([45, 45, 55, 55], 0.9)  # 100 - 0 = 100
+    assert main_face([big_off, small_central], (100, 100)) is small_central
+    bigger_off = Face([40, 0, 100, 60], 0.9)  # 3600 - 2 * (20^2 + 20^2) = 2000
+    assert main_face([small_central, bigger_off], (100, 100)) is bigger_off
+    # equal boxes: the score decides; no image shape: the largest
+    twin = Face([35, 30, 75, 80], 0.95)
+    assert main_face([subject, twin], (100, 100)) is twin
+    assert main_face([small_central, big_off]) is big_off
     assert main_face([], (100, 100)) is None
 
 
