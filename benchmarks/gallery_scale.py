@@ -21,11 +21,14 @@ Every setting runs in its own process (a worker: `--worker TYPE`) so its memory 
   qps_1 / qps_64  queries per second, one query per call / 64 per call (top-5)
   recall@1   as above
 Rows: Flat, IVFPQ (nprobe 32 and 128), IVFPQ with rerank 8, HNSWSQ, HNSWSQ with rerank 4, IVF,
-HNSW, Milvus Lite (FLAT). faiss uses --threads OpenMP threads.
+HNSW, Milvus Lite (FLAT). faiss uses --threads OpenMP threads (--build-threads while building);
+--sweep measures several nprobe (IVF types) or ef_search (HNSW types) values on one build, a row
+each. Each row says the CPU and the range of the 1-minute load average while it ran.
 
     python benchmarks/gallery_scale.py --sizes 100000 1000000           # everything at 100k and 1M
     python benchmarks/gallery_scale.py --sizes 10000000 --types Flat IVFPQ
     python benchmarks/gallery_scale.py --sizes 20000 --types Flat milvus --queries 200   # a quick check
+    python benchmarks/gallery_scale.py --sizes 10000000 --dim 128 --types IVFPQ --sweep 256 512 1024
 """
 import argparse
 import json
@@ -160,10 +163,17 @@ def build_phase(args, name, index_type, settings, folder):
     return row
 
 
+def sweep_knob(index_type):
+    """The search-time setting --sweep varies for a type (None: nothing to vary)."""
+    return {"IVF": "nprobe", "IVFPQ": "nprobe", "HNSW": "ef_search", "HNSWSQ": "ef_search"}.get(index_type)
+
+
 def query_phase(args, name, folder):
-    """Load the saved index in a fresh process (the serving situation) and measure it."""
+    """Load the saved index in a fresh process (the serving situation) and measure it: one row, or
+    one per --sweep value of the type's search setting (nprobe / ef_search) on the same loaded index."""
     q, truth = make_queries(args.num, args.dim, args.batch, args.seed, args.queries, args.noise)
     before, before_anon = rss_mb(), rss_mb(anon=True)
+    knob = None if name == "milvus" else sweep_knob(SETTINGS[name][0])
     if name == "milvus":
         from engine.milvus_index import MilvusGalleryIndex
 
@@ -175,29 +185,52 @@ def query_phase(args, name, folder):
         index = GalleryIndex.load(os.path.join(folder, "ix"))
         index.ef_search = SETTINGS[name][1].get("ef_search", index.ef_search)
         loaded = rss_mb() - before
-    qps1, qps64, recall = measure(index, q, truth)
-    anon = None
-    if name != "milvus":
-        loaded = max(loaded, rss_mb() - before)  # with the pages the searches read (memory-mapped rerank)
-        anon = round(rss_mb(anon=True) - before_anon)
-    return {"loaded_mb": round(loaded), "anon_mb": anon, "qps_1": round(qps1, 1), "qps_64": round(qps64, 1),
-            "recall@1": round(recall, 4)}
+    rows = []
+    for value in (args.sweep if knob and args.sweep else [None]):
+        if value is not None:
+            setattr(index, knob, int(value))
+        qps1, qps64, recall = measure(index, q, truth)
+        anon = None
+        if name != "milvus":
+            loaded = max(loaded, rss_mb() - before)  # with the pages the searches read (memory-mapped rerank)
+            anon = round(rss_mb(anon=True) - before_anon)
+        rows.append({"loaded_mb": round(loaded), "anon_mb": anon, "qps_1": round(qps1, 1),
+                     "qps_64": round(qps64, 1), "recall@1": round(recall, 4),
+                     "search": f"{knob} {value}" if value is not None else None})
+    return rows
 
 
 def worker(args):
     name = args.worker
     index_type, settings = SETTINGS[name]
-    set_search_threads(args.threads)
     if args.phase == "build":
-        row = build_phase(args, name, index_type, settings, args.folder)
+        set_search_threads(args.build_threads or args.threads)
+        print(json.dumps(build_phase(args, name, index_type, settings, args.folder)), flush=True)
     else:
-        row = query_phase(args, name, args.folder)
-    print(json.dumps(row), flush=True)
+        set_search_threads(args.threads)
+        for row in query_phase(args, name, args.folder):
+            print(json.dumps(row), flush=True)
 
 
 def load_text():
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
+
+
+def load_1min():
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
 
 
 def main():
@@ -211,6 +244,10 @@ def main():
     ap.add_argument("--train", type=int, default=200_000, help="vectors the compressed/IVF types train on")
     ap.add_argument("--threads", type=int, default=1, help="faiss threads (1: on a shared machine two OpenMP "
                     "threads spin against other work; batch-1 search gets many times slower)")
+    ap.add_argument("--build-threads", type=int, default=None, help="faiss threads while building (default: "
+                    "--threads); queries always run on --threads")
+    ap.add_argument("--sweep", type=int, nargs="+", default=None, help="search settings to measure on one build: "
+                    "nprobe of IVF/IVFPQ, ef_search of HNSW/HNSWSQ (one row each)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tmp", default=None, help="folder for the saved indexes (default: the system's)")
     ap.add_argument("--out", default=None, help="also append the JSON rows to this file")
@@ -221,37 +258,71 @@ def main():
     args = ap.parse_args()
     if args.worker:
         return worker(args)
-    print(f"# {os.cpu_count()} CPUs, faiss threads {args.threads}, dim {args.dim}, {args.queries} queries, "
-          f"noise {args.noise}, load at start {load_text()}")
+    print(f"# {cpu_model()}, {os.cpu_count()} CPUs, faiss threads {args.threads} (build "
+          f"{args.build_threads or args.threads}), dim {args.dim}, {args.queries} queries, noise {args.noise}, "
+          f"load average at start {load_text()}")
     print(f"{'setting':<16}{'N':>10}{'build s':>9}{'index MB':>10}{'loaded MB':>10}{'anon MB':>9}{'q/s @1':>9}"
           f"{'q/s @64':>9}{'recall@1':>10}  load")
     for num in args.sizes:
         for name in args.types:
             folder = tempfile.mkdtemp(prefix="gallery_scale_", dir=args.tmp)
-            r = {}
+            build, rows, loads = {}, [], LoadSampler()
             try:
                 for phase in ("build", "query"):
                     cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--num", str(num),
                            "--phase", phase, "--folder", folder]
                     for key in ("dim", "queries", "noise", "batch", "train", "threads", "seed"):
                         cmd += [f"--{key}", str(getattr(args, key))]
+                    if args.build_threads:
+                        cmd += ["--build-threads", str(args.build_threads)]
+                    if args.sweep:
+                        cmd += ["--sweep", *map(str, args.sweep)]
                     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-                    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-                    if done.returncode or not rows:
+                    out = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+                    if done.returncode or not out:
                         raise RuntimeError(f"{phase} exit {done.returncode}")
-                    r.update(rows[-1])
+                    if phase == "build":
+                        build = out[-1]
+                    else:
+                        rows = [dict(build, **row) for row in out]
             except RuntimeError as e:
                 print(f"{name:<16}{num:>10}  failed ({e})")
                 continue
             finally:
+                loads.stop()
                 shutil.rmtree(folder, ignore_errors=True)
-            r["load"] = load_text()
-            anon = "-" if r.get("anon_mb") is None else r["anon_mb"]
-            print(f"{name:<16}{num:>10}{r['build_s']:>9}{r['index_mb']:>10}{r['loaded_mb']:>10}{anon:>9}{r['qps_1']:>9}"
-                  f"{r['qps_64']:>9}{r['recall@1']:>10}  {r['load']}", flush=True)
-            if args.out:
-                with open(args.out, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(r) + "\n")
+            for r in rows:
+                r.update(load=loads.text(), cpu=cpu_model(), threads=args.threads,
+                         build_threads=args.build_threads or args.threads)
+                label = name if not r.get("search") else f"{name} {r['search']}"
+                anon = "-" if r.get("anon_mb") is None else r["anon_mb"]
+                print(f"{label:<16}{num:>10}{r['build_s']:>9}{r['index_mb']:>10}{r['loaded_mb']:>10}{anon:>9}"
+                      f"{r['qps_1']:>9}{r['qps_64']:>9}{r['recall@1']:>10}  {r['load']}", flush=True)
+                if args.out:
+                    with open(args.out, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(r) + "\n")
+
+
+class LoadSampler:
+    """The 1-minute load average every 5 s while a row runs (a shared machine: say how loaded it was)."""
+
+    def __init__(self):
+        import threading
+
+        self.values, self._stop = [load_1min()], threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(5):
+            self.values.append(load_1min())
+
+    def stop(self):
+        self._stop.set()
+        self.values.append(load_1min())
+
+    def text(self):
+        return f"load average {min(self.values):.1f}-{max(self.values):.1f}"
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import MutableMapping
@@ -433,10 +434,13 @@ class GalleryIndex:
         return out_labels, out_scores, out_ids
 
     # ------------------------------------------------------------------ persistence
+    def index_info_header(self):
+        """PaddleX's index info without its id_map."""
+        return {"index_type": PADDLEX_INDEX_TYPE[self.index_type], "metric_type": self.metric_type}
+
     def index_info(self):
         """PaddleX's index info (id_map.yaml; also the second half of its IndexData bytes)."""
-        return {"index_type": PADDLEX_INDEX_TYPE[self.index_type], "metric_type": self.metric_type,
-                "id_map": self.id_map}
+        return dict(self.index_info_header(), id_map=self.id_map)
 
     def meta(self):
         return {
@@ -471,12 +475,13 @@ class GalleryIndex:
             faiss.write_index(self.index, os.path.join(tmp, INDEX_FILE))
             if self.exact is not None:
                 faiss.write_index(self.exact, os.path.join(tmp, EXACT_FILE))
-            with open(os.path.join(tmp, INFO_FILE), "w", encoding="utf-8") as f:
-                yaml.dump(self.index_info(), f, Dumper=YAML_DUMPER, default_flow_style=False, allow_unicode=True)
+            write_index_info(os.path.join(tmp, INFO_FILE), self.index_info_header(), self.entries)
             meta = dict(self.meta(), index_sha256=file_digest(os.path.join(tmp, INDEX_FILE)),
                         info_sha256=file_digest(os.path.join(tmp, INFO_FILE)))
             with open(os.path.join(tmp, META_FILE), "w", encoding="utf-8") as f:
-                json.dump(meta, f, indent=1, ensure_ascii=False)
+                # indented for a person to read; a large gallery's id lists compact (the C encoder: seconds
+                # for millions of faces, where indenting runs the pure-Python one)
+                json.dump(meta, f, indent=1 if len(self.entries) <= 10_000 else None, ensure_ascii=False)
 
         atomic_replace_dir(build, index_dir)
 
@@ -630,6 +635,41 @@ class GalleryIndex:
                                  f"it is not recorded, so queries are checked only for their size "
                                  f"({self.embedding_size}-d); use the same feature model")
         return self
+
+
+# A label written as a plain YAML scalar only when it reads back as that same string: starts with a
+# letter (not a number, date, '.inf', '~' or YAML syntax), only letters, digits and _ . - after it,
+# and none of YAML 1.1's words for booleans and null. Any other label goes through PyYAML's emitter.
+_PLAIN_LABEL = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,199}")
+_YAML_WORDS = {"y", "n", "yes", "no", "on", "off", "true", "false", "null"}
+
+
+def _yaml_label(label):
+    if _PLAIN_LABEL.fullmatch(label) and label.lower() not in _YAML_WORDS:
+        return label
+    text = yaml.dump([label], Dumper=YAML_DUMPER, default_flow_style=True, allow_unicode=True, width=1 << 30)
+    return text.strip()[1:-1].strip()  # "[<scalar>]" -> "<scalar>"
+
+
+def write_index_info(path, header, entries):
+    """id_map.yaml as yaml.dump writes it (keys sorted: id_map, index_type, metric_type), streamed line
+    by line: yaml.dump builds a node graph of the whole mapping first (gigabytes and minutes for ten
+    million faces). Each distinct label is quoted once."""
+    quoted = {}
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("id_map:\n" if len(entries) else "id_map: {}\n")
+        lines = []
+        for i in sorted(entries):
+            label = entries.label(i)
+            text = quoted.get(label)
+            if text is None:
+                text = quoted[label] = _yaml_label(label)
+            lines.append(f"  {i}: {text}\n")
+            if len(lines) >= 65536:
+                f.write("".join(lines))
+                lines.clear()
+        f.write("".join(lines))
+        yaml.dump(header, f, Dumper=YAML_DUMPER, default_flow_style=False, allow_unicode=True)
 
 
 def _info_from_old_layout(id_map, meta, index_dir):

@@ -26,7 +26,14 @@ import uuid
 from contextlib import contextmanager
 
 from engine.gallery_index import GalleryIndex
-from engine.milvus_index import MilvusGalleryIndex, MilvusUnavailableError, check_uri, client_for, milvus_errors
+from engine.milvus_index import (
+    MilvusGalleryIndex,
+    MilvusUnavailableError,
+    check_uri,
+    client_for,
+    deadline,
+    milvus_errors,
+)
 from foundation.atomic_io import atomic_write_text, fsync_tree
 from foundation.errors import UserError
 
@@ -149,6 +156,9 @@ class MilvusIndexStore:
     def __init__(self, uri, token=None, nprobe=32, connect_timeout=5.0, connect_retries=2):
         self.uri, self.token, self.nprobe = check_uri(uri), token, int(nprobe)
         self.connect = {"timeout": connect_timeout, "retries": connect_retries}
+        # every later call (search, insert, list...) gets the time a connection may take, retries
+        # included: a server that went away mid-service is a 503 after that long, not a hang
+        self.call_timeout = deadline(float(connect_timeout) * (int(connect_retries) + 1))
         self.root = f"Milvus {self.uri}"
         self._cache = {}
         self._guard = threading.Lock()
@@ -171,13 +181,13 @@ class MilvusIndexStore:
                     self.uri, name, self.nprobe, self.token, self.connect["timeout"], self.connect["retries"],
                     missing=lambda _: UnknownIndexError(
                         f"no index with indexKey '{key}' on Milvus {self.uri}: build one with "
-                        "/face-recognition-index-build"))
+                        "/face-recognition-index-build"), call_timeout=self.call_timeout)
             return self._cache[key]
 
     def keys(self):
         client = self._client()
         with milvus_errors(self.uri):
-            names = client.list_collections(timeout=self.connect["timeout"] * 2)
+            names = client.list_collections(timeout=self.call_timeout)
         return sorted(n[len(self.PREFIX):] for n in names if n.startswith(self.PREFIX))
 
     def check(self):
@@ -195,11 +205,12 @@ class MilvusIndexStore:
         stored = MilvusGalleryIndex.create(self.uri, self._collection(key), index.embedding_size, index.model_name,
                                            index.model_fingerprint, index.index_type, index.metric_type, self.nprobe,
                                            self.token, self.connect["timeout"], self.connect["retries"],
-                                           replace=False)
+                                           replace=False, call_timeout=max(30, self.call_timeout))  # + index, load
         if len(index):
             ids, vectors = index._stored_vectors()
             entries = [index.entries[int(i)] for i in ids]
             stored.add(vectors, [e["label"] for e in entries], [e["path"] for e in entries])
+        stored.call_timeout = self.call_timeout  # from now on it serves requests
         with self._guard:
             self._cache[key] = stored
         return key

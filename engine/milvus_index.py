@@ -27,6 +27,7 @@ change it in place, for every process at once (faiss indexes change a copy inste
 Needs the extra: pip install -e ".[milvus]".
 """
 import json
+import math
 import os
 import threading
 import time
@@ -55,6 +56,14 @@ QUERY_PAGE = 4096
 MILVUS_INDEX = {"Flat": ("FLAT", {}), "IVF": ("IVF_FLAT", None), "HNSW": ("HNSW", {"M": 32, "efConstruction": 200}),
                 "IVFPQ": ("IVF_PQ", None)}  # our type -> Milvus' (HNSWSQ has no Milvus 2.4 counterpart)
 LITE_TYPES = ("Flat", "IVF")  # what Milvus Lite indexes
+
+
+def deadline(seconds):
+    """A call's time limit as pymilvus bounds it: whole seconds. pymilvus 2.4 retries a call that finds
+    the server unreachable (gRPC UNAVAILABLE) until an *int* `timeout` has passed, but ignores a float
+    one and then retries 75 times with back-off up to 3 s (about 3.5 minutes): every call here passes
+    this, so a server that went away is an error after about `seconds`, not a hang."""
+    return max(1, int(math.ceil(float(seconds))))
 
 
 class MilvusUnavailableError(UserError):
@@ -143,6 +152,12 @@ def forget_client(uri, token=None):
 
 
 def _first_line(e):
+    if callable(getattr(e, "details", None)) and callable(getattr(e, "code", None)):  # a raw grpc.RpcError
+        try:
+            text = f"{e.code().name}: {e.details()}".strip()
+            return (text.splitlines()[0] if text else type(e).__name__)[:300]
+        except Exception:  # not a finished RPC after all: its text below
+            pass
     text = str(getattr(e, "message", None) or e).strip()
     return (text.splitlines()[0] if text else type(e).__name__)[:300]
 
@@ -166,7 +181,7 @@ class MilvusGalleryIndex:
         self.metric_type = normalize_metric(meta.get("metric_type", "IP"))
         self.nprobe = int(nprobe)
         self.nlist = meta.get("nlist")
-        self.call_timeout = float(call_timeout)
+        self.call_timeout = deadline(call_timeout)  # per call, retries included (see deadline)
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -187,11 +202,12 @@ class MilvusGalleryIndex:
                 "metric_type": normalize_metric(metric_type),
                 "nlist": choose_nlist(planned_size or 100_000) if index_type in ("IVF", "IVFPQ") else None}
         module = pymilvus()
+        limit = deadline(call_timeout)
         with milvus_errors(uri):
-            if client.has_collection(collection):
+            if client.has_collection(collection, timeout=limit):
                 if not replace:
                     raise UserError(f"a collection named '{collection}' already exists on {uri}")
-                client.drop_collection(collection)
+                client.drop_collection(collection, timeout=limit)
             schema = module.MilvusClient.create_schema(auto_id=True, enable_dynamic_field=False,
                                                        description=json.dumps(meta))
             schema.add_field("id", module.DataType.INT64, is_primary=True)
@@ -205,7 +221,8 @@ class MilvusGalleryIndex:
                 if index_type == "IVFPQ":
                     extra.update(m=choose_pq_m(embedding_size), nbits=8)
             params.add_index("feature", index_type=name, metric_type="IP", params=extra)
-            client.create_collection(collection, schema=schema, index_params=params, consistency_level=CONSISTENCY)
+            client.create_collection(collection, schema=schema, index_params=params, consistency_level=CONSISTENCY,
+                                     timeout=limit)
         return cls(client, uri, collection, meta, nprobe, token, call_timeout)
 
     @classmethod
@@ -214,13 +231,14 @@ class MilvusGalleryIndex:
         """The collection `collection` on `uri`; `missing(message)` builds the error when it does not exist."""
         client = client_for(uri, token, connect_timeout, connect_retries)
         uri = check_uri(uri)
+        limit = deadline(call_timeout)
         with milvus_errors(uri):
-            if not client.has_collection(collection):
+            if not client.has_collection(collection, timeout=limit):
                 message = (f"no gallery index '{collection}' on Milvus {uri}: build it first with "
                            f"-o Global.mode=build_index -o index={collection}")
                 raise (missing or UserError)(message)
-            described = client.describe_collection(collection)
-            client.load_collection(collection)
+            described = client.describe_collection(collection, timeout=limit)
+            client.load_collection(collection, timeout=limit)
         try:
             meta = json.loads(described.get("description") or "")
             assert isinstance(meta, dict) and "embedding_size" in meta
@@ -235,7 +253,7 @@ class MilvusGalleryIndex:
 
     def drop(self):
         with milvus_errors(self.uri):
-            self.client.drop_collection(self.collection)
+            self.client.drop_collection(self.collection, timeout=self.call_timeout)
 
     # ------------------------------------------------------------------ reading
     def __len__(self):

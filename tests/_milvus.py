@@ -51,6 +51,24 @@ class MilvusServer:
         self.uri = f"http://127.0.0.1:{self.port}"
         self.seconds = time.perf_counter() - start
 
+    @property
+    def running(self):
+        return self.server.running
+
+    def kill(self):
+        """Stop the server process (SIGTERM, then SIGKILL after 1 s) but keep its data, to start it again."""
+        self.server.stop()
+
+    def start_again(self, timeout=120):
+        """Start the server again on the same port and base folder (its collections are kept there)."""
+        self.server.config.update(proxy_port=self.port)  # that port or an error, not the next free one
+        start = time.perf_counter()
+        self.server.start()
+        while not port_open(self.port):
+            if time.perf_counter() - start > timeout:
+                raise AssertionError(f"the Milvus server did not open port {self.port} again within {timeout} s")
+            time.sleep(0.2)
+
     def stop(self):
         self.server.stop()
         try:

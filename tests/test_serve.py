@@ -407,6 +407,71 @@ def test_two_services_on_one_milvus_server_see_each_others_enrolments_at_once(mo
             two.stop()
 
 
+def health(server):
+    """(HTTP status, JSON body) of GET /health (a 503 is an answer, not an exception)."""
+    try:
+        with urllib.request.urlopen(server.url + "/health", timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
+
+
+@pytest.mark.slow  # ~40 s (a Milvus restart); still in the default run (and CI's)
+def test_milvus_server_going_away_is_503_on_health_and_requests_then_recovers(model_dir, photos, tmp_path,
+                                                                             milvus_server):  # noqa: F811
+    """The live service on a Milvus server that stops: /health answers 503 naming the URI, an infer
+    and an add answer 503 in the envelope within the bound (Index.connect_timeout x attempts), not
+    after pymilvus' minutes of retries; the server started again on the same port and data, the
+    same process is healthy again and still knows what was enrolled before."""
+    uri = milvus_server.uri
+    server = Server(model_dir, tmp_path / "unused", tmp_path / "out",
+                    *milvus_server_args(uri, "Index.connect_timeout=1", "Index.connect_retries=1"))
+    try:
+        status, r = server.post("/face-recognition-index-build", {"imageLabelPairs": [
+            {"image": b64(photos["p00001/00"]), "label": "bob"}]})
+        assert status == 200, r
+        key = r["result"]["indexKey"]
+        status, body = health(server)
+        assert status == 200 and body["status"] == "ok"
+        infer = {"image": b64(photos["p00001/00"]), "indexKey": key, "visualize": False}
+        add = {"imageLabelPairs": [{"image": b64(photos["p00000/00"]), "label": "alice"}], "indexKey": key}
+
+        milvus_server.kill()
+        (status, body), seconds = timed(health, server)
+        assert status == 503 and body["status"] == "error" and uri in body["errorMsg"], body
+        assert seconds < 20, f"/health took {seconds:.1f} s with Milvus down"
+        for path, request in (("/face-recognition-infer", infer), ("/face-recognition-index-add", add)):
+            (status, r), seconds = timed(server.post, path, request)
+            assert status == 503 and r["errorCode"] == 503 and uri in r["errorMsg"] and len(r["logId"]) == 36, r
+            assert "result" not in r and seconds < 30, f"{path} took {seconds:.1f} s with Milvus down"
+        assert server.proc.poll() is None  # the service stays up
+
+        milvus_server.start_again()
+        deadline = time.time() + 120  # the client's channel reconnects by itself (gRPC back-off)
+        while health(server)[0] != 200:
+            assert time.time() < deadline, "/health did not come back within 120 s of Milvus' restart"
+            time.sleep(1)
+        while True:  # Milvus reloads the collection after its restart: 503s ("try again") until then
+            (status, r), seconds = timed(server.post, "/face-recognition-infer", infer)
+            if status == 200 or time.time() > deadline:
+                break
+            assert status == 503 and seconds < 30, (status, seconds, r)
+            time.sleep(1)
+        assert status == 200 and r["result"]["faces"][0]["label"] == "bob", r  # the enrolment survived
+        status, r = server.post("/face-recognition-index-add", add)
+        assert status == 200 and sorted(r["result"]["idMap"].values()) == ["alice", "bob"], r
+    finally:
+        server.stop()
+        if not milvus_server.running:  # leave the module's server as the other tests expect it
+            milvus_server.start_again()
+
+
 def test_a_wrong_milvus_uri_fails_fast_with_the_uri_named(model_dir, tmp_path):
     need_milvus()
     with socket.socket() as s:
