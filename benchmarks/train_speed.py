@@ -161,7 +161,7 @@ def run_variants(args, argv):
                     res = json.load(f)
             results[name].append(res)
             print(f"  round {r + 1} {name:12s}: {res['wall']:6.2f} img/s wall, {res['cpu']:6.2f} img/s of CPU time, "
-                  f"peak PSS {gb(res['peak_pss'])} (load average {res['load']:.1f}; {res['options']})", flush=True)
+                  f"peak PSS {gb(res['peak_pss'])} (load average {res['load']:.1f})", flush=True)
     first = variants[0][0]
 
     def best(name, key):
