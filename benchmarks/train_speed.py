@@ -43,6 +43,18 @@ for _path in (ROOT, BENCH):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 TORCH_VARIANTS = ("eager", "channels_last", "compile")
+# glibc mallopt parameters (malloc.h) and the settings --allocator can apply instead of the shipped one
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -3, -4, -8
+ALLOCATORS = {
+    "glibc": [],  # glibc's defaults: large blocks mmapped and returned on free (dynamic threshold)
+    "shipped": [(_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 1 << 30)],
+    "mmap32": [(_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30)],
+    "mmap64": [(_M_MMAP_THRESHOLD, 64 << 20), (_M_TRIM_THRESHOLD, 1 << 30)],
+    "mmap128": [(_M_MMAP_THRESHOLD, 128 << 20), (_M_TRIM_THRESHOLD, 1 << 30)],
+    "heap-trim256": [(_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 256 << 20)],
+    "heap-trim64": [(_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 64 << 20)],
+    "shipped-1arena": [(_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 1 << 30), (_M_ARENA_MAX, 1)],
+}
 
 
 def parse_args(argv=None):
@@ -60,6 +72,18 @@ def parse_args(argv=None):
     p.add_argument("--no-mkl-shim", action="store_true")
     p.add_argument("--no-fast-ops", action="store_true")
     p.add_argument("--no-allocator", action="store_true")
+    p.add_argument("--no-fused-bn", action="store_true", help="BatchNorm + PReLU as Paddle's two layers "
+                   "(FACEFEAT_NO_FUSED_BN=1): autograd keeps the conv and BatchNorm outputs too")
+    p.add_argument("--allocator", choices=sorted(ALLOCATORS), default=None,
+                   help="a glibc mallopt setting instead of the shipped one (for measuring; implies --no-allocator)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:FLAGS",
+                   help="compare configurations in one run: each --variant=NAME:FLAGS (e.g. before:--no-fused-bn, "
+                   "after:) runs the synthetic measurement in a fresh process with these extra flags, --rounds "
+                   "times in alternating order, and the table gives img/s and peak PSS as ratios to the first")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of --variant measurements")
+    p.add_argument("--saved-bytes", action="store_true", help="print what autograd keeps for the backward pass of "
+                   "one forward (distinct tensors, counted with paddle.autograd.saved_tensors_hooks), then exit")
+    p.add_argument("--result-json", help=argparse.SUPPRESS)  # internal: one --variant measurement
     p.add_argument("--recompute", action="store_true", help="Train.recompute: activations recomputed in backward")
     p.add_argument("--check-loss", type=int, default=5, metavar="K", help="steps of the loss check (0: skip)")
     p.add_argument("--loss-rtol", type=float, default=1e-3)
@@ -88,8 +112,68 @@ def setup(args):
         os.environ["FACEFEAT_NO_FAST_OPS"] = "1"
     from engine.cpu_speed import setup_cpu_speed
 
-    report = setup_cpu_speed(enabled=not args.plain, allocator=not args.no_allocator)
+    if args.no_fused_bn:
+        os.environ["FACEFEAT_NO_FUSED_BN"] = "1"
+    report = setup_cpu_speed(enabled=not args.plain, allocator=not (args.no_allocator or args.allocator))
+    if args.allocator:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        ok = all(libc.mallopt(param, value) == 1 for param, value in ALLOCATORS[args.allocator])
+        report["allocator"] = f"allocator: {args.allocator} {ALLOCATORS[args.allocator]}" + ("" if ok else " (refused)")
     return report
+
+
+def variant_flags(spec):
+    name, _, flags = spec.partition(":")
+    return name, flags.split()
+
+
+def run_variants(args, argv):
+    """--variant: each configuration's synthetic measurement in a fresh process (so one's heap
+    never counts in another's peak), --rounds times in alternating order; a table of ratios."""
+    import shlex
+    import statistics
+    import tempfile
+
+    skip = {"--variant", "--rounds", "--check-loss", "--data", "--torch", "--result-json", "--losses-json"}
+    common, it = [], iter(argv)
+    for a in it:  # this run's own flags, minus the comparison's
+        key = a.split("=", 1)[0]
+        if key in skip:
+            if "=" not in a and key not in ("--torch",):
+                next(it, None)
+            continue
+        common.append(a)
+    variants = [variant_flags(v) for v in args.variant]
+    results = {name: [] for name, _ in variants}
+    for r in range(args.rounds):
+        order = variants if r % 2 == 0 else variants[::-1]
+        for name, flags in order:
+            with tempfile.TemporaryDirectory() as tmp:
+                out = os.path.join(tmp, "result.json")
+                cmd = [sys.executable, os.path.abspath(__file__), *common, *flags, "--data", "synthetic",
+                       "--check-loss", "0", "--result-json", out]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode != 0 or not os.path.isfile(out):
+                    raise SystemExit(f"variant {name} failed ({shlex.join(cmd)}):\n{proc.stderr[-2000:]}")
+                with open(out) as f:
+                    res = json.load(f)
+            results[name].append(res)
+            print(f"  round {r + 1} {name:12s}: {res['wall']:6.2f} img/s wall, {res['cpu']:6.2f} img/s of CPU time, "
+                  f"peak PSS {gb(res['peak_pss'])} (load average {res['load']:.1f})", flush=True)
+    first = variants[0][0]
+
+    def best(name, key):
+        return max(r[key] for r in results[name])
+
+    print(f"variants, best of {args.rounds} rounds (ratios to {first}; load average now {os.getloadavg()[0]:.1f}):")
+    for name, flags in variants:
+        pss = statistics.median(r["peak_pss"] for r in results[name])
+        print(f"  {name:12s} {' '.join(flags) or '(as shipped)':40s} wall {best(name, 'wall'):6.2f} img/s "
+              f"(x{best(name, 'wall') / best(first, 'wall'):.2f}), CPU time {best(name, 'cpu'):6.2f} img/s "
+              f"(x{best(name, 'cpu') / best(first, 'cpu'):.2f}), peak PSS {gb(pss)} "
+              f"(x{pss / statistics.median(r['peak_pss'] for r in results[first]):.2f})")
 
 
 def build(args, num_classes):
@@ -115,6 +199,25 @@ def train_step(model, opt, images, labels):
     opt.step()
     opt.clear_grad()
     return float(loss)
+
+
+def saved_bytes(model, images, labels):
+    """(bytes, tensors): the distinct tensors autograd keeps for the backward pass of one forward
+    and loss (a tensor kept by two operators, e.g. a layer's output and the next conv's input,
+    counts once), parameters included."""
+    import paddle
+    import paddle.nn.functional as F
+
+    kept = {}
+
+    def pack(t):
+        kept[t.data_ptr()] = int(t.numel()) * t.element_size()
+        return t
+
+    with paddle.autograd.saved_tensors_hooks(pack, lambda t: t):
+        loss = F.cross_entropy(model(paddle.to_tensor(images), paddle.to_tensor(labels)), paddle.to_tensor(labels))
+    del loss
+    return sum(kept.values()), len(kept)
 
 
 def synthetic_batches(args, num_classes):
@@ -246,8 +349,14 @@ def main(argv=None):
     options = "plain Paddle eager" if args.plain else "; ".join(report.values())
     print(f"model {args.model}, batch {args.batch_size}, threads {args.threads}, fp32 eager, Paddle {paddle.__version__}")
     print(f"options: {options}")
+    if args.saved_bytes:
+        model, _ = build(args, args.classes)
+        total, count = saved_bytes(model, *next(synthetic_batches(args, args.classes)))
+        print(f"kept for backward at batch {args.batch_size}: {gb(total)} in {count} tensors "
+              f"({total / args.batch_size / 2**20:.1f} MB per image)")
+        return 0
     # the demo loader's workers fork first, while this process is small (BatchLoader.start)
-    demo = demo_batches(args) if args.data in ("demo", "both") else None
+    demo = demo_batches(args) if args.data in ("demo", "both") and not args.variant else None
     status = 0
     if args.check_loss > 0:
         model, opt = build(args, args.classes)
@@ -266,7 +375,7 @@ def main(argv=None):
 
     cpu_model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     print(f"CPU {cpu_model}, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} at the start")
-    ours = []
+    ours, last_memory = [], [0, 0]
 
     def synthetic(label="synthetic tensors"):
         with TreeMemorySampler() as mem:
@@ -274,10 +383,20 @@ def main(argv=None):
             wall, cpu, _ = run(args, synthetic_batches(args, args.classes), model, opt, profile=args.profile)
             del model, opt
         ours.append((wall, cpu))
+        last_memory[:] = [mem.peak_pss, mem.peak_rss]
         print(f"{label} : {wall:6.2f} img/s wall, {cpu:6.2f} img/s of CPU time ({args.steps} steps after "
               f"{args.warmup} warm-up, load average {os.getloadavg()[0]:.1f}); process tree peak PSS "
               f"{gb(mem.peak_pss)}, RSS {gb(mem.peak_rss)}", flush=True)
 
+    if args.result_json:  # one --variant measurement
+        synthetic()
+        with open(args.result_json, "w") as f:
+            json.dump({"wall": ours[0][0], "cpu": ours[0][1], "peak_pss": last_memory[0], "peak_rss": last_memory[1],
+                       "load": os.getloadavg()[0], "options": options}, f)
+        return status
+    if args.variant:
+        run_variants(args, sys.argv[1:] if argv is None else list(argv))
+        return status
     python = torch_python(args) if args.torch else None
     if args.data in ("synthetic", "both") or args.torch:
         synthetic()

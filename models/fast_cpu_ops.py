@@ -26,6 +26,7 @@ import sys
 import sysconfig
 import warnings
 
+import numpy as np
 import paddle
 
 from foundation.logger import get_logger
@@ -36,9 +37,11 @@ SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "fast_
 CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
 LD_FLAGS = ["-fopenmp"]
 DISABLE_ENV = "FACEFEAT_NO_FAST_OPS"  # set to 1 to never build or use the kernels
+NO_FUSED_BN_ENV = "FACEFEAT_NO_FUSED_BN"  # set to 1 to keep BatchNorm + PReLU as Paddle's two layers
 
 _module = None
 _enabled = False
+_fused_bn = False
 _status = "off (not requested)"
 
 
@@ -144,7 +147,8 @@ def enable(on=True):
     Never raises: when the kernels cannot be built or loaded, `status()` says why and the layers
     run Paddle's own operators.
     """
-    global _module, _enabled, _status
+    global _module, _enabled, _status, _fused_bn
+    _fused_bn = False
     if not on:
         _enabled, _status = False, "off (not requested); using Paddle's own PReLU and depthwise conv"
         return False
@@ -158,7 +162,10 @@ def enable(on=True):
         except Exception as e:
             _enabled, _status = False, f"off ({e}); using Paddle's own PReLU and depthwise conv"
             return False
-    _enabled, _status = True, "on (fused C++ PReLU and depthwise-conv kernels)"
+    _fused_bn = os.environ.get(NO_FUSED_BN_ENV, "").strip() in ("", "0")
+    _enabled, _status = True, "on (fused C++ PReLU and depthwise-conv kernels, " + (
+        "BatchNorm + PReLU fused, keeping only its output for backward)" if _fused_bn
+        else f"BatchNorm + PReLU not fused: {NO_FUSED_BN_ENV}={os.environ[NO_FUSED_BN_ENV]})")
     return True
 
 
@@ -186,3 +193,69 @@ def prelu(x, weight):
 def depthwise_conv2d(x, weight, stride, padding):
     """NCHW depthwise convolution, weight [C, 1, K, K], square stride and symmetric zero padding."""
     return _module.fast_depthwise_conv2d(x, weight, int(stride), int(padding))
+
+
+# --------------------------------------------------------------------- BatchNorm + PReLU, fused
+# Eager autograd keeps, for every conv -> BatchNorm -> PReLU triple, the conv output (for the
+# BatchNorm backward), the BatchNorm output (for the PReLU backward) and the PReLU output (for the
+# next conv): three full-size tensors, about 60% of MobileFaceNet's training memory. The fused
+# layer keeps only the PReLU output y (which the next conv keeps anyway) and writes the backward
+# from it, as InPlace-ABN does: with every slope > 0 the BatchNorm output z is y where y > 0 and
+# y / slope elsewhere, and x_hat = (z - beta) / gamma. Where that cannot be inverted (a slope <= 0,
+# a |gamma| below GAMMA_FLOOR) the layer runs the plain operators for that step instead.
+GAMMA_FLOOR = 1e-2  # below it, (z - beta) / gamma amplifies z's rounding too much
+
+
+class _BatchNormPReLU(paddle.autograd.PyLayer):
+    @staticmethod
+    def forward(ctx, x, gamma, beta, slope, bn):
+        y, mean, var, inv_std = _module.fast_bn_prelu(x, gamma, beta, slope, float(bn._epsilon))
+        momentum = float(bn._momentum)
+        with paddle.no_grad():  # running statistics as Paddle's batch_norm updates them (biased variance)
+            paddle.assign(bn._mean * momentum + mean * (1.0 - momentum), output=bn._mean)
+            paddle.assign(bn._variance * momentum + var * (1.0 - momentum), output=bn._variance)
+        # y.detach(): the same memory, but not the output object itself, which would hold this
+        # context through its grad node (a reference cycle until the backward pass)
+        ctx.save_for_backward(y.detach(), gamma, beta, slope, inv_std)
+        ctx.slope_grad = not slope.stop_gradient
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        y, gamma, beta, slope, inv_std = ctx.saved_tensor()
+        dx, dgamma, dbeta, dslope = _module.fast_bn_prelu_backward(y, grad_y, gamma, beta, slope, inv_std)
+        return dx, dgamma, dbeta, (dslope if ctx.slope_grad else None)
+
+
+def _batchnorm_fusable(x, bn):
+    return (_fused_bn and usable_for(x) and bn.training and not bn._use_global_stats and x.ndim >= 2
+            and bn._data_format in ("NCHW", "NC", "NCL", "NCDHW") and bn.weight is not None
+            and bn.bias is not None and not bn.weight.stop_gradient and not bn.bias.stop_gradient
+            and int(x.shape[0]) * (int(np.prod(x.shape[2:])) if x.ndim > 2 else 1) > 1)
+
+
+@paddle.jit.not_to_static  # export traces the plain operators below (usable_for is False there)
+def batchnorm_prelu(x, bn, prelu=None):
+    """`prelu(bn(x))` (or `bn(x)` without `prelu`) for a paddle.nn.BatchNorm in training mode and a
+    per-channel paddle.nn.PReLU: same output, gradients and running statistics, but only the output
+    is kept for the backward pass (see above). Plain operators when the fused kernel does not apply."""
+    if prelu is not None and (prelu._data_format != "NCHW" or prelu._num_parameters != x.shape[1]):
+        return prelu(bn(x))
+    if _batchnorm_fusable(x, bn):
+        with paddle.no_grad():
+            invertible = float(bn.weight.abs().min()) >= GAMMA_FLOOR and (
+                prelu is None or float(prelu._weight.min()) > 0.0)
+        if invertible:
+            slope = prelu._weight if prelu is not None else _ones(int(x.shape[1]))
+            return _BatchNormPReLU.apply(x, bn.weight, bn.bias, slope, bn)
+    return prelu(bn(x)) if prelu is not None else bn(x)
+
+
+_ONES = {}
+
+
+def _ones(channels):
+    """A constant slope of 1 (PReLU as identity: plain BatchNorm), one per channel count."""
+    if channels not in _ONES:
+        _ONES[channels] = paddle.ones([channels], dtype="float32")
+    return _ONES[channels]

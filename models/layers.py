@@ -88,6 +88,13 @@ def make_prelu(channels):
     return PReLU(num_parameters=channels, init=0.25)
 
 
+def bn_prelu(bn, prelu, x):
+    """`prelu(bn(x))`, or `bn(x)` when `prelu` is None. In CPU training with the fused kernels it
+    runs as one layer that keeps only its output for the backward pass, not `x` and `bn(x)` too
+    (models/fast_cpu_ops.batchnorm_prelu: same output, gradients and running statistics)."""
+    return fast_cpu_ops.batchnorm_prelu(x, bn, prelu)
+
+
 def make_batchnorm(channels):
     """BatchNorm2D with scale 1 and shift 0; state names weight, bias, _mean, _variance."""
     return nn.BatchNorm2D(
@@ -122,12 +129,12 @@ class ConvBN(nn.Layer):
             self.relu = nn.ReLU()
 
     def forward(self, x):
-        x = self.bn(self.conv(x))
+        x = self.conv(x)
         if self.act == "prelu":
-            return self.prelu(x)
+            return bn_prelu(self.bn, self.prelu, x)
         if self.act == "relu":
-            return self.relu(x)
-        return x
+            return self.relu(self.bn(x))
+        return bn_prelu(self.bn, None, x)
 
 
 def ConvBNPReLU(in_channels, out_channels, kernel_size, stride=1, padding=0, depthwise=False):

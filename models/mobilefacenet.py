@@ -20,7 +20,16 @@ linear7, linear1), so its checkpoints load by name.
 import paddle
 import paddle.nn as nn
 
-from models.layers import ConvBN, ConvBNPReLU, make_batchnorm, make_conv, make_depthwise_conv, make_prelu, run_layers
+from models.layers import (
+    ConvBN,
+    ConvBNPReLU,
+    bn_prelu,
+    make_batchnorm,
+    make_conv,
+    make_depthwise_conv,
+    make_prelu,
+    run_layers,
+)
 
 # Inverted-residual stages: (expansion t, output channels c, repeats n, stride of the first s).
 BOTTLENECK_SETTINGS = [
@@ -56,7 +65,10 @@ class Bottleneck(nn.Layer):
         )
 
     def forward(self, x):
-        out = self.conv(x)
+        c = self.conv  # the Sequential's order, with each BatchNorm (+ PReLU) as one fused step
+        out = bn_prelu(c[1], c[2], c[0](x))
+        out = bn_prelu(c[4], c[5], c[3](out))
+        out = bn_prelu(c[7], None, c[6](out))
         return x + out if self.use_residual else out
 
 

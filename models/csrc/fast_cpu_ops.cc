@@ -3,6 +3,7 @@
 // these run far below memory bandwidth; these plain loops work on one (n, c) plane at a time so
 // the data stays in L1/L2 and the compiler can vectorise the inner loops.
 #include <algorithm>
+#include <cmath>
 #include <vector>
 #include "paddle/extension.h"
 
@@ -281,3 +282,201 @@ PD_BUILD_GRAD_OP(fast_depthwise_conv2d)
     .Outputs({paddle::Grad("X"), paddle::Grad("Weight")})
     .Attrs({"stride: int", "padding: int"})
     .SetKernelFn(PD_KERNEL(DwBackward));
+
+// ------------------------------------ BatchNorm (batch statistics) + PReLU, saving only the output
+// Training-mode BatchNorm over dim 1 of x [N, C, ...] followed by per-channel PReLU (slope [C]):
+//   z = gamma * (x - mean) * inv_std + beta,   y = z > 0 ? z : slope * z.
+// The backward pass is written from y alone (as InPlace-ABN does), so autograd keeps neither x
+// (the convolution output) nor z: with slope > 0, z > 0 exactly when y > 0 and z = y / slope
+// otherwise; x_hat = (z - beta) / gamma. The caller (models/fast_cpu_ops.py) only takes this path
+// when every slope is > 0 and every |gamma| is away from zero. A slope of 1 is plain BatchNorm.
+// Statistics are accumulated in double, per channel, in a fixed order (deterministic).
+namespace {
+struct BnGeom {
+  int64_t n, c, plane;
+};
+
+BnGeom bn_geometry(const paddle::Tensor& x) {
+  const auto& shape = x.shape();
+  PD_CHECK(shape.size() >= 2, "x must be at least 2-D");
+  BnGeom g;
+  g.n = shape[0];
+  g.c = shape[1];
+  g.plane = g.c == 0 || g.n == 0 ? 0 : x.numel() / (g.n * g.c);
+  return g;
+}
+}  // namespace
+
+std::vector<paddle::Tensor> BnPreluForward(const paddle::Tensor& x, const paddle::Tensor& gamma,
+                                           const paddle::Tensor& beta, const paddle::Tensor& slope, float eps) {
+  check_cpu_f32(x, "x");
+  check_cpu_f32(gamma, "gamma");
+  check_cpu_f32(beta, "beta");
+  check_cpu_f32(slope, "slope");
+  const BnGeom g = bn_geometry(x);
+  PD_CHECK(gamma.numel() == g.c && beta.numel() == g.c && slope.numel() == g.c,
+           "gamma, beta and slope must have one value per channel");
+  const int64_t m = g.n * g.plane;
+  PD_CHECK(m > 0, "BatchNorm needs at least one value per channel");
+  auto y = paddle::empty(x.shape(), x.dtype(), x.place());
+  auto mean = paddle::empty({g.c}, x.dtype(), x.place());
+  auto var = paddle::empty({g.c}, x.dtype(), x.place());
+  auto inv_std = paddle::empty({g.c}, x.dtype(), x.place());
+  const float* px = x.data<float>();
+  const float* pg = gamma.data<float>();
+  const float* pb = beta.data<float>();
+  const float* pa = slope.data<float>();
+  float* py = y.data<float>();
+  float* pmean = mean.data<float>();
+  float* pvar = var.data<float>();
+  float* pinv = inv_std.data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t ch = 0; ch < g.c; ++ch) {
+    double s = 0.0;
+    for (int64_t b = 0; b < g.n; ++b) {
+      const float* xi = px + (b * g.c + ch) * g.plane;
+#pragma omp simd reduction(+ : s)
+      for (int64_t i = 0; i < g.plane; ++i) s += xi[i];
+    }
+    const double mu = s / static_cast<double>(m);
+    double ss = 0.0;  // second pass around the mean: no cancellation
+    for (int64_t b = 0; b < g.n; ++b) {
+      const float* xi = px + (b * g.c + ch) * g.plane;
+#pragma omp simd reduction(+ : ss)
+      for (int64_t i = 0; i < g.plane; ++i) {
+        const double d = static_cast<double>(xi[i]) - mu;
+        ss += d * d;
+      }
+    }
+    const double v = ss / static_cast<double>(m);  // biased, as Paddle's CPU kernel
+    const double inv = 1.0 / std::sqrt(v + static_cast<double>(eps));
+    pmean[ch] = static_cast<float>(mu);
+    pvar[ch] = static_cast<float>(v);
+    pinv[ch] = static_cast<float>(inv);
+    const float scale = static_cast<float>(pg[ch] * inv);
+    const float shift = static_cast<float>(pb[ch] - mu * pg[ch] * inv);
+    const float a = pa[ch];
+    for (int64_t b = 0; b < g.n; ++b) {
+      const int64_t off = (b * g.c + ch) * g.plane;
+      const float* xi = px + off;
+      float* yi = py + off;
+#pragma omp simd
+      for (int64_t i = 0; i < g.plane; ++i) {
+        const float z = xi[i] * scale + shift;
+        yi[i] = z > 0.f ? z : a * z;
+      }
+    }
+  }
+  return {y, mean, var, inv_std};
+}
+
+std::vector<paddle::Tensor> BnPreluBackward(const paddle::Tensor& y, const paddle::Tensor& grad_y,
+                                            const paddle::Tensor& gamma, const paddle::Tensor& beta,
+                                            const paddle::Tensor& slope, const paddle::Tensor& inv_std) {
+  check_cpu_f32(y, "y");
+  check_cpu_f32(grad_y, "grad_y");
+  const BnGeom g = bn_geometry(y);
+  PD_CHECK(grad_y.numel() == y.numel(), "grad_y must have the shape of y");
+  const int64_t m = g.n * g.plane;
+  auto dx = paddle::empty(y.shape(), y.dtype(), y.place());
+  auto dgamma = paddle::empty({g.c}, y.dtype(), y.place());
+  auto dbeta = paddle::empty({g.c}, y.dtype(), y.place());
+  auto dslope = paddle::empty({g.c}, y.dtype(), y.place());
+  const float* py = y.data<float>();
+  const float* pdy = grad_y.data<float>();
+  const float* pg = gamma.data<float>();
+  const float* pb = beta.data<float>();
+  const float* pa = slope.data<float>();
+  const float* pinv = inv_std.data<float>();
+  float* pdx = dx.data<float>();
+  float* pdg = dgamma.data<float>();
+  float* pdb = dbeta.data<float>();
+  float* pda = dslope.data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t ch = 0; ch < g.c; ++ch) {
+    const float a = pa[ch], inv_a = 1.f / pa[ch];
+    const float beta_c = pb[ch], inv_gamma = 1.f / pg[ch];
+    double sum_dz = 0.0, sum_dz_xhat = 0.0, sum_da = 0.0;
+    for (int64_t b = 0; b < g.n; ++b) {
+      const int64_t off = (b * g.c + ch) * g.plane;
+      const float* yi = py + off;
+      const float* gi = pdy + off;
+      float p_dz = 0.f, p_dzx = 0.f, p_da = 0.f;
+#pragma omp simd reduction(+ : p_dz, p_dzx, p_da)
+      for (int64_t i = 0; i < g.plane; ++i) {
+        const float yv = yi[i], gv = gi[i];
+        const bool pos = yv > 0.f;
+        const float z = pos ? yv : yv * inv_a;
+        const float dz = pos ? gv : a * gv;
+        const float xhat = (z - beta_c) * inv_gamma;
+        p_dz += dz;
+        p_dzx += dz * xhat;
+        p_da += pos ? 0.f : z * gv;
+      }
+      sum_dz += p_dz;
+      sum_dz_xhat += p_dzx;
+      sum_da += p_da;
+    }
+    pdg[ch] = static_cast<float>(sum_dz_xhat);
+    pdb[ch] = static_cast<float>(sum_dz);
+    pda[ch] = static_cast<float>(sum_da);
+    const float k = pg[ch] * pinv[ch];
+    const float mean_dz = static_cast<float>(sum_dz / static_cast<double>(m));
+    const float mean_dzx = static_cast<float>(sum_dz_xhat / static_cast<double>(m));
+    for (int64_t b = 0; b < g.n; ++b) {
+      const int64_t off = (b * g.c + ch) * g.plane;
+      const float* yi = py + off;
+      const float* gi = pdy + off;
+      float* di = pdx + off;
+#pragma omp simd
+      for (int64_t i = 0; i < g.plane; ++i) {
+        const float yv = yi[i], gv = gi[i];
+        const bool pos = yv > 0.f;
+        const float z = pos ? yv : yv * inv_a;
+        const float dz = pos ? gv : a * gv;
+        const float xhat = (z - beta_c) * inv_gamma;
+        di[i] = k * (dz - mean_dz - xhat * mean_dzx);
+      }
+    }
+  }
+  return {dx, dgamma, dbeta, dslope};
+}
+
+std::vector<std::vector<int64_t>> BnPreluInferShape(const std::vector<int64_t>& x, const std::vector<int64_t>& gamma,
+                                                    const std::vector<int64_t>& beta, const std::vector<int64_t>& slope,
+                                                    float eps) {
+  return {x, {x[1]}, {x[1]}, {x[1]}};
+}
+std::vector<paddle::DataType> BnPreluInferDtype(const paddle::DataType& x, const paddle::DataType& gamma,
+                                                const paddle::DataType& beta, const paddle::DataType& slope) {
+  return {x, x, x, x};
+}
+
+// No grad op: models/fast_cpu_ops.py wraps the pair in a PyLayer that saves only y.
+PD_BUILD_OP(fast_bn_prelu)
+    .Inputs({"X", "Gamma", "Beta", "Slope"})
+    .Outputs({"Y", "Mean", "Var", "InvStd"})
+    .Attrs({"eps: float"})
+    .SetKernelFn(PD_KERNEL(BnPreluForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(BnPreluInferShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(BnPreluInferDtype));
+
+std::vector<std::vector<int64_t>> BnPreluBwdInferShape(const std::vector<int64_t>& y, const std::vector<int64_t>& dy,
+                                                       const std::vector<int64_t>& gamma,
+                                                       const std::vector<int64_t>& beta,
+                                                       const std::vector<int64_t>& slope,
+                                                       const std::vector<int64_t>& inv_std) {
+  return {y, {y[1]}, {y[1]}, {y[1]}};
+}
+std::vector<paddle::DataType> BnPreluBwdInferDtype(const paddle::DataType& y, const paddle::DataType& dy,
+                                                   const paddle::DataType& gamma, const paddle::DataType& beta,
+                                                   const paddle::DataType& slope, const paddle::DataType& inv_std) {
+  return {y, y, y, y};
+}
+
+PD_BUILD_OP(fast_bn_prelu_backward)
+    .Inputs({"Y", "GradY", "Gamma", "Beta", "Slope", "InvStd"})
+    .Outputs({"GradX", "GradGamma", "GradBeta", "GradSlope"})
+    .SetKernelFn(PD_KERNEL(BnPreluBackward))
+    .SetInferShapeFn(PD_INFER_SHAPE(BnPreluBwdInferShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(BnPreluBwdInferDtype));
