@@ -17,26 +17,21 @@ without --model-dir a random-init MobileFaceNet is exported to a temporary folde
 depend on the weights). Exit code 1 when a check fails (an error, a lost acknowledged add).
 """
 import argparse
-import base64
-import json
 import os
 import random
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 
-import cv2
 import numpy as np
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
-PIPELINE = os.path.join(REPO_ROOT, "configs", "face_recognition", "pipeline.yaml")
+
+# the service, its photos and the random model, shared with tests/test_serve.py
+from benchmarks.loopback_service import Service, b64, detected_demo_photos, export_random_model  # noqa: E402
 
 
 def machine_line(threads):
@@ -45,39 +40,6 @@ def machine_line(threads):
     load = os.getloadavg()
     return (f"CPU {cpuinfo_field('model name') or 'unknown'}, {os.cpu_count()} cores, {threads} model threads, "
             f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-
-
-def demo_photos(limit=24, det_threshold=0.5):
-    """JPEG bytes of demo faces on a 320x320 canvas that YuNet detects at det_threshold."""
-    from datasets.demo import ensure_demo
-    from models.face_detector import YuNetDetector
-
-    demo = os.path.join(REPO_ROOT, "dataset", "face_demo")
-    ensure_demo(demo)
-    root = os.path.join(demo, "val", "images")
-    detector = YuNetDetector(threshold=det_threshold)
-    photos = []
-    for person in sorted(os.listdir(root)):
-        for name in sorted(os.listdir(os.path.join(root, person))):
-            canvas = np.full((320, 320, 3), 200, np.uint8)
-            canvas[60:260, 60:260] = cv2.resize(cv2.imread(os.path.join(root, person, name)), (200, 200))
-            if detector.detect(canvas):
-                photos.append((person, cv2.imencode(".jpg", canvas)[1].tobytes()))
-            if len(photos) >= limit:
-                return photos
-    return photos
-
-
-def export_random_model(folder):
-    import paddle
-
-    from engine.inference_folder import export_inference
-    from models import build_backbone
-
-    paddle.seed(0)
-    out = os.path.join(folder, "inference")
-    export_inference(build_backbone("MobileFaceNet"), out, "MobileFaceNet")
-    return out
 
 
 def in_process_rate(model_dir, photos, seconds, threads):
@@ -95,50 +57,9 @@ def in_process_rate(model_dir, photos, seconds, threads):
     return n / (time.perf_counter() - start)
 
 
-class Service:
-    def __init__(self, model_dir, index_root, log_dir, threads):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, os.path.join(REPO_ROOT, "main.py"), "-c", PIPELINE, "-o", "Global.mode=serve",
-               "-o", f"Serve.port={self.port}", "-o", f"Serve.index_root={index_root}", "-o", "det_threshold=0.5",
-               "-o", f"SubModules.Recognition.model_dir={model_dir}", "-o", f"Global.output={log_dir}",
-               "-o", f"Global.num_threads={threads}"]
-        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     stdin=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"the service exited with {self.proc.returncode}; see {log_dir}/serve.log")
-            try:
-                urllib.request.urlopen(self.url + "/health", timeout=2).read()
-                return
-            except OSError:
-                time.sleep(0.3)
-        self.proc.kill()
-        raise SystemExit("the service did not answer /health within 120 s")
-
-    def post(self, path, body, timeout=120):
-        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"{}")
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
-def b64(data):
-    return base64.b64encode(data).decode("ascii")
+def start_service(model_dir, work, threads):
+    """The service on <work>/indexes, its log in <work>/log (the same folders at every restart)."""
+    return Service(model_dir, os.path.join(work, "indexes"), os.path.join(work, "log"), f"Global.num_threads={threads}")
 
 
 def percentile(values, q):
@@ -215,7 +136,7 @@ def main(argv=None):
 
     work = tempfile.mkdtemp(prefix="serve_load_")
     model_dir = args.model_dir or export_random_model(work)
-    photos = demo_photos()
+    photos = detected_demo_photos()
     print(machine_line(args.threads))
     print(f"{len(photos)} demo photos (320x320 JPEG, one face each); model {model_dir}")
     # the baseline is measured in two halves, before and after the load, and averaged: on a shared
@@ -223,7 +144,7 @@ def main(argv=None):
     before = in_process_rate(model_dir, photos, args.baseline_seconds / 2, args.threads)
 
     failed = False
-    service = Service(model_dir, os.path.join(work, "indexes"), os.path.join(work, "log"), args.threads)
+    service = start_service(model_dir, work, args.threads)
     try:
         _, r = service.post("/face-recognition-index-build", {"imageLabelPairs": [
             {"image": b64(p), "label": lbl} for lbl, p in photos]})
@@ -253,14 +174,14 @@ def main(argv=None):
         service.stop()
 
     if args.fault_seconds > 0:
-        service = Service(model_dir, os.path.join(work, "indexes"), os.path.join(work, "log"), args.threads)
+        service = start_service(model_dir, work, args.threads)
         killer = threading.Timer(args.fault_seconds, lambda: service.proc.send_signal(signal.SIGKILL))
         killer.start()
         _, acked = run_clients(service, key, photos, max(2, args.clients // 2), args.fault_seconds + 3.0, 1.0, seed=100)
         killer.join()
-        service.proc.wait()
+        service.stop()  # already gone: waits and drops its output
         print(f"fault: SIGKILL after {args.fault_seconds:.0f} s of adds ({len(acked)} acknowledged); restarting")
-        service = Service(model_dir, os.path.join(work, "indexes"), os.path.join(work, "log"), args.threads)
+        service = start_service(model_dir, work, args.threads)
         try:
             missing, _ = check_acknowledged(service, key, photos, acked, sample=0)
             print(f"  after the restart: {len(acked) - len(missing)} of {len(acked)} acknowledged adds kept"

@@ -1,12 +1,18 @@
-"""Shared by tests/test_evaluate.py and tests/test_predict.py: an untrained model and tiny data.
+"""Shared by the tests: an untrained model and tiny data.
 
 A random-init MobileFaceNet (fixed paddle.seed) is enough to check plumbing and numbers that
 must agree between code paths; nothing here trains.
 """
+import atexit
 import os
+import shutil
+import tempfile
 
 import cv2
 import numpy as np
+
+from benchmarks import loopback_service
+from benchmarks.loopback_service import demo_face_photo  # noqa: F401 - the tests' demo-face canvas
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO_ROOT, "configs", "face_recognition", "MobileFaceNet.yaml")
@@ -71,27 +77,16 @@ def config(**overrides):
 
 
 def export_random_model(folder, seed=0):
-    """An exported random-init MobileFaceNet (paddle.seed(seed)) in <folder>/inference; returns that path."""
-    import paddle
-
-    from engine.inference_folder import export_inference
-    from models import build_backbone
-
-    paddle.seed(seed)
+    """An exported random-init MobileFaceNet (paddle.seed(seed)) in <folder>/inference; returns that path.
+    Exported once per test session and seed (benchmarks.loopback_service.export_random_model: two
+    jit.saves and a Paddle subprocess), then copied, so no test sees another's changes."""
+    if seed not in _EXPORTED:
+        work = tempfile.mkdtemp(prefix="facefeat_random_model_")
+        atexit.register(shutil.rmtree, work, True)
+        _EXPORTED[seed] = loopback_service.export_random_model(work, seed)
     out = os.path.join(str(folder), "inference")
-    export_inference(build_backbone("MobileFaceNet"), out, "MobileFaceNet")
+    shutil.copytree(_EXPORTED[seed], out)
     return out
 
 
-def demo_face_photo(name):
-    """The demo face `name` ("p00000/00") enlarged to 200x200 on a plain 320x320 canvas (value 200):
-    a photo YuNet detects for some demo faces (p00000/00, /03, /05, p00001/00)."""
-    from datasets.demo import ensure_demo
-
-    demo = os.path.join(REPO_ROOT, "dataset", "face_demo")
-    ensure_demo(demo)
-    face = cv2.imread(os.path.join(demo, "val", "images", name if name.endswith(".jpg") else name + ".jpg"))
-    assert face is not None, f"demo image {name} missing under {demo}"
-    canvas = np.full((320, 320, 3), 200, np.uint8)
-    canvas[60:260, 60:260] = cv2.resize(face, (200, 200), interpolation=cv2.INTER_LINEAR)
-    return canvas
+_EXPORTED = {}  # seed -> the session's export

@@ -111,18 +111,30 @@ def test_cli_unknown_mode_exit_2():
     assert "evaluate" in proc.stderr
 
 
-def test_cli_check_dataset_verbatim_command(tmp_path):
-    """The seed's command (MobileFaceNet and ResNet50_face) on a small generated dataset."""
+def test_cli_check_dataset_verbatim_command(tmp_path, capsys, monkeypatch):
+    """The seed's command (MobileFaceNet and ResNet50_face) on a small generated dataset: through
+    main.py in a subprocess for the first config, through main.main in this process for the second
+    (the same entry, without a second interpreter start)."""
+    import main
     from datasets.demo import generate_demo
 
     data = str(tmp_path / "data")
     generate_demo(data, train_identities=4, images_per_identity=2, val_identities=2, val_pairs=2, workers=1)
+    monkeypatch.chdir(REPO)  # the command's relative config path, as typed in the repository
     for config in CONFIGS:
         out = str(tmp_path / ("out_" + os.path.basename(config)))
-        proc = run_main("-c", os.path.relpath(config, REPO), "-o", "Global.mode=check_dataset",
-                        "-o", f"Global.dataset_dir={data}", "-o", f"Global.output={out}")
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert "Check dataset passed !" in proc.stdout
+        args = ["-c", os.path.relpath(config, REPO), "-o", "Global.mode=check_dataset",
+                "-o", f"Global.dataset_dir={data}", "-o", f"Global.output={out}"]
+        if config == CONFIGS[0]:
+            proc = run_main(*args)
+            code, stdout, said = proc.returncode, proc.stdout, proc.stdout + proc.stderr
+        else:
+            capsys.readouterr()
+            code = main.main(args)
+            captured = capsys.readouterr()
+            stdout, said = captured.out, captured.out + captured.err
+        assert code == 0, said
+        assert "Check dataset passed !" in stdout
         assert os.path.isfile(os.path.join(out, "check_dataset_result.json"))
 
 

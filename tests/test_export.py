@@ -13,6 +13,7 @@ from foundation.runtime import set_threads
 set_threads(2)
 paddle = pytest.importorskip("paddle")
 
+from benchmarks.loopback_service import calibrate_batchnorm  # noqa: E402
 from engine.inference_folder import export_inference  # noqa: E402
 from engine.inference_model import InferenceModel, cpu_supports_bf16, program_has_op  # noqa: E402
 from foundation.errors import UserError  # noqa: E402
@@ -26,18 +27,7 @@ def calibrated(model, seed=0, batch=16):
     """A randomly initialised backbone whose BatchNorm statistics come from real forward passes,
     so its features have a realistic scale (an untouched random net explodes to ~1e3)."""
     rng = np.random.default_rng(seed)
-    x = paddle.to_tensor(rng.uniform(-1, 1, (batch, 3, 112, 112)).astype("float32"))
-    norms = [m for m in model.sublayers() if isinstance(m, paddle.nn.BatchNorm2D)]
-    saved = [m._momentum for m in norms]
-    for m in norms:
-        m._momentum = 0.0  # running stats := this batch's stats
-    model.train()
-    with paddle.no_grad():
-        model(x)
-    for m, mom in zip(norms, saved):
-        m._momentum = mom
-    model.eval()
-    return model
+    return calibrate_batchnorm(model, paddle.to_tensor(rng.uniform(-1, 1, (batch, 3, 112, 112)).astype("float32")))
 
 
 def images(n, seed=1):

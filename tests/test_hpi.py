@@ -20,6 +20,7 @@ from foundation.runtime import set_threads
 set_threads(2)
 paddle = pytest.importorskip("paddle")
 
+from benchmarks.loopback_service import calibrate_batchnorm  # noqa: E402
 from engine import evaluate as E  # noqa: E402
 from engine import export as X  # noqa: E402
 from engine import inference_backends as B  # noqa: E402
@@ -61,19 +62,8 @@ def backbone(faces):
     from engine.inference_folder import Preprocess
 
     paddle.seed(0)
-    model = build_backbone("MobileFaceNet")
     pre = Preprocess()
-    x = paddle.to_tensor(np.stack([pre(f) for f in faces[0]]))
-    norms = [m for m in model.sublayers() if isinstance(m, paddle.nn.BatchNorm2D)]
-    for m in norms:
-        m._momentum = 0.0
-    model.train()
-    with paddle.no_grad():
-        model(x)
-    for m in norms:
-        m._momentum = 0.9
-    model.eval()
-    return model
+    return calibrate_batchnorm(build_backbone("MobileFaceNet"), paddle.to_tensor(np.stack([pre(f) for f in faces[0]])))
 
 
 @pytest.fixture()

@@ -194,14 +194,16 @@ def test_corrupt_records_are_named(rec_set, tmp_path):
 
 
 # --------------------------------------------------------------------------- training on a RecordIO set
-def _train_cli(data, out, *extra):
-    cmd = [sys.executable, os.path.join(REPO_ROOT, "main.py"), "-c", CONFIG, "-o", "Global.mode=train",
-           f"Global.dataset_dir={data}", f"Global.output={out}", "Global.num_threads=1", "Train.epochs_iters=1",
-           "Train.batch_size=6", "Train.num_workers=1", "Train.log_interval=1", "Evaluate.batch_size=16",
-           "Evaluate.folds=4", *extra]
-    env = dict(os.environ, FACEFEAT_NO_MKL_SHIM="1")  # as tests/test_train.py: same kernels in every run
-    res = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
+def _train(data, out, *extra):
+    """A tiny training run in this process (as tests/test_train.py: the same kernels in every run);
+    returns its train.log."""
+    from engine.train import run
+
+    cfg = load_config(CONFIG, ["Global.mode=train", f"Global.dataset_dir={data}", f"Global.output={out}",
+                               "Global.num_threads=2", "Train.epochs_iters=1", "Train.batch_size=4",
+                               "Train.num_workers=1", "Train.log_interval=1", "Evaluate.batch_size=16",
+                               "Evaluate.folds=4", *extra])
+    assert run(cfg) == 0
     return open(os.path.join(out, "train.log"), encoding="utf-8").read()
 
 
@@ -213,40 +215,59 @@ def _acc(log):
     return [float(v) for v in re.findall(r"eval: val verification acc ([\d.]+)", log)]
 
 
-@pytest.fixture(scope="module")
-def rec_with_bin(folder_set, rec_set, tmp_path_factory):
-    """The packed set without val/, its val pairs as an insightface lfw.bin beside train.rec."""
-    dst = str(tmp_path_factory.mktemp("rio") / "rec_bin")
-    shutil.copytree(rec_set, dst, ignore=shutil.ignore_patterns("val"))
-    pairs = load_pair_list(folder_set)
+def _with_bin(folder, rec, dst):
+    """The packed set `rec` without val/, the val pairs of `folder` as an insightface lfw.bin beside train.rec."""
+    shutil.copytree(rec, dst, ignore=shutil.ignore_patterns("val"))
+    pairs = load_pair_list(folder)
     images = [open(p, "rb").read() for a, b, _ in pairs for p in (a, b)]
     write_bin(os.path.join(dst, "lfw.bin"), images, [lbl == 1 for _, _, lbl in pairs])
     return dst
 
 
-def test_training_on_recordio_matches_the_folder_set_and_resumes(folder_set, rec_set, rec_with_bin, tmp_path):
-    folder_log = _train_cli(folder_set, str(tmp_path / "folder"))
-    rec_log = _train_cli(rec_set, str(tmp_path / "rec"))
-    bin_log = _train_cli(rec_with_bin, str(tmp_path / "rec_bin"))
-    assert len(_losses(folder_log)) == 3  # 18 images, batch 6
-    assert _losses(rec_log) == _losses(folder_log) == _losses(bin_log)
-    assert _acc(rec_log) == _acc(folder_log)  # the same val/ pairs
-    assert "val pairs of" in bin_log and "lfw.bin" in bin_log and len(_acc(bin_log)) == 1
-    assert abs(_acc(bin_log)[0] - _acc(folder_log)[0]) < 1e-3  # the same pairs, read from the .bin
-    # resume both for a second epoch: the same losses again
-    folder_2 = _train_cli(folder_set, str(tmp_path / "folder"), "Train.epochs_iters=2",
-                          f"Train.resume_path={tmp_path / 'folder' / 'latest' / 'latest.pdparams'}")
-    rec_2 = _train_cli(rec_set, str(tmp_path / "rec"), "Train.epochs_iters=2",
-                       f"Train.resume_path={tmp_path / 'rec' / 'latest' / 'latest.pdparams'}")
-    assert (2, 3) in _losses(rec_2) and _losses(rec_2) == _losses(folder_2)
+@pytest.fixture(scope="module")
+def rec_with_bin(folder_set, rec_set, tmp_path_factory):
+    """The packed set without val/, its val pairs as an insightface lfw.bin beside train.rec."""
+    return _with_bin(folder_set, rec_set, str(tmp_path_factory.mktemp("rio") / "rec_bin"))
+
+
+@pytest.fixture(scope="module")
+def small_sets(tmp_path_factory):
+    """(folder, packed, packed with lfw.bin) of 4 identities x 2 images and 8 val pairs: what a
+    training run costs goes with its images (MobileFaceNet trains a few images a second here)."""
+    root = tmp_path_factory.mktemp("rio_small")
+    folder = str(root / "src")
+    generate_demo(folder, train_identities=4, images_per_identity=2, val_identities=4, val_pairs=8, workers=1)
+    rec = str(root / "rec")
+    pack(folder, rec)
+    return folder, rec, _with_bin(folder, rec, str(root / "rec_bin"))
+
+
+def test_training_on_recordio_matches_the_folder_set_and_resumes(small_sets, tmp_path):
+    """Two epochs on the folder set are the reference. On the RecordIO set: epoch 1, then a resume
+    for epoch 2 on the same train.rec validated from lfw.bin instead of val/ (rec_with_bin): the
+    same losses at every step, the same accuracies (val/ pairs and the .bin of the same pairs)."""
+    folder_set, rec_set, rec_with_bin = small_sets
+    folder_log = _train(folder_set, str(tmp_path / "folder"), "Train.epochs_iters=2")
+    rec_log = _train(rec_set, str(tmp_path / "rec"))
+    folder = _losses(folder_log)
+    assert sorted(folder) == [(e, s) for e in (1, 2) for s in (1, 2)]  # 8 images, batch 4
+    assert _losses(rec_log) == {k: v for k, v in folder.items() if k[0] == 1}
+    assert len(_acc(folder_log)) == 2 and _acc(rec_log) == _acc(folder_log)[:1]  # the same val/ pairs
+    # resume the RecordIO run for epoch 2, its validation read from lfw.bin: the same losses again
+    bin_log = _train(rec_with_bin, str(tmp_path / "rec"), "Train.epochs_iters=2",
+                     f"Train.resume_path={tmp_path / 'rec' / 'latest' / 'latest.pdparams'}")
+    assert _losses(bin_log) == folder  # the log holds both epochs: epoch 1's lines, then the resumed ones
+    assert "val pairs of" in bin_log and "lfw.bin" in bin_log and len(_acc(bin_log)) == 2
+    assert abs(_acc(bin_log)[1] - _acc(folder_log)[1]) < 1e-3  # the same pairs, read from the .bin
     assert json.load(open(tmp_path / "rec" / "train_result.json"))["done_flag"] is True
     # evaluate on the RecordIO folder without val/: its .bin files
+    from engine.evaluate import run
+
     out = str(tmp_path / "eval")
-    cmd = [sys.executable, os.path.join(REPO_ROOT, "main.py"), "-c", CONFIG, "-o", "Global.mode=evaluate",
-           "-o", f"Global.dataset_dir={rec_with_bin}", "-o", f"Global.output={out}", "-o", "Evaluate.folds=4",
-           "-o", f"Evaluate.weight_path={tmp_path / 'rec_bin' / 'best_model' / 'best_model.pdparams'}"]
-    res = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
+    cfg = load_config(CONFIG, ["Global.mode=evaluate", f"Global.dataset_dir={rec_with_bin}", f"Global.output={out}",
+                               "Evaluate.folds=4",
+                               f"Evaluate.weight_path={tmp_path / 'rec' / 'best_model' / 'best_model.pdparams'}"])
+    assert run(cfg) == 0
     metrics = json.load(open(os.path.join(out, "evaluate_result.json")))["metrics"]
     assert "lfw" in json.dumps(metrics) and "pair_scores_lfw.csv" in os.listdir(out)
 

@@ -10,14 +10,15 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 
 import cv2
 import numpy as np
 import pytest
-from _tiny_face_model import demo_face_photo, export_random_model
+from _tiny_face_model import export_random_model
 
+from benchmarks.loopback_service import Service as Server
+from benchmarks.loopback_service import b64, demo_face_photo, free_port, jpeg
 from tests._milvus import milvus_server, need_milvus  # noqa: F401 - milvus_server is a fixture
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,63 +34,7 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     """{name: JPEG bytes}: demo faces enlarged onto a plain 320x320 canvas, so YuNet detects them."""
-    out = {}
-    for name in DEMO_FACES:
-        out[name] = cv2.imencode(".jpg", demo_face_photo(name))[1].tobytes()
-    return out
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, model_dir, index_root, log_dir, *extra):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, os.path.join(REPO_ROOT, "main.py"), "-c", PIPELINE, "-o", "Global.mode=serve",
-               "-o", f"Serve.port={self.port}", "-o", f"Serve.index_root={index_root}",
-               "-o", f"SubModules.Recognition.model_dir={model_dir}", "-o", "det_threshold=0.5",
-               "-o", f"Global.output={log_dir}", *[x for e in extra for x in ("-o", e)]]
-        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, text=True)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited {self.proc.returncode}: {self.proc.stdout.read()}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
-                    if json.loads(r.read())["status"] == "ok":
-                        return
-            except OSError:
-                time.sleep(0.3)
-        self.stop()
-        raise AssertionError("server did not answer /health within 120 s")
-
-    def post(self, path, body, raw=None):
-        data = raw if raw is not None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=120) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-
-def b64(data):
-    return base64.b64encode(data).decode("ascii")
+    return {name: jpeg(demo_face_photo(name)) for name in DEMO_FACES}
 
 
 def test_paddlex_client_flow_and_restart_keeps_the_index(model_dir, photos, tmp_path):
@@ -257,7 +202,7 @@ def test_sigkill_during_adds_keeps_every_acknowledged_add(model_dir, photos, tmp
     server.proc.kill()  # SIGKILL: no chance to flush or finish anything
     for t in threads:
         t.join()
-    server.proc.wait()
+    server.stop()  # gone already: waits for it
     assert len(acked) >= 6
     again = Server(model_dir, tmp_path / "indexes", tmp_path / "out")
     try:

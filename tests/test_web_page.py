@@ -6,26 +6,18 @@ tests/artifacts/web_page.png (git-ignored) for a person to look at.
 
 Without /usr/bin/chromium (apt-get install chromium) or the playwright package the test skips,
 except under CI=true, where .ci/run installs both and their absence is a failure."""
-import json
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 
 import cv2
 import pytest
-from _tiny_face_model import demo_face_photo, export_random_model
+from _tiny_face_model import export_random_model
+
+from benchmarks.loopback_service import Service, demo_face_photo
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PIPELINE = os.path.join(REPO_ROOT, "configs", "face_recognition", "pipeline.yaml")
 CHROMIUM = os.environ.get("FACEFEAT_CHROMIUM", "/usr/bin/chromium")
 ARTIFACT = os.path.join(REPO_ROOT, "tests", "artifacts", "web_page.png")
-DEMO_IMAGES = os.path.join("dataset", "face_demo", "val", "images")
 # Demo faces the bundled YuNet finds at threshold 0.5 once pasted 200x200 on a 320x320 grey canvas.
 ALICE = ("p00000/00.jpg", "p00000/03.jpg")
 BOB = ("p00001/00.jpg",)
@@ -67,9 +59,6 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     """{name: path}: demo faces resized to 200x200 on a 320x320 plain canvas (value 200), as PNG."""
-    from datasets.demo import ensure_demo
-
-    ensure_demo(os.path.join("dataset", "face_demo"))
     out = tmp_path_factory.mktemp("photos")
     paths = {}
     for name in sorted(set(ALICE + BOB + (QUERY, NO_FACE))):
@@ -83,61 +72,25 @@ def photos(tmp_path_factory):
     return paths
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url, timeout=5):
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return resp.status, resp.read()
-
-
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
     """The real service in a subprocess; yields its base URL, stops it with SIGTERM afterwards."""
     work = tmp_path_factory.mktemp("serve")
-    port = _free_port()
-    cmd = [sys.executable, "main.py", "-c", PIPELINE, "-o", "Global.mode=serve", "-o", "Serve.host=127.0.0.1",
-           "-o", f"Serve.port={port}", "-o", f"Serve.index_root={work / 'indexes'}",
-           "-o", f"SubModules.Recognition.model_dir={model_dir}", "-o", "det_threshold=0.5"]
-    log_path = work / "server.log"
-    log = open(log_path, "wb")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=env)
-    base = f"http://127.0.0.1:{port}"
-
-    def tail():
-        log.flush()
-        return log_path.read_text(errors="replace")[-4000:]
-
+    service = Service(model_dir, work / "indexes", work / "out", "Serve.host=127.0.0.1", start_timeout=SERVER_START_S)
     try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited ({proc.returncode}) before answering /health:\n{tail()}")
-            try:
-                status, body = _get(base + "/health")
-                if status == 200 and json.loads(body).get("status") == "ok":
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"no /health answer within {SERVER_START_S} s:\n{tail()}")
-            time.sleep(0.5)
-        yield base
+        yield service.url
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
-        log.close()
-        print(f"server log: {log_path}")
+        print(f"server output:\n{service.output_text()}")
+        service.stop()
+
+
+def enrol(page, name, files, image_count):
+    """Enrol `files` as `name` through the form; waits until the index holds image_count photos."""
+    page.get_by_label("Name").fill(name)
+    page.get_by_label("Photos of this person").set_input_files(files)
+    page.get_by_role("button", name="Enrol").click()
+    page.wait_for_function(f"document.getElementById('image-count').textContent === '{image_count}'")
+    assert not page.is_visible("#error"), page.inner_text("#error")
 
 
 def drive_page(sync_playwright, base, photos, screenshot_paths):
@@ -161,11 +114,7 @@ def drive_page(sync_playwright, base, photos, screenshot_paths):
             # (a) enrol: the first person builds an index, the second is added to it. Alice's two
             # photos go one per request here (the form's batch limit lowered): build, then add.
             page.evaluate("document.getElementById('enrol-form').dataset.maxImages = '1'")
-            page.get_by_label("Name").fill("Alice")
-            page.get_by_label("Photos of this person").set_input_files([photos[n] for n in ALICE])
-            page.get_by_role("button", name="Enrol").click()
-            page.wait_for_function("document.getElementById('image-count').textContent === '2'")
-            assert not page.is_visible("#error"), page.inner_text("#error")
+            enrol(page, "Alice", [photos[n] for n in ALICE], image_count=2)
             key = page.input_value("#index-key")
             assert key, "the built index's key is not shown"
             assert page.evaluate("localStorage.getItem('facefeat.indexKey')") == key
@@ -173,11 +122,7 @@ def drive_page(sync_playwright, base, photos, screenshot_paths):
             assert "Built index" in page.inner_text("#enrol-status")
             page.evaluate("document.getElementById('enrol-form').dataset.maxImages = '16'")
 
-            page.get_by_label("Name").fill("Bob")
-            page.get_by_label("Photos of this person").set_input_files([photos[n] for n in BOB])
-            page.get_by_role("button", name="Enrol").click()
-            page.wait_for_function("document.getElementById('image-count').textContent === '3'")
-            assert not page.is_visible("#error"), page.inner_text("#error")
+            enrol(page, "Bob", [photos[n] for n in BOB], image_count=3)
             assert page.input_value("#index-key") == key, "the second enrolment must add to the same index"
             assert posts[2:] == ["/face-recognition-index-add"], posts
             people = ["Alice (2 photos)\nRemove", "Bob (1 photo)\nRemove"]
