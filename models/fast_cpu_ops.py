@@ -1,4 +1,5 @@
-"""Fused CPU kernels for PReLU and depthwise convolution, built from models/csrc at run time.
+"""Fused CPU kernels for PReLU, depthwise convolution and BatchNorm + PReLU, built from models/csrc
+at run time. (BatchNorm + PReLU is there for memory: see batchnorm_prelu below.)
 
 Why: in Paddle eager mode on CPU these two layers took about 75% of MobileFaceNet's training
 time (PReLU forward+backward alone about half), because Paddle's CPU kernels for them run far

@@ -126,6 +126,13 @@ def _tiny_mobilefacenet(recompute=False):
     return MobileFaceNet(embedding_size=16, settings=[(2, 8, 2, 2), (2, 16, 1, 2)], recompute=recompute)
 
 
+def _tiny_resnet(recompute=False):
+    from models.resnet_face import ResNet50Face
+
+    paddle.seed(5)  # its conv2 / shortcut BatchNorms (no activation) take the fused layer with slope 1
+    return ResNet50Face(embedding_size=16, stages=[(4, 2, 2), (8, 1, 2)], recompute=recompute)
+
+
 def _kept_bytes(net, x):
     """Bytes of the distinct tensors autograd keeps for the backward pass of net(x)."""
     kept = {}
@@ -151,9 +158,10 @@ def test_mobilefacenet_keeps_under_half_the_activations(fast_ops):
     assert sizes[True] < 0.45 * sizes[False], sizes
 
 
-@pytest.mark.parametrize("recompute", [False, True])
-def test_mobilefacenet_step_with_the_fused_layer_matches_plain(fast_ops, recompute):
-    """Loss, gradients and BatchNorm statistics of a whole (tiny) MobileFaceNet step, fused kernels
+@pytest.mark.parametrize("build,recompute", [(_tiny_mobilefacenet, False), (_tiny_mobilefacenet, True),
+                                             (_tiny_resnet, False)])
+def test_whole_step_with_the_fused_layer_matches_plain(fast_ops, build, recompute):
+    """Features, gradients and BatchNorm statistics of a whole (tiny) backbone step, fused kernels
     vs Paddle's own operators; with Train.recompute the fused layers run twice in backward."""
     rng = np.random.RandomState(2)
     x_np = rng.uniform(-1, 1, (4, 3, 56, 56)).astype("float32")
@@ -161,7 +169,7 @@ def test_mobilefacenet_step_with_the_fused_layer_matches_plain(fast_ops, recompu
     results = []
     for fused in (False, True):
         fast_cpu_ops.enable(fused)
-        net = _tiny_mobilefacenet(recompute=recompute and fused)
+        net = build(recompute=recompute and fused)
         net.train()
         feat = net(paddle.to_tensor(x_np))
         feat.backward(paddle.to_tensor(g_np))
