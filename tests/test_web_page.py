@@ -202,6 +202,9 @@ def drive_page(sync_playwright, base, photos, screenshot_paths):
             page.get_by_label("Photo", exact=True).set_input_files(photos[QUERY])
             page.get_by_role("button", name="Recognize").click()
             page.wait_for_selector("#error.shown")
+            # both calls have answered (the button is enabled again once the recognize request has):
+            # a late answer would otherwise show its error again after "Start a new index" below
+            page.wait_for_function("!document.getElementById('rec-btn').disabled")
             error_text = page.inner_text("#error")
             # the unknown key is reported by whichever call meets it first: reading the index's people
             # (index-info, as soon as the key is used) or the recognize request itself
