@@ -67,6 +67,17 @@ def _assert_same(plain, fused):
         np.testing.assert_allclose(fused[3][name], plain[3][name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+def _run_counting_fused_calls(bn, prelu, x, g):
+    """_run with the fast path on, and how many times the fused layer itself ran."""
+    calls = []
+    original = fast_cpu_ops._BatchNormPReLU.apply
+    fast_cpu_ops._BatchNormPReLU.apply = lambda *a: calls.append(1) or original(*a)
+    try:
+        return _run(bn, prelu, x, g, True), calls
+    finally:
+        fast_cpu_ops._BatchNormPReLU.apply = original
+
+
 @pytest.mark.parametrize("shape,with_prelu", [((4, 6, 5, 7), True), ((3, 5, 1, 1), True), ((2, 8, 9, 9), False)])
 def test_fused_batchnorm_prelu_matches_the_plain_layers(fast_ops, shape, with_prelu):
     rng = np.random.RandomState(len(shape) + shape[1])
@@ -74,13 +85,7 @@ def test_fused_batchnorm_prelu_matches_the_plain_layers(fast_ops, shape, with_pr
     prelu = prelu if with_prelu else None
     x = (rng.randn(*shape) * 2 + 0.5).astype("float32")
     g = rng.randn(*shape).astype("float32")
-    calls = []
-    original = fast_cpu_ops._BatchNormPReLU.apply
-    fast_cpu_ops._BatchNormPReLU.apply = lambda *a: calls.append(1) or original(*a)
-    try:
-        fused = _run(bn, prelu, x, g, True)
-    finally:
-        fast_cpu_ops._BatchNormPReLU.apply = original
+    fused, calls = _run_counting_fused_calls(bn, prelu, x, g)
     assert calls == [1]  # the fused layer ran, not the fallback
     _assert_same(_run(bn, prelu, x, g, False), fused)
 
@@ -94,13 +99,7 @@ def test_layers_it_cannot_invert_run_the_plain_operators(fast_ops, what):
         prelu._weight.set_value(np.array([0.2, -0.3 if what == "negative slope" else 0.0, 0.5, 0.25], "float32"))
     rng = np.random.RandomState(1)
     x, g = rng.randn(3, 4, 6, 6).astype("float32"), rng.randn(3, 4, 6, 6).astype("float32")
-    calls = []
-    original = fast_cpu_ops._BatchNormPReLU.apply
-    fast_cpu_ops._BatchNormPReLU.apply = lambda *a: calls.append(1) or original(*a)
-    try:
-        fused = _run(bn, prelu, x, g, True)
-    finally:
-        fast_cpu_ops._BatchNormPReLU.apply = original
+    fused, calls = _run_counting_fused_calls(bn, prelu, x, g)
     assert calls == []
     _assert_same(_run(bn, prelu, x, g, False), fused)
 
