@@ -58,21 +58,12 @@ def parse_args(argv=None):
 def calibrated_backbone(name, seed=0):
     import paddle
 
+    from benchmarks.loopback_service import calibrate_batchnorm
     from models import build_backbone
 
     paddle.seed(seed)
-    model = build_backbone(name)
     x = paddle.to_tensor(np.random.default_rng(seed).uniform(-1, 1, (16, 3, 112, 112)).astype("float32"))
-    norms = [m for m in model.sublayers() if isinstance(m, paddle.nn.BatchNorm2D)]
-    for m in norms:
-        m._momentum = 0.0
-    model.train()
-    with paddle.no_grad():
-        model(x)
-    for m in norms:
-        m._momentum = 0.9
-    model.eval()
-    return model
+    return calibrate_batchnorm(build_backbone(name), x)
 
 
 def cosine_rows(a, b):

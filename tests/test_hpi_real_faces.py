@@ -20,6 +20,7 @@ from foundation.runtime import set_threads
 set_threads(2)
 paddle = pytest.importorskip("paddle")
 
+from benchmarks.loopback_service import calibrate_batchnorm  # noqa: E402
 from engine import evaluate as E  # noqa: E402
 from engine import inference_backends as B  # noqa: E402
 from engine.inference_folder import export_inference  # noqa: E402
@@ -70,13 +71,7 @@ def model_dir(lfw_pairs, tmp_path_factory):
     crops = [cv2.imread(os.path.join(dp, n)) for dp, _, ns in os.walk(os.path.join(lfw_pairs, "val")) for n in ns
              if n.endswith(".jpg")][:32]
     pre = Preprocess()
-    norms = [m for m in model.sublayers() if isinstance(m, paddle.nn.BatchNorm2D)]
-    for m in norms:
-        m._momentum = 0.0
-    model.train()
-    with paddle.no_grad():
-        model(paddle.to_tensor(np.stack([pre(c) for c in crops])))
-    model.eval()
+    calibrate_batchnorm(model, paddle.to_tensor(np.stack([pre(c) for c in crops])))
     out = str(tmp_path_factory.mktemp("lfw_model") / "inference")
     export_inference(model, out, "MobileFaceNet")
     return out
