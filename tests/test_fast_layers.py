@@ -15,13 +15,6 @@ HAVE_CXX = fast_cpu_ops.cxx_compiler()[0] is not None  # the compiler enable() l
 needs_cxx = pytest.mark.skipif(not HAVE_CXX, reason="no C++ compiler: the fused kernels cannot be built here")
 
 
-@pytest.fixture(scope="module")
-def fast_ops():
-    assert fast_cpu_ops.enable(True), fast_cpu_ops.status()
-    yield
-    fast_cpu_ops.enable(False)
-
-
 def _forward_backward(layer, x_np, g_np, fast):
     fast_cpu_ops.enable(fast)
     x = paddle.to_tensor(x_np, stop_gradient=False)

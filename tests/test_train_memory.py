@@ -17,13 +17,6 @@ HAVE_CXX = fast_cpu_ops.cxx_compiler()[0] is not None
 pytestmark = pytest.mark.skipif(not HAVE_CXX, reason="no C++ compiler: the fused kernels cannot be built here")
 
 
-@pytest.fixture(scope="module")
-def fast_ops():
-    assert fast_cpu_ops.enable(True), fast_cpu_ops.status()
-    yield
-    fast_cpu_ops.enable(False)
-
-
 def _pair(channels, seed, gamma_sign=True):
     """A BatchNorm and a PReLU with random (but invertible) parameters and running statistics."""
     rng = np.random.RandomState(seed)
