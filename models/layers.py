@@ -95,6 +95,24 @@ def bn_prelu(bn, prelu, x):
     return fast_cpu_ops.batchnorm_prelu(x, bn, prelu)
 
 
+def conv_channels_last(conv, x):
+    """`conv(x)` for NHWC `x` and out, with the conv layer's own NCHW-shaped weight: the
+    channels-last kernels (models/fast_cpu_ops.py) for depthwise and dense convolutions without
+    bias, else the layer itself between two transposes."""
+    if isinstance(conv, DepthwiseConv2D) and conv._fast_geometry() is not None:
+        return fast_cpu_ops.depthwise_conv2d_nhwc(x, conv.weight, *conv._fast_geometry())
+    if (type(conv) is nn.Conv2D and conv._groups == 1 and conv.bias is None and conv._padding_mode == "zeros"
+            and list(conv._dilation) == [1, 1] and conv._stride[0] == conv._stride[1]
+            and isinstance(conv._padding, int) and conv._kernel_size[0] == conv._kernel_size[1]):
+        return fast_cpu_ops.conv2d_nhwc(x, conv.weight, conv._stride[0], conv._padding)
+    return paddle.transpose(conv(paddle.transpose(x, [0, 3, 1, 2])), [0, 2, 3, 1])
+
+
+def bn_prelu_channels_last(bn, prelu, x):
+    """`bn_prelu` for NHWC `x` and out (fast_cpu_ops.batchnorm_prelu_nhwc)."""
+    return fast_cpu_ops.batchnorm_prelu_nhwc(x, bn, prelu)
+
+
 def make_batchnorm(channels):
     """BatchNorm2D with scale 1 and shift 0; state names weight, bias, _mean, _variance."""
     return nn.BatchNorm2D(
@@ -136,6 +154,13 @@ class ConvBN(nn.Layer):
             return self.relu(self.bn(x))
         return bn_prelu(self.bn, None, x)
 
+    def forward_channels_last(self, x):
+        """`forward` on NHWC `x` (CPU training with the channels-last kernels), NHWC out."""
+        x = conv_channels_last(self.conv, x)
+        if self.act == "relu":
+            return paddle.nn.functional.relu(bn_prelu_channels_last(self.bn, None, x))
+        return bn_prelu_channels_last(self.bn, self.prelu if self.act == "prelu" else None, x)
+
 
 def ConvBNPReLU(in_channels, out_channels, kernel_size, stride=1, padding=0, depthwise=False):
     """ConvBN followed by a per-channel PReLU."""
@@ -163,24 +188,26 @@ def _batchnorms(layer):
     return [m for m in layer.sublayers(include_self=True) if isinstance(m, nn.BatchNorm2D)]
 
 
-def recomputed(layer, x):
+def recomputed(layer, x, run_layer=None):
     """`layer(x)` whose activations are not kept for the backward pass: they are computed again
     there from `x` (paddle.distributed.fleet.utils.recompute, hook implementation), trading one
     more forward pass of `layer` for its activation memory. Loss and gradients equal `layer(x)`.
 
     The second forward would update the BatchNorm running statistics a second time; they are
     put back to their values after the first, so the statistics also equal the plain run's.
+    `run_layer` (default: `layer` itself) is what runs, e.g. layer.forward_channels_last.
     """
     norms = _batchnorms(layer)
     calls = []
+    run_layer = run_layer or layer
 
     def run(inp):
         calls.append(1)
         if len(calls) == 1 or not norms:
-            return layer(inp)
+            return run_layer(inp)
         with paddle.no_grad():
             kept = [(paddle.assign(bn._mean), paddle.assign(bn._variance)) for bn in norms]
-        out = layer(inp)
+        out = run_layer(inp)
         with paddle.no_grad():
             for bn, (mean, var) in zip(norms, kept):
                 paddle.assign(mean, output=bn._mean)
@@ -191,10 +218,12 @@ def recomputed(layer, x):
 
 
 @paddle.jit.not_to_static  # export traces it as the plain loop it is in eval mode
-def run_layers(layers, x, recompute=False):
+def run_layers(layers, x, recompute=False, channels_last=False):
     """`x` through `layers` in order; with `recompute` (in training, with gradients on) each one
-    through `recomputed`, so only the inputs of the layers stay in memory until the backward."""
+    through `recomputed`, so only the inputs of the layers stay in memory until the backward.
+    `channels_last`: NHWC `x`, each layer run by its forward_channels_last."""
     use = recompute and paddle.is_grad_enabled() and any(layer.training for layer in layers)
     for layer in layers:
-        x = recomputed(layer, x) if use else layer(x)
+        run_layer = layer.forward_channels_last if channels_last else layer
+        x = recomputed(layer, x, run_layer) if use else run_layer(x)
     return x

@@ -20,10 +20,13 @@ linear7, linear1), so its checkpoints load by name.
 import paddle
 import paddle.nn as nn
 
+from models import fast_cpu_ops
 from models.layers import (
     ConvBN,
     ConvBNPReLU,
     bn_prelu,
+    bn_prelu_channels_last,
+    conv_channels_last,
     make_batchnorm,
     make_conv,
     make_depthwise_conv,
@@ -71,6 +74,14 @@ class Bottleneck(nn.Layer):
         out = bn_prelu(c[7], None, c[6](out))
         return x + out if self.use_residual else out
 
+    def forward_channels_last(self, x):
+        """`forward` on NHWC activations (CPU training with the channels-last kernels)."""
+        c = self.conv
+        out = bn_prelu_channels_last(c[1], c[2], conv_channels_last(c[0], x))
+        out = bn_prelu_channels_last(c[4], c[5], conv_channels_last(c[3], out))
+        out = bn_prelu_channels_last(c[7], None, conv_channels_last(c[6], out))
+        return x + out if self.use_residual else out
+
 
 class MobileFaceNet(nn.Layer):
     """112x112x3 -> [N, embedding_size] raw (not normalised) face features."""
@@ -97,6 +108,15 @@ class MobileFaceNet(nn.Layer):
         self.linear1 = ConvBN(512, embedding_size, 1, act=None)
 
     def forward(self, x):
+        if self.training and fast_cpu_ops.channels_last_for(x):
+            # CPU training: the same layers on [N, H, W, C] activations (faster there, see
+            # models/fast_cpu_ops.py); after the global 7x7 conv the map is 1x1, so flattening
+            # either layout gives the same [N, C].
+            x = run_layers([self.conv1, self.dw_conv1, *self.blocks], paddle.transpose(x, [0, 2, 3, 1]),
+                           self.recompute, channels_last=True)
+            for layer in (self.conv2, self.linear7, self.linear1):
+                x = layer.forward_channels_last(x)
+            return paddle.flatten(x, start_axis=1)
         x = run_layers([self.conv1, self.dw_conv1, *self.blocks], x, self.recompute)
         x = self.conv2(x)
         x = self.linear7(x)
