@@ -76,6 +76,8 @@ def parse_args(argv=None):
     p.add_argument("--no-mkl-shim", action="store_true")
     p.add_argument("--no-fast-ops", action="store_true")
     p.add_argument("--no-allocator", action="store_true")
+    p.add_argument("--no-channels-last", action="store_true", help="MobileFaceNet in NCHW with the fused kernels "
+                   "(FACEFEAT_NO_CHANNELS_LAST=1) instead of channels-last")
     p.add_argument("--no-fused-bn", action="store_true", help="BatchNorm + PReLU as Paddle's two layers "
                    "(FACEFEAT_NO_FUSED_BN=1): autograd keeps the conv and BatchNorm outputs too")
     p.add_argument("--allocator", choices=sorted(ALLOCATORS), default=None,
@@ -121,6 +123,8 @@ def setup(args):
 
     if args.no_fused_bn:
         os.environ["FACEFEAT_NO_FUSED_BN"] = "1"
+    if args.no_channels_last:
+        os.environ["FACEFEAT_NO_CHANNELS_LAST"] = "1"
     report = setup_cpu_speed(enabled=not args.plain, allocator=not (args.no_allocator or args.allocator))
     if args.allocator:
         import ctypes

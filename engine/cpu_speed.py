@@ -16,8 +16,9 @@ returned dict holds one status line per item, saying whether it is on or off and
 2. Allocator: glibc returns every large block (a batch-64 activation is 50-100 MB) to the kernel
    on free and page-faults it back in on the next allocation; that was ~15% of training time in
    system calls. mallopt keeps freed memory in the heap instead (glibc only).
-3. Fused C++ PReLU and depthwise-conv kernels (models/fast_cpu_ops.py), compiled once and cached;
-   without a C++ compiler training runs Paddle's own operators and the status line says why.
+3. Fused C++ kernels (models/fast_cpu_ops.py: PReLU, depthwise conv, BatchNorm + PReLU, and
+   MobileFaceNet's channels-last path), compiled once and cached; without a C++ compiler training
+   runs Paddle's own operators and the status line says why.
 
 FACEFEAT_CPU_SPEEDUP=0 (or Global.cpu_speedup: False) turns all three off;
 FACEFEAT_NO_MKL_SHIM=1 / FACEFEAT_NO_FAST_OPS=1 turn off one each. A GPU run should not call it.

@@ -1,20 +1,25 @@
-"""Fused CPU kernels for PReLU, depthwise convolution and BatchNorm + PReLU, built from models/csrc
-at run time. (BatchNorm + PReLU is there for memory: see batchnorm_prelu below.)
+"""Fused CPU training kernels, built from models/csrc at run time: PReLU, depthwise convolution and
+BatchNorm + PReLU in NCHW (csrc/fast_cpu_ops.cc), and MobileFaceNet's channels-last (NHWC) path
+(csrc/channels_last_ops.cc: pointwise convolutions as one MKL matrix product each, NHWC depthwise
+convolution and BatchNorm + PReLU). BatchNorm + PReLU is there for memory: see batchnorm_prelu below.
 
-Why: in Paddle eager mode on CPU these two layers took about 75% of MobileFaceNet's training
+Why: in Paddle eager mode on CPU these layers took about 75% of MobileFaceNet's training
 time (PReLU forward+backward alone about half), because Paddle's CPU kernels for them run far
-below memory bandwidth. The C++ custom operators in csrc/fast_cpu_ops.cc do the same arithmetic
-(same formulas, float32, per-channel sums accumulated in double) plane by plane.
+below memory bandwidth; and Paddle's NCHW convolutions run one small matrix product per image.
+The C++ custom operators do the same arithmetic (same formulas, float32, per-channel sums
+accumulated in double).
 
 The kernels are optional. `enable()` compiles them once with the machine's C++ compiler through
-paddle.utils.cpp_extension (about 30 s the first time, then cached in the project's cache folder
-under `build_key()`: a hash of the source, the Paddle version and commit, the compilers and their
-versions, the flags, the Python version and environment (sys.prefix) and the CPU model and flags,
-so separate virtualenvs on one machine never rebuild or load each other's library). It returns
-False, never raising, with the reason in `status()`, when that is not possible (no compiler, no
-Paddle headers...). Until `enable()` succeeds, and always for tensors that are not float32 on CPU
-in dygraph mode (GPU, AMP, to_static/export tracing), the layers in models/layers.py run Paddle's
-own operators, so exported inference models never contain these custom operators.
+paddle.utils.cpp_extension (about 40 s the first time, then cached in the project's cache folder
+under `build_key()`: a hash of the sources, the Paddle version and commit, the compilers and their
+versions, the flags, the MKL library, the Python version and environment (sys.prefix) and the CPU
+model and flags, so separate virtualenvs on one machine never rebuild or load each other's
+library). It returns False, never raising, with the reason in `status()`, when that is not possible
+(no compiler, no Paddle headers...). Where Paddle's wheel has no MKL (libmklml_intel.so) the
+channels-last kernels are compiled out and MobileFaceNet trains in NCHW. Until `enable()` succeeds,
+and always for tensors that are not float32 on CPU in dygraph mode (GPU, AMP, to_static/export
+tracing), the layers in models/layers.py run Paddle's own operators, so exported inference models
+never contain these custom operators.
 """
 import contextlib
 import fcntl
@@ -345,7 +350,8 @@ class _BatchNormPReLUNHWC(paddle.autograd.PyLayer):
 def batchnorm_prelu_nhwc(x, bn, prelu=None):
     """`batchnorm_prelu` for NHWC `x` (channels last) with the same BatchNorm2D and PReLU layers:
     the fused kernel when it applies, else Paddle's own NHWC operators with the layers' parameters."""
-    if _fused_bn and bn.training and not bn._use_global_stats and bn.weight is not None and bn.bias is not None:
+    if (_fused_bn and bn.training and not bn._use_global_stats and bn.weight is not None and bn.bias is not None
+            and not bn.weight.stop_gradient and not bn.bias.stop_gradient):
         with paddle.no_grad():
             invertible = float(bn.weight.abs().min()) >= GAMMA_FLOOR and (
                 prelu is None or float(prelu._weight.min()) > 0.0)
@@ -353,6 +359,6 @@ def batchnorm_prelu_nhwc(x, bn, prelu=None):
             slope = prelu._weight if prelu is not None else _ones(int(x.shape[-1]))
             return _BatchNormPReLUNHWC.apply(x, bn.weight, bn.bias, slope, bn)
     z = paddle.nn.functional.batch_norm(x, bn._mean, bn._variance, weight=bn.weight, bias=bn.bias,
-                                        training=bn.training and not bn._use_global_stats, momentum=bn._momentum,
-                                        epsilon=bn._epsilon, data_format="NHWC")
+                                        training=bn.training, momentum=bn._momentum, epsilon=bn._epsilon,
+                                        data_format="NHWC", use_global_stats=bn._use_global_stats)
     return z if prelu is None else paddle.nn.functional.prelu(z, prelu._weight, data_format="NHWC")
