@@ -221,3 +221,29 @@ def test_batchnorm_fallback_in_eval_mode_uses_running_statistics(fast_ops):
     want = prelu(bn(paddle.to_tensor(x))).numpy()
     got = fast_cpu_ops.batchnorm_prelu_nhwc(paddle.to_tensor(nhwc(x)), bn, prelu).numpy()
     np.testing.assert_allclose(nchw(got), want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_onednn_matrix_product_gives_the_same_convolution(tmp_path):
+    """FACEFEAT_CPU_GEMM=dnnl builds the kernels on oneDNN's sgemm (a separate build: one process
+    cannot load two libraries with the same operators, so it runs in a child)."""
+    if fast_cpu_ops.dnnl_library() is None:
+        pytest.skip("no oneDNN in Paddle's wheel")
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, paddle\n"
+        "from models import fast_cpu_ops\n"
+        "from models.layers import conv_channels_last, make_conv\n"
+        "assert fast_cpu_ops.enable(True), fast_cpu_ops.status()\n"
+        "assert 'oneDNN matrix products' in fast_cpu_ops.status(), fast_cpu_ops.status()\n"
+        "conv = make_conv(8, 16, 1)\n"
+        "x = np.random.RandomState(0).randn(2, 8, 5, 5).astype('float32')\n"
+        "want = conv(paddle.to_tensor(x)).numpy()\n"
+        "got = conv_channels_last(conv, paddle.to_tensor(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))).numpy()\n"
+        "print(float(np.abs(got.transpose(0, 3, 1, 2) - want).max()))\n")
+    env = {**os.environ, fast_cpu_ops.GEMM_ENV: "dnnl"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(__file__)), env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.strip().splitlines()[-1]) < 1e-4

@@ -27,8 +27,14 @@ inline int omp_get_thread_num() { return 0; }
 inline int omp_get_num_threads() { return 1; }
 #endif
 
+#ifdef FACEFEAT_GEMM_DNNL
+// oneDNN's C API (row-major; dnnl_dim_t is int64_t); its own kernels, fast on any x86 vendor.
+extern "C" int dnnl_sgemm(char trans_a, char trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                          int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+#else
 extern "C" void cblas_sgemm(int layout, int trans_a, int trans_b, int m, int n, int k, float alpha, const float* a,
                             int lda, const float* b, int ldb, float beta, float* c, int ldc);
+#endif
 
 namespace {
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
@@ -40,10 +46,15 @@ void check_f32(const paddle::Tensor& t, const char* name) {
 
 // C[m, n] = op(A) op(B), row-major; op = transpose when the flag is set.
 void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a, const float* b, float* c) {
+#ifdef FACEFEAT_GEMM_DNNL
+  const int status = dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', m, n, k, 1.f, a, ta ? m : k, b, tb ? k : n, 0.f, c, n);
+  PD_CHECK(status == 0, "dnnl_sgemm failed with status ", status);
+#else
   PD_CHECK(m < (1LL << 31) && n < (1LL << 31) && k < (1LL << 31), "matrix too large for 32-bit BLAS");
   cblas_sgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, static_cast<int>(m), static_cast<int>(n),
               static_cast<int>(k), 1.f, a, static_cast<int>(ta ? m : k), b, static_cast<int>(tb ? k : n), 0.f, c,
               static_cast<int>(n));
+#endif
 }
 
 // [rows) of `total` for thread t of nt: a fixed split, so sums are reproducible for one thread count.
