@@ -283,9 +283,13 @@ def _update_running_stats(bn, mean, var):
 
 
 class _BatchNormPReLU(paddle.autograd.PyLayer):
+    """The fused layer over dim 1 (NCHW), or over the last dim with channels_last=True (NHWC)."""
+
     @staticmethod
-    def forward(ctx, x, gamma, beta, slope, bn):
-        y, mean, var, inv_std = _module.fast_bn_prelu(x, gamma, beta, slope, float(bn._epsilon))
+    def forward(ctx, x, gamma, beta, slope, bn, channels_last=False):
+        forward_op = _module.fast_bn_prelu_nhwc if channels_last else _module.fast_bn_prelu
+        ctx.backward_op = _module.fast_bn_prelu_nhwc_backward if channels_last else _module.fast_bn_prelu_backward
+        y, mean, var, inv_std = forward_op(x, gamma, beta, slope, float(bn._epsilon))
         _update_running_stats(bn, mean, var)
         # y.detach(): the same memory, but not the output object itself, which would hold this
         # context through its grad node (a reference cycle until the backward pass)
@@ -296,7 +300,7 @@ class _BatchNormPReLU(paddle.autograd.PyLayer):
     @staticmethod
     def backward(ctx, grad_y):
         y, gamma, beta, slope, inv_std = ctx.saved_tensor()
-        dx, dgamma, dbeta, dslope = _module.fast_bn_prelu_backward(y, grad_y, gamma, beta, slope, inv_std)
+        dx, dgamma, dbeta, dslope = ctx.backward_op(y, grad_y, gamma, beta, slope, inv_std)
         return dx, dgamma, dbeta, (dslope if ctx.slope_grad else None)
 
 
@@ -355,24 +359,6 @@ def depthwise_conv2d_nhwc(x, weight, stride, padding):
     return _module.fast_depthwise_conv2d_nhwc(x, weight, int(stride), int(padding))
 
 
-class _BatchNormPReLUNHWC(paddle.autograd.PyLayer):
-    """_BatchNormPReLU over the last dim of NHWC activations."""
-
-    @staticmethod
-    def forward(ctx, x, gamma, beta, slope, bn):
-        y, mean, var, inv_std = _module.fast_bn_prelu_nhwc(x, gamma, beta, slope, float(bn._epsilon))
-        _update_running_stats(bn, mean, var)
-        ctx.save_for_backward(y.detach(), gamma, beta, slope, inv_std)
-        ctx.slope_grad = not slope.stop_gradient
-        return y
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        y, gamma, beta, slope, inv_std = ctx.saved_tensor()
-        dx, dgamma, dbeta, dslope = _module.fast_bn_prelu_nhwc_backward(y, grad_y, gamma, beta, slope, inv_std)
-        return dx, dgamma, dbeta, (dslope if ctx.slope_grad else None)
-
-
 def batchnorm_prelu_nhwc(x, bn, prelu=None):
     """`batchnorm_prelu` for NHWC `x` (channels last) with the same BatchNorm2D and PReLU layers:
     the fused kernel when it applies, else Paddle's own NHWC operators with the layers' parameters."""
@@ -383,7 +369,7 @@ def batchnorm_prelu_nhwc(x, bn, prelu=None):
                 prelu is None or float(prelu._weight.min()) > 0.0)
         if invertible and int(np.prod(x.shape[:-1])) > 1:
             slope = prelu._weight if prelu is not None else _ones(int(x.shape[-1]))
-            return _BatchNormPReLUNHWC.apply(x, bn.weight, bn.bias, slope, bn)
+            return _BatchNormPReLU.apply(x, bn.weight, bn.bias, slope, bn, True)
     z = paddle.nn.functional.batch_norm(x, bn._mean, bn._variance, weight=bn.weight, bias=bn.bias,
                                         training=bn.training, momentum=bn._momentum, epsilon=bn._epsilon,
                                         data_format="NHWC", use_global_stats=bn._use_global_stats)
