@@ -187,7 +187,9 @@ def run_variants(args, argv):
               f"(x{pss / statistics.median(r['peak_pss'] for r in results[first]):.2f})")
 
 
-def build(args, num_classes):
+def build(args, num_classes, dtype="float32"):
+    """Model and AdamW; the weights are always drawn in float32 (so a float64 reference starts from
+    the very same weights, cast: drawn in float64, some initialisers give other numbers)."""
     import paddle
 
     from models import ArcMargin, FaceRecModel, build_backbone
@@ -195,6 +197,9 @@ def build(args, num_classes):
     paddle.seed(args.seed)
     backbone = build_backbone(args.model, recompute=args.recompute)
     model = FaceRecModel(backbone, ArcMargin(backbone.embedding_size, num_classes))
+    if dtype != "float32":
+        model.to(dtype=dtype)
+        paddle.set_default_dtype(dtype)  # the head's constants and the optimizer state too
     model.train()
     decay = {p.name for p in model.parameters() if len(p.shape) > 1}
     opt = paddle.optimizer.AdamW(learning_rate=1e-3, parameters=model.parameters(), weight_decay=0.05,
@@ -353,8 +358,7 @@ def main(argv=None):
 
     if args.losses_json:  # reference run for --check-loss
         dtype = "float64" if args.float64 else "float32"
-        paddle.set_default_dtype(dtype)  # parameters and optimizer state in that precision
-        model, opt = build(args, args.classes)
+        model, opt = build(args, args.classes, dtype)  # parameters and optimizer state in that precision
         batches = synthetic_batches(args, args.classes)
         losses = []
         for _ in range(args.steps):
