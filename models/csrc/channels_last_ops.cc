@@ -63,6 +63,36 @@ inline void thread_rows(int64_t total, int t, int nt, int64_t* begin, int64_t* e
   *end = total * (t + 1) / nt;
 }
 
+// Sums of `width` columns over `rows` rows, in double: each thread sums its fixed share of rows,
+// `block_rows` at a time in float (vectorised over the columns), and the threads' sums are added
+// in thread order. `add_block(r0, r1, float* part)` adds rows [r0, r1) into part[width] (zeroed).
+template <typename AddBlock>
+void column_sums(int64_t rows, int64_t width, int64_t block_rows, AddBlock add_block, std::vector<double>* out) {
+  const int nt_max = omp_get_max_threads();
+  std::vector<double> partial(static_cast<size_t>(nt_max) * width, 0.0);
+  int used = 1;
+#pragma omp parallel
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+#pragma omp single
+    used = nt;
+    int64_t r0, r1;
+    thread_rows(rows, t, nt, &r0, &r1);
+    double* __restrict acc = partial.data() + static_cast<size_t>(t) * width;
+    std::vector<float> block(width);
+    float* __restrict part = block.data();
+    for (int64_t r = r0; r < r1; r += block_rows) {
+      std::fill(part, part + width, 0.f);
+      add_block(r, std::min(r + block_rows, r1), part);
+#pragma omp simd
+      for (int64_t i = 0; i < width; ++i) acc[i] += part[i];
+    }
+  }
+  out->assign(width, 0.0);
+  for (int t = 0; t < used; ++t)
+    for (int64_t i = 0; i < width; ++i) (*out)[i] += partial[static_cast<size_t>(t) * width + i];
+}
+
 struct ConvGeom {
   int64_t n, h, w, ci, co, k, stride, pad, oh, ow;
 };
@@ -299,23 +329,11 @@ std::vector<paddle::Tensor> DwNhwcBackward(const paddle::Tensor& x, const paddle
       }
     }
   }
-  // dw[tap][c] = sum over outputs of dy * x under that tap: per output row in float, then into a
-  // double sum per thread, then the threads' sums in order.
-  const int nt_max = omp_get_max_threads();
-  std::vector<double> partial(static_cast<size_t>(nt_max) * kk * c, 0.0);
-  int used = 1;
-#pragma omp parallel
-  {
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-#pragma omp single
-    used = nt;
-    int64_t r0, r1;
-    thread_rows(g.n * g.oh, t, nt, &r0, &r1);
-    double* acc = partial.data() + static_cast<size_t>(t) * kk * c;
-    std::vector<float> row(kk * c);
+  // dw[tap][c] = sum over outputs of dy * x under that tap: per output row in float, then in double.
+  std::vector<double> sums;
+  column_sums(g.n * g.oh, kk * c, 1, [&](int64_t r0, int64_t r1, float* row) {
     for (int64_t nr = r0; nr < r1; ++nr) {
       const int64_t b = nr / g.oh, oh = nr % g.oh;
-      std::fill(row.begin(), row.end(), 0.f);
       for (int64_t ow = 0; ow < g.ow; ++ow) {
         const float* go = pdy + (nr * g.ow + ow) * c;
         for (int64_t kh = 0; kh < g.k; ++kh) {
@@ -325,23 +343,17 @@ std::vector<paddle::Tensor> DwNhwcBackward(const paddle::Tensor& x, const paddle
             const int64_t iw = ow * g.stride - g.pad + kw;
             if (iw < 0 || iw >= g.w) continue;
             const float* xi = px + ((b * g.h + ih) * g.w + iw) * c;
-            float* r = row.data() + (kh * g.k + kw) * c;
+            float* r = row + (kh * g.k + kw) * c;
 #pragma omp simd
             for (int64_t j = 0; j < c; ++j) r[j] += go[j] * xi[j];
           }
         }
       }
-#pragma omp simd
-      for (int64_t i = 0; i < kk * c; ++i) acc[i] += row[i];
     }
-  }
+  }, &sums);
   float* pdw = dw.data<float>();
   for (int64_t ch = 0; ch < c; ++ch)
-    for (int64_t i = 0; i < kk; ++i) {
-      double s = 0.0;
-      for (int t = 0; t < used; ++t) s += partial[(static_cast<size_t>(t) * kk + i) * c + ch];
-      pdw[ch * kk + i] = static_cast<float>(s);
-    }
+    for (int64_t i = 0; i < kk; ++i) pdw[ch * kk + i] = static_cast<float>(sums[i * c + ch]);
   return {dx, dw};
 }
 
@@ -371,36 +383,6 @@ PD_BUILD_GRAD_OP(fast_depthwise_conv2d_nhwc)
 // variance E[x^2] - mean^2 in double loses nothing that matters unless |mean| >> spread).
 namespace {
 constexpr int64_t kBlockRows = 16;  // rows summed in float before they are added to the double sums
-
-// Per-channel sums over the rows of [M, C], in double: each thread sums its fixed share of rows,
-// kBlockRows at a time in float (vectorised over the channels), and the threads' sums are added
-// in thread order. `add_block(r0, r1, float* part)` adds rows [r0, r1) into part[width] (zeroed).
-template <typename AddBlock>
-void channel_sums(int64_t rows, int64_t width, AddBlock add_block, std::vector<double>* out) {
-  const int nt_max = omp_get_max_threads();
-  std::vector<double> partial(static_cast<size_t>(nt_max) * width, 0.0);
-  int used = 1;
-#pragma omp parallel
-  {
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-#pragma omp single
-    used = nt;
-    int64_t r0, r1;
-    thread_rows(rows, t, nt, &r0, &r1);
-    double* __restrict acc = partial.data() + static_cast<size_t>(t) * width;
-    std::vector<float> block(width);
-    float* __restrict part = block.data();
-    for (int64_t r = r0; r < r1; r += kBlockRows) {
-      std::fill(part, part + width, 0.f);
-      add_block(r, std::min(r + kBlockRows, r1), part);
-#pragma omp simd
-      for (int64_t i = 0; i < width; ++i) acc[i] += part[i];
-    }
-  }
-  out->assign(width, 0.0);
-  for (int t = 0; t < used; ++t)
-    for (int64_t i = 0; i < width; ++i) (*out)[i] += partial[static_cast<size_t>(t) * width + i];
-}
 
 // sum and sum of squares of x's rows [r0, r1) into part[0:c] and part[c:2c]
 inline void add_moments(const float* __restrict x, int64_t c, int64_t r0, int64_t r1, float* __restrict part) {
@@ -458,7 +440,7 @@ std::vector<paddle::Tensor> BnPreluNhwcForward(const paddle::Tensor& x, const pa
   auto inv_std = paddle::empty({c}, x.dtype(), x.place());
   const float* px = x.data<float>();
   std::vector<double> sums;
-  channel_sums(m, 2 * c, [&](int64_t r0, int64_t r1, float* part) { add_moments(px, c, r0, r1, part); }, &sums);
+  column_sums(m, 2 * c, kBlockRows, [&](int64_t r0, int64_t r1, float* part) { add_moments(px, c, r0, r1, part); }, &sums);
   std::vector<float> scale(c), shift(c);
   const float* pg = gamma.data<float>();
   const float* pb = beta.data<float>();
@@ -513,7 +495,7 @@ std::vector<paddle::Tensor> BnPreluNhwcBackward(const paddle::Tensor& y, const p
   const float* pig = inv_g.data();
   // sums of dz, dz * x_hat and the slope gradient, per channel
   std::vector<double> sums;
-  channel_sums(m, 3 * c, [&](int64_t r0, int64_t r1, float* part) {
+  column_sums(m, 3 * c, kBlockRows, [&](int64_t r0, int64_t r1, float* part) {
     add_backward_sums(py, pdy, pa, pia, pb, pig, c, r0, r1, part);
   }, &sums);
   std::vector<float> k(c), mean_dz(c), mean_dzx(c);
