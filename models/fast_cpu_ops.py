@@ -226,7 +226,7 @@ def enable(on=True):
     if os.environ.get(NO_CHANNELS_LAST_ENV, "").strip() not in ("", "0"):
         layout = f"; MobileFaceNet in NCHW: {NO_CHANNELS_LAST_ENV}={os.environ[NO_CHANNELS_LAST_ENV]}"
     elif not hasattr(_module, "fast_conv2d_nhwc"):
-        layout = "; MobileFaceNet in NCHW: no MKL library in Paddle's wheel for the channels-last kernels"
+        layout = "; MobileFaceNet in NCHW: no MKL or oneDNN library in Paddle's wheel for the channels-last kernels"
     else:
         _channels_last = True
         gemm = {"mkl": "MKL", "dnnl": "oneDNN"}[gemm_choice()]
@@ -304,11 +304,20 @@ class _BatchNormPReLU(paddle.autograd.PyLayer):
         return dx, dgamma, dbeta, (dslope if ctx.slope_grad else None)
 
 
-def _batchnorm_fusable(x, bn):
-    return (_fused_bn and usable_for(x) and bn.training and not bn._use_global_stats and x.ndim >= 2
-            and bn._data_format in ("NCHW", "NC", "NCL", "NCDHW") and bn.weight is not None
+def _fused_slope(bn, prelu, channels, values_per_channel):
+    """The per-channel slope the fused layer runs `bn` (+ `prelu`) with (PReLU's own, or ones for a
+    BatchNorm alone), or None when it does not apply: not enabled, not training on batch statistics,
+    frozen or missing affine parameters, a single value per channel, or not invertible (see above)."""
+    if not (_fused_bn and bn.training and not bn._use_global_stats and bn.weight is not None
             and bn.bias is not None and not bn.weight.stop_gradient and not bn.bias.stop_gradient
-            and int(x.shape[0]) * (int(np.prod(x.shape[2:])) if x.ndim > 2 else 1) > 1)
+            and values_per_channel > 1):
+        return None
+    with paddle.no_grad():
+        invertible = float(bn.weight.abs().min()) >= GAMMA_FLOOR and (
+            prelu is None or float(prelu._weight.min()) > 0.0)
+    if not invertible:
+        return None
+    return prelu._weight if prelu is not None else _ones(channels)
 
 
 @paddle.jit.not_to_static  # export traces the plain operators below (usable_for is False there)
@@ -318,13 +327,12 @@ def batchnorm_prelu(x, bn, prelu=None):
     is kept for the backward pass (see above). Plain operators when the fused kernel does not apply."""
     if prelu is not None and (prelu._data_format != "NCHW" or prelu._num_parameters != x.shape[1]):
         return prelu(bn(x))
-    if _batchnorm_fusable(x, bn):
-        with paddle.no_grad():
-            invertible = float(bn.weight.abs().min()) >= GAMMA_FLOOR and (
-                prelu is None or float(prelu._weight.min()) > 0.0)
-        if invertible:
-            slope = prelu._weight if prelu is not None else _ones(int(x.shape[1]))
-            return _BatchNormPReLU.apply(x, bn.weight, bn.bias, slope, bn)
+    slope = None
+    if usable_for(x) and x.ndim >= 2 and bn._data_format in ("NCHW", "NC", "NCL", "NCDHW"):
+        values = int(x.shape[0]) * (int(np.prod(x.shape[2:])) if x.ndim > 2 else 1)
+        slope = _fused_slope(bn, prelu, int(x.shape[1]), values)
+    if slope is not None:
+        return _BatchNormPReLU.apply(x, bn.weight, bn.bias, slope, bn)
     return prelu(bn(x)) if prelu is not None else bn(x)
 
 
@@ -362,14 +370,9 @@ def depthwise_conv2d_nhwc(x, weight, stride, padding):
 def batchnorm_prelu_nhwc(x, bn, prelu=None):
     """`batchnorm_prelu` for NHWC `x` (channels last) with the same BatchNorm2D and PReLU layers:
     the fused kernel when it applies, else Paddle's own NHWC operators with the layers' parameters."""
-    if (_fused_bn and bn.training and not bn._use_global_stats and bn.weight is not None and bn.bias is not None
-            and not bn.weight.stop_gradient and not bn.bias.stop_gradient):
-        with paddle.no_grad():
-            invertible = float(bn.weight.abs().min()) >= GAMMA_FLOOR and (
-                prelu is None or float(prelu._weight.min()) > 0.0)
-        if invertible and int(np.prod(x.shape[:-1])) > 1:
-            slope = prelu._weight if prelu is not None else _ones(int(x.shape[-1]))
-            return _BatchNormPReLU.apply(x, bn.weight, bn.bias, slope, bn, True)
+    slope = _fused_slope(bn, prelu, int(x.shape[-1]), int(np.prod(x.shape[:-1])))
+    if slope is not None:
+        return _BatchNormPReLU.apply(x, bn.weight, bn.bias, slope, bn, True)
     z = paddle.nn.functional.batch_norm(x, bn._mean, bn._variance, weight=bn.weight, bias=bn.bias,
                                         training=bn.training, momentum=bn._momentum, epsilon=bn._epsilon,
                                         data_format="NHWC", use_global_stats=bn._use_global_stats)

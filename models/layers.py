@@ -99,8 +99,9 @@ def conv_channels_last(conv, x):
     """`conv(x)` for NHWC `x` and out, with the conv layer's own NCHW-shaped weight: the
     channels-last kernels (models/fast_cpu_ops.py) for depthwise and dense convolutions without
     bias, else the layer itself between two transposes."""
-    if isinstance(conv, DepthwiseConv2D) and conv._fast_geometry() is not None:
-        return fast_cpu_ops.depthwise_conv2d_nhwc(x, conv.weight, *conv._fast_geometry())
+    geometry = conv._fast_geometry() if isinstance(conv, DepthwiseConv2D) else None
+    if geometry is not None:
+        return fast_cpu_ops.depthwise_conv2d_nhwc(x, conv.weight, *geometry)
     if (type(conv) is nn.Conv2D and conv._groups == 1 and conv.bias is None and conv._padding_mode == "zeros"
             and list(conv._dilation) == [1, 1] and conv._stride[0] == conv._stride[1]
             and isinstance(conv._padding, int) and conv._kernel_size[0] == conv._kernel_size[1]):
