@@ -1,6 +1,6 @@
 """Command line entry: `python main.py -c CONFIG.yaml -o Global.mode=MODE -o Key.sub=value ...`
 
-The config (YAML + overrides, checked against engine/config_schema.py) goes to the runner of
+The config (YAML + overrides, checked against engine/config/schema.py) goes to the runner of
 Global.mode (engine/<mode>.py). See engine/cli.py for the exit codes.
 """
 import sys

@@ -25,7 +25,7 @@ def main():
     args = parser.parse_args()
 
     from datasets.demo import generate_demo
-    from engine.check_dataset import check
+    from engine.runners.check_dataset import check
 
     data = os.path.join(args.out, "data")
     if not (args.keep and os.path.isfile(os.path.join(data, "train", "label.txt"))):

@@ -62,7 +62,7 @@ def main(argv=None):
     ap.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "facefeat_eval_speed"))
     args = ap.parse_args(argv)
 
-    from engine.config import load_config
+    from engine.config.loader import load_config
     from foundation.runtime import set_threads
 
     set_threads(args.threads)
@@ -78,7 +78,7 @@ def main(argv=None):
         if model_dir is None:
             import paddle
 
-            from engine.inference_folder import export_inference
+            from engine.inference.folder import export_inference
             from models import build_backbone
 
             paddle.seed(0)
@@ -90,7 +90,7 @@ def main(argv=None):
             f"Global.num_threads={args.threads}", f"Evaluate.weight_path={model_dir}",
             f"Evaluate.batch_size={args.batch_size}", f"Evaluate.flip={not args.no_flip}",
         ])
-        from engine import evaluate
+        from engine.runners import evaluate
 
         start = time.perf_counter()
         evaluate.run(cfg)

@@ -45,9 +45,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # OpenMP threads that sleep when idle: spinning ones slow batch-1 search many times on a busy machine
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from engine.gallery_index import GalleryIndex, l2_normalize_rows, set_search_threads  # noqa: E402
+from engine.gallery.faiss_index import GalleryIndex, l2_normalize_rows, set_search_threads  # noqa: E402
 
-# name -> (index_type, settings); "milvus" is Milvus Lite (engine.milvus_index, FLAT)
+# name -> (index_type, settings); "milvus" is Milvus Lite (engine.gallery.milvus_index, FLAT)
 SETTINGS = {
     "Flat": ("Flat", {}),
     "IVFPQ": ("IVFPQ", {"nprobe": 32}),
@@ -128,7 +128,7 @@ def measure(index, q, truth, per_call_1=100):
 def build_phase(args, name, index_type, settings, folder):
     """Build the index from the streamed gallery and save it in `folder`; the row's build figures."""
     if name == "milvus":
-        from engine.milvus_index import MilvusGalleryIndex
+        from engine.gallery.milvus_index import MilvusGalleryIndex
 
         index = MilvusGalleryIndex.create(os.path.join(folder, "bench.db"), "bench", args.dim, "bench",
                                           call_timeout=600)
@@ -175,7 +175,7 @@ def query_phase(args, name, folder):
     before, before_anon = rss_mb(), rss_mb(anon=True)
     knob = None if name == "milvus" else sweep_knob(SETTINGS[name][0])
     if name == "milvus":
-        from engine.milvus_index import MilvusGalleryIndex
+        from engine.gallery.milvus_index import MilvusGalleryIndex
 
         index = MilvusGalleryIndex.open(os.path.join(folder, "bench.db"), "bench", call_timeout=600)
         truth = np.load(os.path.join(folder, "ids.npy"))[truth]

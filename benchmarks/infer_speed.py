@@ -8,7 +8,7 @@ For each model: export (random weights with BatchNorm statistics calibrated on r
 --model-dir for a trained export; both Paddle formats), then time every engine installed:
   - paddle fp32 / bf16 (oneDNN) on inference.pdmodel and on inference.json (PIR executor), and
     fp32 on a copy of the folder without inference.pdmodel (as official models ship: it runs the
-    old-format program engine.program_convert writes into the cache),
+    old-format program engine.inference.program_convert writes into the cache),
   - openvino fp32 / bf16 and onnxruntime fp32 on the ONNX model (paddle2onnx, converted from the
     .json and from the .pdmodel: the two ONNX files are compared byte for byte, so an ONNX backend
     runs both formats at the same speed when they are equal),
@@ -73,7 +73,7 @@ def cosine_rows(a, b):
 def engine_specs(model_dir, threads, work):
     """[(label, spec)] of every engine installed here, the paddle fp32 .pdmodel one first; a spec is
     what a child process needs to build the engine (see build_engine)."""
-    from engine.inference_backends import cpu_bf16_class, is_installed
+    from engine.inference.backends import cpu_bf16_class, is_installed
 
     bf16 = bool(cpu_bf16_class())
     out = []
@@ -98,8 +98,8 @@ def engine_specs(model_dir, threads, work):
 
 def build_engine(spec, model_dir, threads):
     """The predictor a spec names (in the child process that times it)."""
-    from engine.inference_backends import OpenVINORunner
-    from engine.inference_model import InferenceModel
+    from engine.inference.backends import OpenVINORunner
+    from engine.inference.model import InferenceModel
 
     if spec.get("int8_file"):
         return OpenVINORunner(spec["int8_file"], "int8", threads)
@@ -126,9 +126,9 @@ def json_only_copy(model_dir, out):
 def int8_spec(model_dir, openvino_spec, threads):
     """(label, spec) for OpenVINO int8, or None: the folder's gated model when its export kept it,
     else (nncf installed) an int8 model quantized now for timing only; see the docstring."""
-    from engine.inference_folder import read_inference_yml
-    from engine.inference_model import InferenceModel
-    from engine.onnx_convert import check_images, quantize_int8
+    from engine.inference.folder import read_inference_yml
+    from engine.inference.model import InferenceModel
+    from engine.inference.onnx_convert import check_images, quantize_int8
 
     rec = read_inference_yml(model_dir).get("Int8") or {}
     if rec.get("passed"):
@@ -148,8 +148,8 @@ def int8_spec(model_dir, openvino_spec, threads):
 def onnx_formats_equal(model_dir):
     """Whether paddle2onnx gives the same ONNX bytes from inference.json and inference.pdmodel
     (None when the backends are not installed)."""
-    from engine.inference_backends import is_installed
-    from engine.inference_model import InferenceModel
+    from engine.inference.backends import is_installed
+    from engine.inference.model import InferenceModel
 
     if not (is_installed("onnxruntime") and importable("paddle2onnx")):
         return None
@@ -229,7 +229,7 @@ def main(argv=None):
         return child_main(argv[1])
     args = parse_args(argv)
     set_threads(args.threads)
-    from engine.inference_folder import export_inference
+    from engine.inference.folder import export_inference
 
     flags = cpu_flags()
     load_before = os.getloadavg()

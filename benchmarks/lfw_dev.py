@@ -47,9 +47,9 @@ import cv2  # noqa: E402
 import paddle  # noqa: E402
 
 from datasets.transforms import list_images, read_image  # noqa: E402
-from engine.inference_folder import export_inference  # noqa: E402
-from engine.model_inputs import expand_inputs  # noqa: E402
-from engine.predictor import create_model  # noqa: E402
+from engine.inference.folder import export_inference  # noqa: E402
+from engine.inference.inputs import expand_inputs  # noqa: E402
+from engine.inference.predictor import create_model  # noqa: E402
 from foundation.runtime import cpuinfo_field, set_threads  # noqa: E402
 from models import build_backbone  # noqa: E402
 from models.alignment import main_face  # noqa: E402

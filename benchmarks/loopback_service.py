@@ -37,7 +37,7 @@ def export_random_model(folder, seed=0):
     Speed and plumbing do not depend on the weights."""
     import paddle
 
-    from engine.inference_folder import export_inference
+    from engine.inference.folder import export_inference
     from models import build_backbone
 
     paddle.seed(seed)

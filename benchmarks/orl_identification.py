@@ -54,7 +54,7 @@ def parse_people(spec, orl_dir):
 
 def identification(feats, person, image, ranks=(1, 5)):
     """Per enrolment choice: rank-k accuracies and top-1 cosines. feats [N, D] normalised."""
-    from engine.gallery_index import GalleryIndex
+    from engine.gallery.faiss_index import GalleryIndex
 
     rows = []
     people = sorted(set(person))
@@ -93,7 +93,7 @@ def main(argv=None):
         raise SystemExit(f"ORL folder {args.orl_dir} does not exist (--orl-dir)")
 
     from datasets.transforms import read_image
-    from engine.recognition import FaceRecognitionPipeline
+    from engine.recognition.pipeline import FaceRecognitionPipeline
 
     people = parse_people(args.people, args.orl_dir)
     if args.heldout_from:

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from engine.gallery_index import GalleryIndex, l2_normalize_rows  # noqa: E402
+from engine.gallery.faiss_index import GalleryIndex, l2_normalize_rows  # noqa: E402
 
 
 def measure(index, q, queries):

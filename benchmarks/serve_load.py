@@ -45,7 +45,7 @@ def machine_line(threads):
 def in_process_rate(model_dir, photos, seconds, threads):
     """Photos/s of decode + recognize_image in this process, over the same photos."""
     from datasets.transforms import decode_image_bytes
-    from engine.recognition import FaceRecognitionPipeline
+    from engine.recognition.pipeline import FaceRecognitionPipeline
 
     pipe = FaceRecognitionPipeline(model_dir, det_threshold=0.5, num_threads=threads)
     index = pipe.build_index([decode_image_bytes(p) for _, p in photos], [lbl for lbl, _ in photos])

@@ -119,7 +119,7 @@ def setup(args):
         os.environ["FACEFEAT_NO_MKL_SHIM"] = "1"
     if args.no_fast_ops:
         os.environ["FACEFEAT_NO_FAST_OPS"] = "1"
-    from engine.cpu_speed import setup_cpu_speed
+    from engine.training.cpu_speed import setup_cpu_speed
 
     if args.no_fused_bn:
         os.environ["FACEFEAT_NO_FUSED_BN"] = "1"

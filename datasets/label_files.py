@@ -6,7 +6,7 @@
 One parser serves both users: the loaders (`load_train_list`, `load_pair_list`), which raise
 on the first batch of errors, and `check_dataset`, which wants every problem (up to a cap) as
 records it can print and save. Parsing never opens an image, so it stays fast on large lists;
-whether the listed files exist and decode is the checker's job (engine/check_dataset.py).
+whether the listed files exist and decode is the checker's job (engine/runners/check_dataset.py).
 
 Blank lines and lines starting with '#' are skipped. Fields are separated by whitespace, so a
 path cannot contain spaces (the reference format has the same limit).

@@ -12,9 +12,10 @@ import os
 import sys
 
 from datasets.transforms import MAX_PIXELS_ENV
-from engine import runner_for
-from engine.config import load_config
-from engine.output_folder import check_output_folder
+from engine.config.loader import load_config
+from engine.config.output_folder import check_output_folder
+from engine.config.schema import MODEL_MODES, PIPELINE_MODES
+from engine.runners import runner_for
 from foundation.errors import UserError
 from foundation.logger import quiet_library_warnings, stderr_to_log
 from foundation.runtime import num_threads_from, set_threads
@@ -22,8 +23,8 @@ from foundation.runtime import num_threads_from, set_threads
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
-        description="Face feature toolkit. Modes (Global.mode): check_dataset, train, evaluate, export, predict; "
-                    "with configs/face_recognition/pipeline.yaml: build_index, append_index, remove_index, recognize, serve.",
+        description=f"Face feature toolkit. Modes (Global.mode): {', '.join(MODEL_MODES)}; "
+                    f"with configs/face_recognition/pipeline.yaml: {', '.join(PIPELINE_MODES)}.",
     )
     parser.add_argument("-c", "--config", required=True, help="YAML config, e.g. configs/face_recognition/MobileFaceNet.yaml")
     parser.add_argument(

@@ -16,6 +16,10 @@ import numpy as np
 
 from foundation.errors import ConfigError
 
+# the folder holding the top-level packages (foundation, models, datasets, engine) and configs/:
+# the repository, or site-packages of an installed copy
+PACKAGES_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def cpuinfo_field(key):
     """A field of the first CPU in /proc/cpuinfo ('vendor_id', 'model name', 'flags', ...) or ''."""

@@ -9,7 +9,7 @@ Sub-layer names (`conv`, `bn`, `prelu`) follow PaddleClas so its checkpoints loa
 
 The factories return `PReLU` and `DepthwiseConv2D`, subclasses of the Paddle layers with the same
 parameters, which run the fused C++ kernels of models/fast_cpu_ops.py in CPU training once
-`fast_cpu_ops.enable()` has succeeded (engine/cpu_speed.py does it), and Paddle's own operators
+`fast_cpu_ops.enable()` has succeeded (engine/training/cpu_speed.py does it), and Paddle's own operators
 otherwise (GPU, AMP, export tracing, or no compiler).
 """
 import logging

@@ -71,7 +71,7 @@ def make_pair_dataset(root, n_people=4, per_person=3, seed=0):
 
 def config(**overrides):
     """The MobileFaceNet config with -o style overrides given as keyword 'A__b' -> 'A.b'."""
-    from engine.config import load_config
+    from engine.config.loader import load_config
 
     return load_config(CONFIG, [f"{k.replace('__', '.')}={v}" for k, v in overrides.items()])
 

@@ -104,7 +104,7 @@ def test_check_dataset_refuses_a_bomb_and_warns_on_1x1(demo, tmp_path):
 def test_disk_full_during_the_first_save_says_what_was_saved(tmp_path, monkeypatch):
     import errno
 
-    import engine.checkpoints as C
+    import engine.training.checkpoints as C
 
     real = C.atomic_replace_dir
     calls = []

@@ -9,7 +9,7 @@ import pytest
 
 from datasets.demo import generate_demo
 from datasets.label_files import load_pair_list, load_train_list
-from engine.config import load_config
+from engine.config.loader import load_config
 from foundation.errors import ConfigError, DatasetError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,7 +35,7 @@ def data(demo, tmp_path):
 
 
 def check(dataset_dir, output, *overrides):
-    from engine import check_dataset
+    from engine.runners import check_dataset
 
     cfg = load_config(CONFIG, ["Global.mode=check_dataset", f"Global.dataset_dir={dataset_dir}",
                                f"Global.output={output}", *overrides])

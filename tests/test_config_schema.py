@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from engine.config import load_config
-from engine.config_schema import ModelConfig, PipelineConfig, leaf_fields
+from engine.config.loader import load_config
+from engine.config.schema import ModelConfig, PipelineConfig, leaf_fields
 from foundation.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

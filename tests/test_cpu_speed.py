@@ -1,4 +1,4 @@
-"""engine/cpu_speed.py and the fused-kernel cache key: the MKL vendor shim (opt-in, never a
+"""engine/training/cpu_speed.py and the fused-kernel cache key: the MKL vendor shim (opt-in, never a
 re-execution), the allocator, the opt-outs, and the fallback to plain Paddle without a compiler."""
 import ctypes
 import os
@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from engine import cpu_speed
+from engine.training import cpu_speed
 from models import fast_cpu_ops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -133,7 +133,7 @@ def test_suggested_command_runs_with_the_shim_active(tmp_path):
     script.write_text(textwrap.dedent(f"""
         import ctypes, os, sys
         sys.path.insert(0, {ROOT!r})
-        from engine import cpu_speed
+        from engine.training import cpu_speed
         cpu_speed.cpu_vendor = lambda: "AuthenticAMD"   # behave as on AMD whatever this CPU is
         cpu_speed.platform.system = lambda: "Linux"
         print("start", sys.argv[1:], flush=True)
@@ -272,7 +272,7 @@ def test_recompute_leaves_the_allocator_alone(monkeypatch, kernels_state):
     and the log line says why; without it the allocator setting is applied."""
     from types import SimpleNamespace
 
-    from engine.train import cpu_speed_notes
+    from engine.runners.train import cpu_speed_notes
 
     calls = []
     monkeypatch.setattr(cpu_speed, "tune_allocator", lambda: calls.append(1) or "allocator: on (test)")

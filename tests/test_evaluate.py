@@ -1,4 +1,4 @@
-"""engine.evaluate: checkpoint vs exported model, the result file, .bin sets, errors.
+"""engine.runners.evaluate: checkpoint vs exported model, the result file, .bin sets, errors.
 
 Uses an untrained MobileFaceNet and a few generated images, so it checks plumbing and agreement
 between code paths, not accuracy.
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from _tiny_face_model import config, make_pair_dataset, save_random_checkpoint
 
-from engine import evaluate as E
-from engine import metrics as M
-from engine import verification as V
-from engine.inference_folder import resolve_model_source
+from engine.evaluation import metrics as M
+from engine.evaluation import verification as V
+from engine.inference.folder import resolve_model_source
+from engine.runners import evaluate as E
 from foundation.errors import DatasetError, UserError
 
 METRIC_KEYS = ("acc", "acc_std", "best_threshold", "best_threshold_cosine", "tar_at_far", "roc_auc", "eer",
@@ -28,7 +28,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     pairs, images = make_pair_dataset(str(root / "data"))
     ckpt = save_random_checkpoint(str(root / "model.pdparams"))
-    from engine.inference_folder import export_checkpoint
+    from engine.inference.folder import export_checkpoint
 
     export_dir = export_checkpoint(ckpt, "MobileFaceNet", save_dir=str(root / "inference"))["dir"]
     return {"root": root, "data": str(root / "data"), "pairs": pairs, "images": images, "ckpt": ckpt,
@@ -214,7 +214,7 @@ def test_json_and_pdmodel_formats_score_the_same(setup, tmp_path):
     new = _run(setup, tmp_path / "new", Evaluate__weight_path=str(pir_dir))
     old = _run(setup, tmp_path / "old", Evaluate__weight_path=str(old_dir))
     assert old["metrics"]["model"]["format"] == "program" and new["metrics"]["model"]["folder_format"] == "pir"
-    # a JSON-only folder of our architecture runs through its checked old-format program (engine.program_convert)
+    # a JSON-only folder of our architecture runs through its checked old-format program (engine.inference.program_convert)
     assert new["metrics"]["model"]["format"] == "program"
     a = [float(r["cosine"]) for r in _scores(tmp_path / "new" / "pair_scores_val.csv")]
     b = [float(r["cosine"]) for r in _scores(tmp_path / "old" / "pair_scores_val.csv")]

@@ -14,8 +14,8 @@ set_threads(2)
 paddle = pytest.importorskip("paddle")
 
 from benchmarks.loopback_service import calibrate_batchnorm  # noqa: E402
-from engine.inference_folder import export_inference  # noqa: E402
-from engine.inference_model import InferenceModel, cpu_supports_bf16, program_has_op  # noqa: E402
+from engine.inference.folder import export_inference  # noqa: E402
+from engine.inference.model import InferenceModel, cpu_supports_bf16, program_has_op  # noqa: E402
 from foundation.errors import UserError  # noqa: E402
 from models import ArcMargin, FaceRecModel, build_backbone  # noqa: E402
 
@@ -118,7 +118,7 @@ OLD_FORMAT_EXPORT = textwrap.dedent("""
     import sys
     import paddle
     sys.path.insert(0, {repo!r})
-    from engine.inference_folder import export_inference
+    from engine.inference.folder import export_inference
     from models import build_backbone
     backbone = build_backbone("MobileFaceNet")
     backbone.set_state_dict(paddle.load({weights!r}))
@@ -220,8 +220,8 @@ def test_cli_export_mode(checkpoint, mobilefacenet, tmp_path):
 
 
 def test_export_runner_honours_save_dir(checkpoint, tmp_path):
-    from engine.config import load_config
-    from engine.export import run
+    from engine.config.loader import load_config
+    from engine.runners.export import run
 
     target = tmp_path / "elsewhere"
     cfg = load_config(CONFIG, ["Global.mode=export", f"Export.weight_path={checkpoint}", f"Export.save_dir={target}"])

@@ -82,7 +82,7 @@ def test_static_graph_tracing_uses_paddle_ops(fast_ops, tmp_path):
     net.eval()
     x = paddle.randn([2, 4, 8, 8])
     eager = net(x).numpy()
-    # As engine/export.py does it: jit.save straight from the dygraph layer.
+    # As engine/runners/export.py does it: jit.save straight from the dygraph layer.
     paddle.jit.save(net, str(tmp_path / "m"), input_spec=[paddle.static.InputSpec([None, 4, 8, 8], "float32")])
     saved = [p for p in tmp_path.iterdir() if p.suffix in (".json", ".pdmodel")]
     assert saved, sorted(tmp_path.iterdir())

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from engine.gallery_index import (
+from engine.gallery.faiss_index import (
     COMPRESSED_TYPES,
     EXACT_FILE,
     INDEX_TYPES,

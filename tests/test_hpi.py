@@ -21,14 +21,14 @@ set_threads(2)
 paddle = pytest.importorskip("paddle")
 
 from benchmarks.loopback_service import calibrate_batchnorm  # noqa: E402
-from engine import evaluate as E  # noqa: E402
-from engine import export as X  # noqa: E402
-from engine import inference_backends as B  # noqa: E402
-from engine import onnx_convert as C  # noqa: E402
-from engine import predict as P  # noqa: E402
-from engine.inference_folder import export_inference  # noqa: E402
-from engine.inference_model import InferenceModel  # noqa: E402
-from engine.predictor import create_model  # noqa: E402
+from engine.inference import backends as B  # noqa: E402
+from engine.inference import onnx_convert as C  # noqa: E402
+from engine.inference.folder import export_inference  # noqa: E402
+from engine.inference.model import InferenceModel  # noqa: E402
+from engine.inference.predictor import create_model  # noqa: E402
+from engine.runners import evaluate as E  # noqa: E402
+from engine.runners import export as X  # noqa: E402
+from engine.runners import predict as P  # noqa: E402
 from foundation.errors import ConfigError, UserError  # noqa: E402
 from models import build_backbone  # noqa: E402
 
@@ -59,7 +59,7 @@ def faces():
 def backbone(faces):
     """MobileFaceNet (random weights, fixed seed) with BatchNorm statistics from the faces, so its
     features have a realistic scale."""
-    from engine.inference_folder import Preprocess
+    from engine.inference.folder import Preprocess
 
     paddle.seed(0)
     pre = Preprocess()

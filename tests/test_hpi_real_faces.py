@@ -21,9 +21,9 @@ set_threads(2)
 paddle = pytest.importorskip("paddle")
 
 from benchmarks.loopback_service import calibrate_batchnorm  # noqa: E402
-from engine import evaluate as E  # noqa: E402
-from engine import inference_backends as B  # noqa: E402
-from engine.inference_folder import export_inference  # noqa: E402
+from engine.inference import backends as B  # noqa: E402
+from engine.inference.folder import export_inference  # noqa: E402
+from engine.runners import evaluate as E  # noqa: E402
 from models import build_backbone  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +64,7 @@ def lfw_pairs(tmp_path_factory):
 def model_dir(lfw_pairs, tmp_path_factory):
     if os.environ.get("FACEFEAT_TRAINED_MODEL"):
         return os.environ["FACEFEAT_TRAINED_MODEL"]
-    from engine.inference_folder import Preprocess
+    from engine.inference.folder import Preprocess
 
     paddle.seed(0)
     model = build_backbone("MobileFaceNet")

@@ -101,11 +101,11 @@ def installed(tmp_path_factory):
 
 
 def test_the_installed_copy_is_what_imports_from_another_folder(installed):
-    code = ("import json, os, sys, engine, engine.config, engine.cpu_speed, models.face_detector, "
+    code = ("import json, os, sys, engine, engine.config.loader, engine.training.cpu_speed, models.face_detector, "
             "models.fast_cpu_ops\n"
-            "print(json.dumps({'engine': engine.__file__, 'config_dir': engine.config.CONFIG_DIR,\n"
+            "print(json.dumps({'engine': engine.__file__, 'config_dir': engine.config.loader.CONFIG_DIR,\n"
             "    'weights': models.face_detector.WEIGHTS_DIR, 'cc': models.fast_cpu_ops.SOURCE,\n"
-            "    'shim': engine.cpu_speed.SHIM_SOURCE, 'path': sys.path, 'cwd': os.getcwd()}))")
+            "    'shim': engine.training.cpu_speed.SHIM_SOURCE, 'path': sys.path, 'cwd': os.getcwd()}))")
     proc = _run([installed["python"], "-c", code], installed["env"], installed["elsewhere"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -150,7 +150,7 @@ def test_console_script_checks_a_dataset(installed, tmp_path):
 
 
 def test_python_m_engine_predicts_with_an_exported_model(installed, tmp_path):
-    from engine.inference_folder import export_inference
+    from engine.inference.folder import export_inference
     from models import build_backbone
 
     model_dir = tmp_path / "inference"

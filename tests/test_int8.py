@@ -1,4 +1,4 @@
-"""int8 behind an accuracy gate (Export.int8, engine/int8_gate.py, hpi_config.precision int8).
+"""int8 behind an accuracy gate (Export.int8, engine/inference/int8_gate.py, hpi_config.precision int8).
 
 A random-init MobileFaceNet and a tiny generated demo dataset: the gate's figures are whatever
 they are on it, so the tests force a pass (int8_max_loss 100) and a refusal (a negative maximum,
@@ -24,13 +24,13 @@ set_threads(2)
 paddle = pytest.importorskip("paddle")
 
 from datasets.demo import generate_demo  # noqa: E402
-from engine import evaluate as E  # noqa: E402
-from engine import export as X  # noqa: E402
-from engine import inference_backends as B  # noqa: E402
-from engine import int8_gate as G  # noqa: E402
-from engine import onnx_convert as C  # noqa: E402
-from engine.inference_folder import export_checkpoint  # noqa: E402
-from engine.inference_model import InferenceModel  # noqa: E402
+from engine.inference import backends as B  # noqa: E402
+from engine.inference import int8_gate as G  # noqa: E402
+from engine.inference import onnx_convert as C  # noqa: E402
+from engine.inference.folder import export_checkpoint  # noqa: E402
+from engine.inference.model import InferenceModel  # noqa: E402
+from engine.runners import evaluate as E  # noqa: E402
+from engine.runners import export as X  # noqa: E402
 from foundation.errors import ConfigError, UserError  # noqa: E402
 
 HAVE_ALL = all(importlib.util.find_spec(m) is not None for m in ("paddle2onnx", "openvino", "nncf"))

@@ -1,10 +1,10 @@
-"""engine.metrics: hand-computed cases and cross-checks against scikit-learn. No Paddle."""
+"""engine.evaluation.metrics: hand-computed cases and cross-checks against scikit-learn. No Paddle."""
 import json
 
 import numpy as np
 import pytest
 
-from engine import metrics as M
+from engine.evaluation import metrics as M
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 sklearn_model_selection = pytest.importorskip("sklearn.model_selection")

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from engine.gallery_index import GalleryIndex, IndexMismatchError
+from engine.gallery.faiss_index import GalleryIndex, IndexMismatchError
 from foundation.errors import UserError
 from tests._milvus import milvus_server, need_milvus  # noqa: F401 - milvus_server is a fixture
 
@@ -36,7 +36,7 @@ def _same_answers(faiss_index, milvus_index, probes, k=5):
 
 def test_lite_gives_faiss_flat_answers_and_keeps_them_on_disk(tmp_path):
     need_milvus()
-    from engine.milvus_index import MilvusGalleryIndex
+    from engine.gallery.milvus_index import MilvusGalleryIndex
 
     feats, labels, probes = _people()
     paths = [f"/gallery/{i}.jpg" for i in range(len(labels))]
@@ -62,7 +62,7 @@ def test_lite_gives_faiss_flat_answers_and_keeps_them_on_disk(tmp_path):
 
     # another process opens the same file once this one has let it go: every write is on disk
     lite.close()
-    code = ("import sys; from engine.milvus_index import MilvusGalleryIndex as M; "
+    code = ("import sys; from engine.gallery.milvus_index import MilvusGalleryIndex as M; "
             "ix = M.open(sys.argv[1], 'people'); print(len(ix), ix.model_name, ix.model_fingerprint)")
     out = subprocess.run([sys.executable, "-c", code, uri], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -76,7 +76,7 @@ def test_lite_gives_faiss_flat_answers_and_keeps_them_on_disk(tmp_path):
 
 def test_lite_refuses_what_it_cannot_do_with_the_fix(tmp_path):
     need_milvus()
-    from engine.milvus_index import MilvusGalleryIndex, check_uri
+    from engine.gallery.milvus_index import MilvusGalleryIndex, check_uri
 
     with pytest.raises(UserError, match="must end in .db"):
         check_uri(str(tmp_path / "gallery.sqlite"))
@@ -88,7 +88,7 @@ def test_lite_refuses_what_it_cannot_do_with_the_fix(tmp_path):
 
 
 def test_without_the_extra_milvus_says_what_to_install(monkeypatch):
-    import engine.milvus_index as mi
+    import engine.gallery.milvus_index as mi
 
     monkeypatch.setitem(sys.modules, "pymilvus", None)  # as if it were not installed
     with pytest.raises(UserError, match=r'needs the milvus extra: pip install -e "\.\[milvus\]"'):
@@ -101,8 +101,8 @@ def test_an_unreachable_server_is_one_clear_error_within_the_bound():
     need_milvus()
     import socket
 
-    from engine.index_store import MilvusIndexStore
-    from engine.milvus_index import MilvusUnavailableError, client_for
+    from engine.gallery.milvus_index import MilvusUnavailableError, client_for
+    from engine.gallery.store import MilvusIndexStore
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -118,7 +118,7 @@ def test_an_unreachable_server_is_one_clear_error_within_the_bound():
 
 _WRITER = """
 import sys, numpy as np
-from engine.milvus_index import MilvusGalleryIndex
+from engine.gallery.milvus_index import MilvusGalleryIndex
 ix = MilvusGalleryIndex.open(sys.argv[1], sys.argv[2])
 v = np.asarray([float(x) for x in sys.argv[3].split(',')], np.float32)[None]
 print(ix.add(v, ["written_by_another_process"])[0])
@@ -126,8 +126,8 @@ print(ix.add(v, ["written_by_another_process"])[0])
 
 
 def test_server_shared_by_processes_sees_each_write_at_once(milvus_server):  # noqa: F811 - the fixture
-    from engine.index_store import MilvusIndexStore
-    from engine.milvus_index import MilvusGalleryIndex
+    from engine.gallery.milvus_index import MilvusGalleryIndex
+    from engine.gallery.store import MilvusIndexStore
 
     feats, labels, probes = _people(seed=1)
     flat = GalleryIndex(DIM, "m", "Flat")

@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from engine import official_models as O
+from engine.inference import official_models as O
 from foundation.errors import UserError
 
 
@@ -27,7 +27,7 @@ def official_tree(tmp_path_factory):
     """<root>/official_inference_model/paddle3.0.0/MobileFaceNet_infer.tar, as PaddleX publishes it."""
     import paddle
 
-    from engine.inference_folder import export_inference
+    from engine.inference.folder import export_inference
     from models import build_backbone
 
     root = tmp_path_factory.mktemp("www")
@@ -42,7 +42,7 @@ def official_tree(tmp_path_factory):
 
 
 def test_downloads_once_unpacks_and_predicts_like_the_export(official_tree, tmp_path, monkeypatch):
-    from engine.inference_model import InferenceModel
+    from engine.inference.model import InferenceModel
 
     root, model_dir = official_tree
     httpd = serve(root)
@@ -83,7 +83,7 @@ def test_a_tar_reaching_outside_its_folder_is_refused(tmp_path):
 def test_inference_yml_preprocessing_is_honoured():
     """The standard section gives exactly the built-in pre-processing; other values are applied."""
     from datasets.transforms import preprocess
-    from engine.inference_folder import Preprocess, inference_config
+    from engine.inference.folder import Preprocess, inference_config
 
     img = np.random.default_rng(1).integers(0, 256, (150, 130, 3)).astype(np.uint8)
     np.testing.assert_allclose(Preprocess(inference_config("MobileFaceNet", 128))(img), preprocess(img), atol=1e-6)

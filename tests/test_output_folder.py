@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from engine.checkpoints import recover_interrupted_swaps
-from engine.output_folder import LOCK, OutputLock, check_output_folder, foreign_entries, record_outputs
+from engine.config.output_folder import LOCK, OutputLock, check_output_folder, foreign_entries, record_outputs
+from engine.training.checkpoints import recover_interrupted_swaps
 from foundation.atomic_io import atomic_replace_dir, atomic_write_text
 from foundation.errors import ConfigError
 
@@ -59,7 +59,7 @@ def test_manifest_marks_what_runs_wrote(tmp_path):
 
 def test_one_run_at_a_time_and_a_dead_runs_lock_is_taken_over(tmp_path):
     with OutputLock(str(tmp_path), "training"):
-        code = ("import sys; from engine.output_folder import OutputLock; from foundation.errors import UserError\n"
+        code = ("import sys; from engine.config.output_folder import OutputLock; from foundation.errors import UserError\n"
                 f"try:\n    OutputLock({str(tmp_path)!r}).acquire()\nexcept UserError as e:\n    print(e); sys.exit(3)\n")
         proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 3 and f"pid {os.getpid()}" in proc.stdout, proc.stdout + proc.stderr

@@ -1,4 +1,4 @@
-"""engine.predict: CLI runner and Python API on files, folders, arrays and batches; bad inputs."""
+"""engine.runners.predict: CLI runner and Python API on files, folders, arrays and batches; bad inputs."""
 import json
 import os
 import shutil
@@ -11,7 +11,7 @@ import pytest
 from _tiny_face_model import REPO_ROOT, config, make_face_images, save_random_checkpoint
 
 from engine import create_model
-from engine import predict as P
+from engine.runners import predict as P
 from foundation.errors import UserError
 from models.face_detector import MainFaceCropper
 
@@ -20,7 +20,7 @@ from models.face_detector import MainFaceCropper
 def model_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict_model")
     ckpt = save_random_checkpoint(str(root / "model.pdparams"), seed=1)
-    from engine.inference_folder import export_checkpoint
+    from engine.inference.folder import export_checkpoint
 
     return export_checkpoint(ckpt, "MobileFaceNet", save_dir=str(root / "inference"))["dir"]
 

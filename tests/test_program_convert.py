@@ -35,8 +35,8 @@ def features(model, seed=0):
 
 
 def test_json_only_folder_runs_its_checked_program(exported, tmp_path, monkeypatch):
-    from engine import program_convert
-    from engine.inference_model import InferenceModel
+    from engine.inference import program_convert
+    from engine.inference.model import InferenceModel
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     folder = json_only_copy(exported, tmp_path / "official")
@@ -54,8 +54,8 @@ def test_json_only_folder_runs_its_checked_program(exported, tmp_path, monkeypat
 
 
 def test_other_architecture_stays_pir_and_says_why(exported, tmp_path, monkeypatch, caplog):
-    from engine import program_convert
-    from engine.inference_model import InferenceModel
+    from engine.inference import program_convert
+    from engine.inference.model import InferenceModel
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     # a MobileFaceNet whose inference.yml claims ResNet50_face: that program cannot read these weights
@@ -79,7 +79,7 @@ def test_other_architecture_stays_pir_and_says_why(exported, tmp_path, monkeypat
 def test_same_program_with_other_weights_is_refused(exported, tmp_path, monkeypatch):
     """The output check, not only the parameter shapes, decides: a program that reads the file but
     computes something else is refused (here: features compared against a different model's)."""
-    from engine import program_convert
+    from engine.inference import program_convert
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     other = export_random_model(tmp_path / "other_weights", seed=1)

@@ -4,7 +4,7 @@ import ast
 import os
 import re
 
-from engine.config_schema import README_BEGIN, README_END, readme_config_block
+from engine.config.schema import README_BEGIN, README_END, readme_config_block
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
@@ -20,7 +20,7 @@ def section(title):
 def test_config_tables_are_generated_from_the_schema():
     shown = README[README.index(README_BEGIN) + len(README_BEGIN):README.index(README_END)]
     assert shown == readme_config_block(), \
-        "README config tables differ from engine/config_schema.py: run python -m engine.config_schema README.md"
+        "README config tables differ from engine/config/schema.py: run python -m engine.config.schema README.md"
 
 
 def test_module_map_matches_the_tree():

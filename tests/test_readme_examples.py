@@ -36,7 +36,7 @@ def random_model(tmp_path_factory):
 
 
 def test_predict_example(random_model, tmp_path, monkeypatch):
-    from engine import official_models
+    from engine.inference import official_models
 
     www = tmp_path / "www" / "official_inference_model" / "paddle3.0.0"
     www.mkdir(parents=True)

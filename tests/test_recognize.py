@@ -61,8 +61,8 @@ def _cli(*overrides):
 def test_pipeline_python_api_build_predict_append_remove(model_dir, gallery, tmp_path):
     """PaddleX's calls: build_index returns an index (saved by the caller), append_index and
     remove_index return changed copies, predict takes the index; results carry PaddleX's fields."""
-    from engine.gallery_index import GalleryIndex
-    from engine.recognition import FaceRecognitionPipeline
+    from engine.gallery.faiss_index import GalleryIndex
+    from engine.recognition.pipeline import FaceRecognitionPipeline
     from foundation.errors import UserError
 
     pipe = FaceRecognitionPipeline(model_dir, det={"enable": False}, batch_size=4, rec_topk=3, rec_threshold=0.4)
@@ -147,7 +147,7 @@ def test_create_pipeline_reads_paddlex_style_yaml(model_dir, gallery, tmp_path):
 
 
 def test_old_pipeline_keys_say_where_they_moved(tmp_path):
-    from engine.config import load_config
+    from engine.config.loader import load_config
     from foundation.errors import ConfigError
 
     with pytest.raises(ConfigError, match="'Det.threshold' is now 'det_threshold'"):
@@ -314,7 +314,7 @@ def test_a_paddlex_detector_by_name_and_a_per_call_detection_threshold(model_dir
 
 # --------------------------------------------------------------------------- drawn results
 def test_drawn_result_shows_the_label_without_detection_and_landmarks_on_request(tmp_path):
-    from engine.results import FaceRecognitionResult as RecognitionResult
+    from engine.recognition.results import FaceRecognitionResult as RecognitionResult
 
     img = np.full((112, 112, 3), 90, np.uint8)
     face = {"coordinate": [0, 0, 112, 112], "det_score": 1.0, "labels": ["person_0"], "rec_scores": [0.93],
@@ -342,7 +342,7 @@ def test_rec_threshold_comes_from_the_model_unless_set(model_dir, tmp_path):
 
     import yaml
 
-    from engine.recognition import FaceRecognitionPipeline as RecognitionPipeline
+    from engine.recognition.pipeline import FaceRecognitionPipeline as RecognitionPipeline
 
     assert RecognitionPipeline(model_dir, det={"enable": False}).rec_threshold == 0.4
     folder = tmp_path / "with_record"
@@ -358,7 +358,7 @@ def test_rec_threshold_comes_from_the_model_unless_set(model_dir, tmp_path):
 
 
 def test_cli_build_streams_in_steps_and_resumes_an_interrupted_build(model_dir, gallery, tmp_path, capsys):
-    from engine.recognition import create_pipeline, gallery_items
+    from engine.recognition.pipeline import create_pipeline, gallery_items
 
     ix, out = tmp_path / "ix", tmp_path / "out"
     common = [f"SubModules.Recognition.model_dir={model_dir}", f"index={ix}", f"Global.output={out}",
@@ -404,6 +404,6 @@ def test_cli_on_a_milvus_lite_collection(model_dir, gallery, tmp_path, capsys):
     assert _cli("Global.mode=recognize", f"Predict.input={gallery / 'queries'}", "index=nobody", *common[:1],
                 *common[2:]) == 1
     assert "no gallery index 'nobody' on Milvus" in capsys.readouterr().err
-    from engine.milvus_index import forget_client
+    from engine.gallery.milvus_index import forget_client
 
     forget_client(str(tmp_path / "g.db"))  # stop this test's Milvus Lite server

@@ -30,8 +30,8 @@ from datasets.recordio import (
     unpack,
     unpack_record,
 )
-from engine.builders import build_train_loader
-from engine.config import load_config
+from engine.config.loader import load_config
+from engine.training.builders import build_train_loader
 from foundation.errors import DatasetError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -197,7 +197,7 @@ def test_corrupt_records_are_named(rec_set, tmp_path):
 def _train(data, out, *extra):
     """A tiny training run in this process (as tests/test_train.py: the same kernels in every run);
     returns its train.log."""
-    from engine.train import run
+    from engine.runners.train import run
 
     cfg = load_config(CONFIG, ["Global.mode=train", f"Global.dataset_dir={data}", f"Global.output={out}",
                                "Global.num_threads=2", "Train.epochs_iters=1", "Train.batch_size=4",
@@ -261,7 +261,7 @@ def test_training_on_recordio_matches_the_folder_set_and_resumes(small_sets, tmp
     assert abs(_acc(bin_log)[1] - _acc(folder_log)[1]) < 1e-3  # the same pairs, read from the .bin
     assert json.load(open(tmp_path / "rec" / "train_result.json"))["done_flag"] is True
     # evaluate on the RecordIO folder without val/: its .bin files
-    from engine.evaluate import run
+    from engine.runners.evaluate import run
 
     out = str(tmp_path / "eval")
     cfg = load_config(CONFIG, ["Global.mode=evaluate", f"Global.dataset_dir={rec_with_bin}", f"Global.output={out}",

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from engine.gallery_index import GalleryIndex
+from engine.gallery.faiss_index import GalleryIndex
 from foundation.atomic_io import cached_download
 from foundation.errors import UserError
 
@@ -115,13 +115,11 @@ def test_os_errors_from_a_runner_are_one_line(tmp_path, monkeypatch, capsys):
     """Whatever OSError a runner meets (full disk, read-only folder) ends as one line, exit 1."""
     import errno
 
-    import engine
     import main
 
     def full_disk(cfg):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "x"))
 
-    monkeypatch.setattr(engine, "runner_for", lambda mode: full_disk)
     monkeypatch.setattr("engine.cli.runner_for", lambda mode: full_disk)
     code = main.main(["-c", os.path.join(REPO, "configs", "face_recognition", "MobileFaceNet.yaml"),
                       "-o", f"Global.output={tmp_path / 'out'}"])

@@ -28,7 +28,7 @@ from datasets.face_dataset import (  # noqa: E402
     SeededBatchSampler,
     flip_decision,
 )
-from engine.config import load_config  # noqa: E402
+from engine.config.loader import load_config  # noqa: E402
 from foundation.errors import ConfigError, DatasetError, UserError  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,7 +54,7 @@ def make_cfg(data, out, *extra):
 
 
 def train(data, out, *extra):
-    from engine.train import run
+    from engine.runners.train import run
 
     return run(make_cfg(data, out, *extra))
 
@@ -180,7 +180,7 @@ def test_loader_reports_bad_image_and_dead_worker(tmp_path, data):
 
 # --------------------------------------------------------------------------- optimizer and schedule
 def test_schedule_warmup_cosine_and_no_decay_on_1d_params():
-    from engine.builders import WarmupCosineLR, build_optimizer
+    from engine.training.builders import WarmupCosineLR, build_optimizer
 
     s = WarmupCosineLR(0.01, total_iters=100, warmup_iters=10, eta_min=1e-6)
     assert s.lr_at(0) == 0.0 and abs(s.lr_at(5) - 0.005) < 1e-12 and abs(s.lr_at(10) - 0.01) < 1e-12
@@ -270,7 +270,7 @@ def test_nan_stop_failed_save_and_resume_match_a_straight_run(straight, data, tm
     """Same seed -> same losses; NaN stops with epoch/step and keeps the last good checkpoint;
     a save that fails half-way leaves the previous checkpoint whole; 1 epoch + resume + 1 epoch
     gives the weights of 2 epochs straight."""
-    import engine.train as T
+    import engine.runners.train as T
 
     out = str(tmp_path / "out")
     real_loss = T.compute_loss
@@ -376,7 +376,7 @@ def test_batch_larger_than_the_dataset_cli(data, tmp_path):
 
 
 def test_output_dir_guard_and_overwrite(tmp_path):
-    from engine.checkpoints import prepare_output_dir
+    from engine.training.checkpoints import prepare_output_dir
 
     out = tmp_path / "out"
     (out / "latest").mkdir(parents=True)
@@ -394,8 +394,8 @@ def test_output_dir_guard_and_overwrite(tmp_path):
 
 # --------------------------------------------------------------------------- pretrained weights
 def test_pretrained_weights_by_name_skip_head_and_url_errors(straight, tmp_path):
-    from engine.builders import build_model
-    from engine.checkpoints import fetch_weights, load_pretrained
+    from engine.training.builders import build_model
+    from engine.training.checkpoints import fetch_weights, load_pretrained
 
     cfg = load_config(CONFIG)
     model = build_model(cfg, 6)  # the checkpoint's head has 4 classes

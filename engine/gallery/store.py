@@ -1,0 +1,242 @@
+"""The service's gallery indexes on disk, one per indexKey, safe for concurrent requests and processes.
+
+    root/<indexKey>/CURRENT        the name of the version folder in use (replaced atomically)
+    root/<indexKey>/v000007/       that version: vector.index, id_map.yaml, meta.json (PaddleX's layout)
+    root/<indexKey>/.lock          taken (flock) while one update runs, by any process on this root
+
+An update builds the next version folder completely, flushes it to disk, then replaces CURRENT:
+a crash at any point leaves CURRENT naming a complete version, and an update that returned
+(acknowledged) survives a SIGKILL or a power cut. Updates to one index are serialised (a thread
+lock and the file lock, so several service processes may share a root); each works on a copy, so a
+search running on the version it read never sees half an update. The previous version is kept
+one more round for readers still loading it. Reads check CURRENT every time (a small file), so
+another process's update is seen by the next request.
+
+With Index.backend=milvus the store is MilvusIndexStore instead: one collection per indexKey
+("facefeat_<key>") on Index.uri, shared by every service process on that Milvus (engine.gallery.milvus_index:
+inserts and deletes are durable when acknowledged and searched at consistency level Strong, so the
+next request in any replica sees them). Nothing is kept on local disk.
+"""
+import fcntl
+import os
+import re
+import shutil
+import threading
+import uuid
+from contextlib import contextmanager
+
+from engine.gallery.faiss_index import GalleryIndex
+from engine.gallery.milvus_index import (
+    MilvusGalleryIndex,
+    MilvusUnavailableError,
+    check_uri,
+    client_for,
+    deadline,
+    milvus_errors,
+)
+from foundation.atomic_io import atomic_write_text, fsync_tree
+from foundation.errors import UserError
+
+CURRENT_FILE = "CURRENT"
+LOCK_FILE = ".lock"
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+VERSION_PATTERN = re.compile(r"^v(\d{6,})$")
+
+
+class UnknownIndexError(UserError):
+    """No index is stored under this indexKey."""
+
+
+class IndexStore:
+    def check(self):
+        """None: a folder on this disk is always reachable (MilvusIndexStore.check may say otherwise)."""
+        return None
+
+    def __init__(self, root, nprobe=32):
+        self.root = os.path.abspath(root)
+        self.nprobe = int(nprobe)
+        os.makedirs(self.root, exist_ok=True)
+        self._cache = {}  # key -> (version name, GalleryIndex)
+        self._locks = {}
+        self._guard = threading.Lock()
+
+    # ------------------------------------------------------------------ reading
+    def _folder(self, key):
+        if not isinstance(key, str) or not KEY_PATTERN.match(key):
+            raise UnknownIndexError(f"indexKey {key!r} is not a valid key (letters, digits, '-' and '_'; "
+                                    "use the indexKey that index-build returned)")
+        return os.path.join(self.root, key)
+
+    def _current_version(self, key):
+        try:
+            with open(os.path.join(self._folder(key), CURRENT_FILE), encoding="utf-8") as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            raise UnknownIndexError(f"no index with indexKey '{key}': build one with /face-recognition-index-build "
+                                    "(keys are kept in Serve.index_root across restarts)") from None
+
+    def get(self, key):
+        """The index stored under `key` now (a GalleryIndex never changed in place; do not change it)."""
+        for _ in range(3):  # a version pruned while it was being read: read CURRENT again
+            version = self._current_version(key)
+            cached = self._cache.get(key)
+            if cached and cached[0] == version:
+                return cached[1]
+            try:
+                index = GalleryIndex.load(os.path.join(self._folder(key), version), nprobe=self.nprobe)
+            except UserError:
+                if self._current_version(key) != version:
+                    continue
+                raise
+            self._cache[key] = (version, index)
+            return index
+        raise UserError(f"index '{key}' changed three times while it was being read; try again")
+
+    def keys(self):
+        return sorted(k for k in os.listdir(self.root)
+                      if KEY_PATTERN.match(k) and os.path.isfile(os.path.join(self.root, k, CURRENT_FILE)))
+
+    # ------------------------------------------------------------------ writing
+    @contextmanager
+    def _locked(self, key):
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            folder = self._folder(key)
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, LOCK_FILE), "a") as f:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+                try:
+                    yield folder
+                finally:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def _write_version(self, key, folder, index):
+        """Save `index` as the next version and make it current; returns its name."""
+        numbers = [int(m.group(1)) for m in map(VERSION_PATTERN.match, os.listdir(folder)) if m]
+        version = f"v{(max(numbers) + 1 if numbers else 1):06d}"
+        path = os.path.join(folder, version)
+        index.save(path)
+        fsync_tree(path)
+        previous = None
+        if os.path.isfile(os.path.join(folder, CURRENT_FILE)):
+            previous = self._current_version(key)
+        atomic_write_text(os.path.join(folder, CURRENT_FILE), version + "\n")
+        fsync_tree(folder, files=False)
+        for name in os.listdir(folder):  # keep the new and the previous version only
+            if VERSION_PATTERN.match(name) and name not in (version, previous):
+                shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+        self._cache[key] = (version, index)
+        return version
+
+    def create(self, index):
+        """Store a new index under a new key; returns the key."""
+        key = uuid.uuid4().hex
+        with self._locked(key) as folder:
+            self._write_version(key, folder, index)
+        return key
+
+    def update(self, key, change):
+        """Apply `change(copy of the current index)` (it changes the copy and may return a value) and
+        store the result as the new current version; returns (new index, change's return value)."""
+        self._current_version(key)  # unknown key: fail before taking a lock or making a folder
+        with self._locked(key) as folder:
+            index = self.get(key).copy()
+            value = change(index)
+            self._write_version(key, folder, index)
+        return index, value
+
+
+class MilvusIndexStore:
+    """The service's indexes as Milvus collections: the same get / keys / create / update as IndexStore."""
+
+    PREFIX = "facefeat_"
+    MILVUS_KEY = re.compile(r"^[A-Za-z0-9_]{1,128}$")  # collection names take no '-'
+
+    def __init__(self, uri, token=None, nprobe=32, connect_timeout=5.0, connect_retries=2):
+        self.uri, self.token, self.nprobe = check_uri(uri), token, int(nprobe)
+        self.connect = {"timeout": connect_timeout, "retries": connect_retries}
+        # every later call (search, insert, list...) gets the time a connection may take, retries
+        # included: a server that went away mid-service is a 503 after that long, not a hang
+        self.call_timeout = deadline(float(connect_timeout) * (int(connect_retries) + 1))
+        self.root = f"Milvus {self.uri}"
+        self._cache = {}
+        self._guard = threading.Lock()
+
+    def _client(self):
+        return client_for(self.uri, self.token, **self.connect)
+
+    def _collection(self, key):
+        if not isinstance(key, str) or not self.MILVUS_KEY.match(key):
+            raise UnknownIndexError(f"indexKey {key!r} is not a valid key (letters, digits and '_'; use the "
+                                    "indexKey that index-build returned)")
+        return self.PREFIX + key
+
+    def get(self, key):
+        """The live index of `key` (one collection: changes by any process are seen by the next search)."""
+        name = self._collection(key)
+        with self._guard:
+            if key not in self._cache:
+                self._cache[key] = MilvusGalleryIndex.open(
+                    self.uri, name, self.nprobe, self.token, self.connect["timeout"], self.connect["retries"],
+                    missing=lambda _: UnknownIndexError(
+                        f"no index with indexKey '{key}' on Milvus {self.uri}: build one with "
+                        "/face-recognition-index-build"), call_timeout=self.call_timeout)
+            return self._cache[key]
+
+    def keys(self):
+        client = self._client()
+        with milvus_errors(self.uri):
+            names = client.list_collections(timeout=self.call_timeout)
+        return sorted(n[len(self.PREFIX):] for n in names if n.startswith(self.PREFIX))
+
+    def check(self):
+        """None when the Milvus server answers, else the error message (for /health)."""
+        try:
+            self.keys()
+        except MilvusUnavailableError as e:
+            return str(e)
+        return None
+
+    def create(self, index):
+        """Store `index` (an in-memory GalleryIndex, e.g. what the service built) in a new collection;
+        returns its key. Ids are Milvus' (the stored index's id_map has them)."""
+        key = uuid.uuid4().hex
+        stored = MilvusGalleryIndex.create(self.uri, self._collection(key), index.embedding_size, index.model_name,
+                                           index.model_fingerprint, index.index_type, index.metric_type, self.nprobe,
+                                           self.token, self.connect["timeout"], self.connect["retries"],
+                                           replace=False, call_timeout=max(30, self.call_timeout))  # + index, load
+        if len(index):
+            ids, vectors = index._stored_vectors()
+            entries = [index.entries[int(i)] for i in ids]
+            stored.add(vectors, [e["label"] for e in entries], [e["path"] for e in entries])
+        stored.call_timeout = self.call_timeout  # from now on it serves requests
+        with self._guard:
+            self._cache[key] = stored
+        return key
+
+    def update(self, key, change):
+        """Apply `change(index)` to the live collection (no copy: Milvus applies each insert and delete
+        atomically and every replica sees it); returns (index, change's return value)."""
+        index = self.get(key)
+        return index, change(index)
+
+
+def open_store(index_cfg, serve_cfg):
+    """The service's store for the pipeline config's Index and Serve sections."""
+    if index_cfg.backend == "milvus":
+        return MilvusIndexStore(index_cfg.uri, index_cfg.token, index_cfg.nprobe, index_cfg.connect_timeout,
+                                index_cfg.connect_retries)
+    return IndexStore(serve_cfg.index_root, nprobe=index_cfg.nprobe)
+
+
+def open_index(index_cfg, name):
+    """The gallery index `name` of a pipeline config's Index section: a folder (faiss) or a collection
+    on Index.uri (milvus); opened before the model loads, so a missing or broken one fails fast."""
+    if index_cfg.backend == "milvus":
+        return MilvusGalleryIndex.open(index_cfg.uri, name, index_cfg.nprobe, index_cfg.token,
+                                       index_cfg.connect_timeout, index_cfg.connect_retries)
+    if not os.path.isdir(name):
+        raise UserError(f"gallery index folder '{name}' does not exist: build it first with "
+                        f"-o Global.mode=build_index -o Index.gallery=DIR -o index={name}")
+    return GalleryIndex.load(name, nprobe=index_cfg.nprobe)

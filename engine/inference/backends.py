@@ -1,0 +1,235 @@
+"""High-performance inference (`use_hpip`): which backend runs a model, and the ONNX runners.
+
+    model = InferenceModel(folder, use_hpip=True)                                   # automatic
+    model = InferenceModel(folder, use_hpip=True, hpi_config={"backend": "openvino", "precision": "fp32"})
+
+hpi_config, as in PaddleX: {"backend": "paddle" | "openvino" | "onnxruntime", "precision":
+"fp32" | "bf16" | "int8", "num_threads": N}; every key is optional. int8 runs on OpenVINO only, only
+a folder's inference_int8.onnx whose export passed the accuracy gate (engine.inference.int8_gate), and only
+when asked for: the automatic choice never picks it. Without a backend the choice is
+automatic (`choose_backend`): the fastest backend installed for this CPU, from the measurements
+in PRIOR_MEASUREMENTS (made with benchmarks/infer_speed.py). OpenVINO and ONNX Runtime run the
+ONNX model that engine.inference.onnx_convert writes (paddle2onnx); Paddle runs the exported files itself
+(engine.inference.model). The packages are the optional `hpi` extra: a missing one is a
+UserError naming it, and nothing here imports them unless that backend is asked for.
+
+OpenVINO reads neither Paddle format of MobileFaceNet (its Paddle reader has no PReLU), hence ONNX.
+ONNX Runtime has no bf16 on CPU, so it is fp32 only. TensorRT (GPU) is not offered.
+"""
+import importlib.util
+
+import numpy as np
+
+from engine.config.schema import HPI_BACKENDS as BACKENDS
+from engine.config.schema import HPI_PRECISIONS as PRECISIONS
+from foundation.errors import ConfigError, UserError
+from foundation.runtime import cpu_flags
+
+HPI_CONFIG_KEYS = ("backend", "precision", "num_threads")
+HPI_INSTALL = 'pip install ".[cpu,hpi]"'
+# the Python module each backend (and the converter) needs
+PACKAGES = {"openvino": "openvino", "onnxruntime": "onnxruntime", "paddle2onnx": "paddle2onnx", "nncf": "nncf"}
+INT8_INSTALL = 'pip install ".[cpu,hpi,int8]"'
+
+# Prior measurements (benchmarks/infer_speed.py; 2 threads; the same exported models on every
+# engine, fp32 outputs equal to Paddle's within 4e-5): batch-1 latency in ms and batch-64
+# throughput in images/s per (model, backend, precision). Paddle's row is its faster format
+# (.pdmodel). "avx512_bf16": AMD EPYC with AVX-512 BF16 and no AMX, idle (issue 15). "amx":
+# Intel Xeon with AMX-BF16 (2 KVM cores), 2026-12-02, load average 1.3-1.7 (no other jobs; each
+# engine timed in a process of its own). A CPU without native bf16 uses the fp32 rows of the
+# avx512_bf16 table (no bf16 row applies to it): OpenVINO fp32 is the fastest there too.
+PRIOR_MEASUREMENTS = {
+    "avx512_bf16": {
+        "MobileFaceNet": {("paddle", "fp32"): (6.8, 254), ("paddle", "bf16"): (5.3, 345),
+                          ("openvino", "fp32"): (4.1, 290), ("openvino", "bf16"): (2.3, 520),
+                          ("onnxruntime", "fp32"): (12.0, 98)},
+        "ResNet50_face": {("paddle", "fp32"): (44.0, 25.0), ("paddle", "bf16"): (24.5, 47.8),
+                          ("openvino", "fp32"): (39.5, 25.8), ("openvino", "bf16"): (20.5, 51.0),
+                          ("onnxruntime", "fp32"): (39.6, 26.0)},
+    },
+    "amx": {
+        "MobileFaceNet": {("paddle", "fp32"): (9.5, 159.6), ("paddle", "bf16"): (8.3, 214.9),
+                          ("openvino", "fp32"): (3.4, 205.3), ("openvino", "bf16"): (1.9, 408.2),
+                          ("onnxruntime", "fp32"): (15.7, 66.6)},
+        "ResNet50_face": {("paddle", "fp32"): (57.4, 22.6), ("paddle", "bf16"): (23.0, 68.2),
+                          ("openvino", "fp32"): (52.7, 21.3), ("openvino", "bf16"): (11.6, 98.1),
+                          ("onnxruntime", "fp32"): (47.0, 22.5)},
+    },
+}
+# What `auto` may pick. Paddle's bf16 is left to the user (run_mode mkldnn_bf16): under the PIR
+# executor it silently stays fp32 for PReLU models. ONNX Runtime is left out too: it was never
+# clearly faster than Paddle fp32 (MobileFaceNet batch 1: 12.0 vs 6.8 ms; ResNet50_face within 4%).
+# So `auto` without OpenVINO is today's plain Paddle fp32 path, whatever is installed besides.
+AUTO_CANDIDATES = (("openvino", "bf16"), ("openvino", "fp32"), ("paddle", "fp32"))
+
+
+def is_installed(backend):
+    """Whether the Python package a backend needs is importable (paddle: always)."""
+    if backend == "paddle":
+        return True
+    return importlib.util.find_spec(PACKAGES[backend]) is not None
+
+
+def require(package, what):
+    """Import `package` or raise the one-line UserError naming the extra that installs it."""
+    if importlib.util.find_spec(package) is None:
+        raise UserError(f"{what} needs the Python package {package}, which is not installed: {HPI_INSTALL} "
+                        "(or leave high-performance inference off: use_hpip=False / -o Predict.use_hpip=False)")
+    return importlib.import_module(package)
+
+
+def cpu_bf16_class(flags=None):
+    """'amx', 'avx512_bf16' or '' (no native bf16) for a set of CPU flags (this CPU's by default)."""
+    flags = cpu_flags() if flags is None else set(flags)
+    if "amx_bf16" in flags:
+        return "amx"
+    if "avx512_bf16" in flags:
+        return "avx512_bf16"
+    return ""
+
+
+def hpi_settings(predict_section):
+    """(use_hpip, hpi_config dict) of a config's Predict section (what predict and evaluate pass on)."""
+    hpi = predict_section.hpi_config
+    return bool(predict_section.use_hpip), {k: hpi[k] for k in HPI_CONFIG_KEYS if hpi[k] is not None}
+
+
+def check_hpi_config(hpi_config):
+    """hpi_config as a dict with every key ({} / None -> all None); ConfigError naming a bad key or value."""
+    cfg = dict(hpi_config or {})
+    unknown = sorted(set(cfg) - set(HPI_CONFIG_KEYS))
+    if unknown:
+        raise ConfigError(f"hpi_config has unknown key(s) {', '.join(unknown)}: allowed are {', '.join(HPI_CONFIG_KEYS)}")
+    out = {k: cfg.get(k) for k in HPI_CONFIG_KEYS}
+    if out["backend"] is not None and out["backend"] not in BACKENDS:
+        raise ConfigError(f"hpi_config.backend '{out['backend']}' is not one of {', '.join(BACKENDS)} "
+                          "(leave it out for the automatic choice)")
+    if out["precision"] is not None and out["precision"] not in PRECISIONS:
+        raise ConfigError(f"hpi_config.precision '{out['precision']}' is not one of {', '.join(PRECISIONS)}")
+    n = out["num_threads"]
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ConfigError(f"hpi_config.num_threads must be a whole number >= 1, got {n!r}")
+    return out
+
+
+def choose_backend(model_name, flags=None, installed=None, device_kind="cpu", precision=None):
+    """(backend, precision, why) that `auto` runs: the fastest of AUTO_CANDIDATES that is installed
+    and that the CPU supports (of `precision` when given), by batch-64 throughput in
+    PRIOR_MEASUREMENTS for this CPU class (MobileFaceNet's rows for a model not measured).
+    `installed`: a backend -> bool function (is_installed by default)."""
+    installed = installed or is_installed
+    if device_kind != "cpu":
+        return "paddle", precision or "fp32", "GPU: Paddle Inference (the ONNX backends here are CPU only)"
+    cls = cpu_bf16_class(flags)
+    table = PRIOR_MEASUREMENTS.get(cls) or PRIOR_MEASUREMENTS["avx512_bf16"]
+    rows = table.get(model_name) or table["MobileFaceNet"]
+    usable = [(b, p) for b, p in AUTO_CANDIDATES if (p == "fp32" or cls) and (precision in (None, p))
+              and (b, p) in rows and installed(b)]
+    if not usable:  # bf16 asked for without OpenVINO: Paddle's own bf16
+        return "paddle", precision, f"auto: precision {precision} without OpenVINO ({HPI_INSTALL}) is Paddle's"
+    backend, precision = max(usable, key=lambda bp: rows[bp][1])
+    missing = [b for b in ("openvino",) if not installed(b)]
+    cpu = {"amx": "CPU with AMX-BF16", "avx512_bf16": "CPU with AVX512-BF16", "": "CPU without native bf16"}[cls]
+    why = f"auto: fastest measured on a {cpu}" + (f" among those installed ({', '.join(missing)} is not: "
+                                                   f"{HPI_INSTALL})" if missing else "")
+    return backend, precision, why
+
+
+def resolve(hpi_config, model_name, default_threads, device_kind="cpu", default_precision=None):
+    """(backend, precision, threads, why) for a checked hpi_config; see the module docstring."""
+    cfg = check_hpi_config(hpi_config)
+    threads = int(cfg["num_threads"] or default_threads or 1)
+    backend, precision = cfg["backend"], cfg["precision"]
+    if precision == "int8":  # asked for by name only; see engine.inference.int8_gate
+        if backend not in (None, "openvino"):
+            raise ConfigError(f"hpi_config.precision int8 runs on OpenVINO only, not {backend}: set "
+                              "hpi_config.backend=openvino or leave it out")
+        if device_kind != "cpu":
+            raise ConfigError("hpi_config.precision int8 runs on the CPU only here; use Global.device=cpu")
+        return "openvino", "int8", threads, "hpi_config.precision int8 (never chosen automatically)"
+    if backend is None:
+        backend, precision, why = choose_backend(model_name, device_kind=device_kind, precision=precision)
+    else:
+        why = "hpi_config.backend"
+        if precision is None:  # each backend's own default
+            precision = ("bf16" if cpu_bf16_class() else "fp32") if backend == "openvino" else (default_precision or "fp32")
+    if backend != "paddle" and device_kind != "cpu":
+        raise ConfigError(f"hpi_config.backend {backend} runs on the CPU only here; use Global.device=cpu or backend paddle")
+    if backend == "onnxruntime" and precision != "fp32":
+        raise ConfigError("hpi_config: onnxruntime has no bf16 on CPU; use precision fp32 or backend openvino")
+    return backend, precision, threads, why
+
+
+# --------------------------------------------------------------------------- ONNX runners
+class OpenVINORunner:
+    """An ONNX model compiled by OpenVINO for the CPU with a precision hint and a thread count."""
+
+    name = "openvino"
+
+    def __init__(self, onnx_file, precision="fp32", num_threads=2):
+        ov = require("openvino", "hpi_config.backend openvino")
+        core = ov.Core()
+        if precision == "bf16" and not cpu_bf16_class():
+            raise ConfigError("hpi_config.precision bf16: this CPU has no native bf16 (avx512_bf16 or amx); use fp32")
+        # int8: a quantized model (QuantizeLinear / DequantizeLinear pairs) runs its quantized layers in
+        # int8 and the rest in f32, the way the accuracy gate measured it
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                  "INFERENCE_NUM_THREADS": int(num_threads), "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        try:
+            self.compiled = core.compile_model(core.read_model(onnx_file), "CPU", config)
+        except Exception as e:  # OpenVINO raises RuntimeError with a multi-line report
+            raise UserError(f"OpenVINO cannot load {onnx_file}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+        self.request = self.compiled.create_infer_request()
+        hint = str(self.compiled.get_property("INFERENCE_PRECISION_HINT")).lower()  # "<Type: 'bfloat16'>"
+        self.precision = "bf16" if "bf16" in hint or "bfloat16" in hint else "fp32"
+        if precision == "int8":
+            self.precision = "int8"
+        self.num_threads = int(num_threads)
+
+    def predict(self, batch):
+        return np.array(self.request.infer({0: batch})[0], dtype=np.float32, copy=True)
+
+
+class OnnxRuntimeRunner:
+    """An ONNX model in an onnxruntime CPU session (fp32) with a thread count."""
+
+    name = "onnxruntime"
+
+    def __init__(self, onnx_file, precision="fp32", num_threads=2):
+        ort = require("onnxruntime", "hpi_config.backend onnxruntime")
+        if precision != "fp32":
+            raise ConfigError("hpi_config: onnxruntime has no bf16 on CPU; use precision fp32 or backend openvino")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(num_threads)
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3  # errors only
+        # Worker threads sleep between runs instead of spinning: on cores shared with other work
+        # (decoding threads, other jobs) spinning made it several times slower.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(onnx_file, opts, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise UserError(f"onnxruntime cannot load {onnx_file}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.precision = "fp32"
+        self.num_threads = int(num_threads)
+
+    def predict(self, batch):
+        return np.asarray(self.session.run(None, {self.input_name: batch})[0], dtype=np.float32)
+
+
+RUNNERS = {"openvino": OpenVINORunner, "onnxruntime": OnnxRuntimeRunner}
+
+
+def onnx_runner(backend, onnx_file, precision="fp32", num_threads=2):
+    return RUNNERS[backend](onnx_file, precision=precision, num_threads=num_threads)
+
+
+def reference_onnx_runner(onnx_file, num_threads=2):
+    """An fp32 runner of whichever ONNX backend is installed (onnxruntime first), for checks;
+    None when neither is."""
+    for backend in ("onnxruntime", "openvino"):
+        if is_installed(backend):
+            return onnx_runner(backend, onnx_file, "fp32", num_threads)
+    return None

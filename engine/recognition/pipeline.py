@@ -1,0 +1,429 @@
+"""The face recognition pipeline, with PaddleX's Python API: detect faces, align, embed, search a gallery.
+
+    from engine import create_pipeline
+    pipeline = create_pipeline("configs/face_recognition/pipeline.yaml")   # or "face_recognition"
+    index = pipeline.build_index(gallery_imgs="gallery/", gallery_label="gallery/gallery.txt")
+    index.save("face_index")                                  # vector.index + id_map.yaml + meta.json
+    index = pipeline.append_index("more/", "more/gallery.txt", index=index)
+    index = pipeline.remove_index(remove_ids=[3, 7], index=index)
+    for res in pipeline.predict("photos/", index=index):     # or index="face_index"
+        res.print()
+        res.save_to_json("output/")
+        res.save_to_img("output/")
+
+Per image: {"input_path", "boxes": [{"labels", "rec_scores", "det_score", "coordinate", "label",
+"score", "ids", "landmarks"}]}. `labels` / `rec_scores` are the top-k gallery matches whose cosine
+reaches rec_threshold, best first (PaddleX gives None when the best one misses and keeps the
+others below it); `label` is the top-1 decision: the gallery label, or the explicit "unknown";
+`score` is the cosine of the nearest gallery face either way. An image without a face gives no boxes.
+
+A gallery is a folder with one sub-folder of images per person, PaddleX's `gallery.txt`
+('<path relative to the gallery root> <label>' lines), lists of paths or numpy images with a list
+of labels, or [(path, label)]. Each gallery image contributes its main face (models.alignment.main_face);
+an unreadable image or one without a face is reported, skipped and counted.
+Every face, gallery and query, is aligned by models.alignment.face_chip (5 landmarks onto the
+112x112 template; a square crop with SubModules.Detection.margin for a face without landmarks).
+
+build_index returns a new index; append_index and remove_index return a changed copy and leave
+the index they were given as it was, so a copy being searched never sees half an update.
+Shared by the gallery modes, recognize, the HTTP service and the Python API.
+"""
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import yaml
+
+from datasets.transforms import ImageReadError, read_image, to_bgr
+from engine.config.loader import load_config, pipeline_config_path
+from engine.evaluation.metrics import l2_normalize
+from engine.gallery.faiss_index import GalleryIndex, apply_threshold, list_gallery, set_search_threads
+from engine.inference.backends import hpi_settings
+from engine.inference.folder import recorded_threshold
+from engine.inference.inputs import expand_inputs, is_expanded, load_item
+from engine.inference.model import InferenceModel
+from engine.inference.official_models import feature_model_dir, official_model_dir
+from engine.recognition.results import FaceRecognitionResult
+from foundation.atomic_io import file_digest
+from foundation.errors import UserError
+from foundation.logger import get_logger
+from foundation.progress import Progress
+from foundation.runtime import num_threads_from, set_threads
+from models.alignment import face_chip, main_face
+from models.face_detector import build_detector
+
+DEFAULT_REC_THRESHOLD = 0.4  # the reference's value, when the model folder records none
+# The detector runs at this score (or the pipeline's det_threshold when lower) and the faces are
+# then kept at the threshold of the call, so predict(det_threshold=...) may go below the config's.
+DETECTION_FLOOR = 0.3
+
+
+def gallery_items(gallery_imgs, gallery_label=None):
+    """[(source, label)] of a gallery, source an absolute path or a numpy image; UserError when it
+    holds no image. Accepts PaddleX's forms (a root folder and a gallery.txt; a list of paths or
+    images and a list of labels), a folder with one sub-folder per person, or [(path, label)]."""
+    if isinstance(gallery_label, (list, tuple)):
+        imgs = [gallery_imgs] if isinstance(gallery_imgs, (str, os.PathLike, np.ndarray)) else list(gallery_imgs)
+        if len(imgs) != len(gallery_label):
+            raise UserError(f"gallery: {len(imgs)} images but {len(gallery_label)} labels; give one label per image")
+        items = [(img if isinstance(img, np.ndarray) else os.path.abspath(os.fspath(img)), str(lbl))
+                 for img, lbl in zip(imgs, gallery_label)]
+    elif isinstance(gallery_imgs, (list, tuple)):
+        items = [(os.path.abspath(os.fspath(p)), str(lbl)) for p, lbl in gallery_imgs]
+    else:
+        items = list_gallery(None if gallery_imgs is None else os.fspath(gallery_imgs),
+                             None if gallery_label is None else os.fspath(gallery_label))
+    if not items:
+        where = gallery_label if isinstance(gallery_label, (str, os.PathLike)) else gallery_imgs
+        raise UserError(f"the gallery {where} holds no images: put one folder of face images per person "
+                        f"(the folder name is the label) or list '<path> <label>' lines in a gallery.txt")
+    return items
+
+
+def _source_name(source, position):
+    return source if isinstance(source, str) else f"image #{position}"
+
+
+@dataclass
+class Enrolment:
+    """What embedding a gallery gave: one feature per enrolled image, and the images skipped."""
+    features: np.ndarray
+    labels: list
+    sources: list  # path, or None for a numpy image
+    total: int
+    skipped: list = field(default_factory=list)  # [(path or "image #i", why)]
+
+    def summary(self, index):
+        return {"images": self.total, "enrolled": len(self.labels), "skipped": len(self.skipped),
+                "skipped_images": self.skipped, "index_size": len(index), "labels": len(index.labels)}
+
+
+class FaceRecognitionPipeline:
+    """Detector + feature model + gallery search. Every argument has the config's default.
+
+    The feature model is not thread-safe: call one pipeline from one thread at a time (the HTTP
+    service runs every model call on one worker thread).
+    """
+
+    def __init__(self, model_dir, det=None, device="cpu", num_threads=2, batch_size=16, run_mode="paddle",
+                 det_threshold=0.6, rec_threshold=None, rec_topk=5, index=None, index_type="Flat",
+                 metric_type="IP", nprobe=32, use_hpip=False, hpi_config=None, backend="faiss", uri=None,
+                 token=None, connect_timeout=5.0, connect_retries=2, pq_m=0, rerank=0, ef_search=64):
+        threads = num_threads_from(num_threads)
+        set_threads(threads)
+        set_search_threads(threads)
+        det = dict(det or {})
+        self.margin = float(det.pop("margin", 0.2))
+        self.det_threshold = float(det.pop("threshold", det_threshold))
+        self.detector = build_detector(num_threads=threads, threshold=min(self.det_threshold, DETECTION_FLOOR), **det)
+        self.model = InferenceModel(model_dir, device=device, num_threads=threads, run_mode=run_mode,
+                                    use_hpip=use_hpip, hpi_config=hpi_config)
+        self.fingerprint = file_digest(self.model.params_file)  # different weights never share an index
+        self.batch_size = max(1, int(batch_size))
+        self.rec_topk = int(rec_topk)
+        self.rec_threshold, self.rec_threshold_source = self._threshold(rec_threshold)
+        self.index_type = index_type
+        self.metric_type = metric_type
+        self.nprobe = int(nprobe)
+        self.pq_m, self.rerank, self.ef_search = int(pq_m or 0), int(rerank or 0), int(ef_search)
+        if backend not in ("faiss", "milvus"):
+            raise UserError(f"Index.backend '{backend}' is not one of faiss, milvus")
+        self.backend = backend
+        self.milvus = {"uri": uri, "token": token, "connect_timeout": connect_timeout,
+                       "connect_retries": connect_retries}
+        if backend == "milvus":
+            from engine.gallery.milvus_index import check_uri, pymilvus
+
+            pymilvus()  # without the extra: say what to install before any work
+            check_uri(uri)
+        self.index = None  # the default index of predict(): a GalleryIndex, or a folder loaded on first use
+        self._index_source = index
+        self.failures = []  # (input path, message) of the images the last predict() skipped
+
+    def _threshold(self, configured):
+        """(cosine threshold, where it came from): the configured value, else the one the model
+        folder's inference.yml records from its validation (FAR 1e-3, 1e-2, best accuracy), else 0.4."""
+        if configured is not None:
+            return float(configured), "set in the config"
+        value, why = recorded_threshold(self.model.info)
+        if value is None:
+            return DEFAULT_REC_THRESHOLD, f"the default ({why})"
+        return value, why
+
+    @classmethod
+    def from_config(cls, cfg):
+        """The pipeline of a pipeline config (engine.config.schema.PipelineConfig)."""
+        det_cfg = cfg.SubModules.Detection
+        det = {"enable": det_cfg.enable, "min_size": det_cfg.min_size, "margin": det_cfg.margin}
+        if det_cfg.model_name == "YuNet":
+            det["type"] = "yunet"
+        else:
+            det["type"] = "paddle"
+            det["model_dir"] = det_cfg.model_dir or (official_model_dir(det_cfg.model_name) if det_cfg.enable else None)
+        rec = cfg.SubModules.Recognition
+        model_dir = feature_model_dir(rec.model_dir, rec.model_name, "SubModules.Recognition.model_dir")
+        use_hpip, hpi_config = hpi_settings(rec)
+        return cls(model_dir, det, device=cfg.Global.device, num_threads=cfg.Global.num_threads,
+                   batch_size=rec.batch_size, run_mode=rec.run_mode, use_hpip=use_hpip, hpi_config=hpi_config,
+                   det_threshold=cfg.det_threshold,
+                   rec_threshold=cfg.rec_threshold, rec_topk=cfg.rec_topk, index=cfg.index,
+                   index_type=cfg.Index.index_type, metric_type=cfg.Index.metric_type, nprobe=cfg.Index.nprobe,
+                   backend=cfg.Index.backend, uri=cfg.Index.uri, token=cfg.Index.token,
+                   connect_timeout=cfg.Index.connect_timeout, connect_retries=cfg.Index.connect_retries,
+                   pq_m=cfg.Index.pq_m, rerank=cfg.Index.rerank, ef_search=cfg.Index.ef_search)
+
+    # ------------------------------------------------------------------ embedding
+    def embed(self, crops):
+        """L2-normalised features [N, D] of BGR face crops, in batches of batch_size."""
+        out = np.zeros((len(crops), self.model.embedding_size), dtype=np.float32)
+        for s in range(0, len(crops), self.batch_size):
+            batch = np.stack([self.model.preprocess(c) for c in crops[s:s + self.batch_size]])
+            out[s:s + len(batch)] = l2_normalize(self.model.predict(batch))
+        return out
+
+    def faces_of(self, img_bgr, det_threshold=None):
+        """[(Face, aligned 112x112 crop)] for every face scoring at least det_threshold, best first."""
+        threshold = self.det_threshold if det_threshold is None else float(det_threshold)
+        return [(f, face_chip(img_bgr, f, self.margin)) for f in self.detector.detect(img_bgr)
+                if f.score >= threshold]
+
+    # ------------------------------------------------------------------ gallery
+    def new_index(self, index_type=None, metric_type=None, name=None, backend=None):
+        """An empty index for this pipeline's model: in memory (faiss), or with the milvus backend a new
+        collection `name` (default: the config's `index`) on Index.uri, replacing one of that name."""
+        index_type, metric_type = index_type or self.index_type, metric_type or self.metric_type
+        if (backend or self.backend) == "milvus":
+            from engine.gallery.milvus_index import MilvusGalleryIndex
+
+            name = name or self._index_source
+            if not name:
+                raise UserError("Index.backend=milvus: set `index` to the collection's name (-o index=my_gallery)")
+            return MilvusGalleryIndex.create(self.milvus["uri"], name, self.model.embedding_size,
+                                             self.model.model_name, self.fingerprint, index_type, metric_type,
+                                             self.nprobe, self.milvus["token"], self.milvus["connect_timeout"],
+                                             self.milvus["connect_retries"])
+        index = GalleryIndex(self.model.embedding_size, self.model.model_name, index_type, self.nprobe,
+                             model_fingerprint=self.fingerprint, metric_type=metric_type, pq_m=self.pq_m,
+                             rerank=self.rerank)
+        index.ef_search = self.ef_search
+        return index
+
+    def enroll(self, items, desc="enrol", progress=True):
+        """Embed the main face of each (source, label): an Enrolment. A source is a path or a numpy image."""
+        log = get_logger()
+        feats, labels, sources, skipped, pending = [], [], [], [], []
+
+        def flush():
+            if pending:
+                feats.append(self.embed([c for c, _, _ in pending]))
+                labels.extend(lbl for _, lbl, _ in pending)
+                sources.extend(p for _, _, p in pending)
+                pending.clear()
+
+        with Progress(len(items), desc=desc, unit="img", enabled=progress) as bar:
+            for position, (source, label) in enumerate(items):
+                name = _source_name(source, position)
+                try:
+                    img = to_bgr(source) if isinstance(source, np.ndarray) else read_image(source)
+                except (ImageReadError, ValueError) as e:
+                    skipped.append((name, str(e)))
+                    log.warning(f"skipped gallery image {name}: {e}")
+                    bar.update(1)
+                    continue
+                found = self.faces_of(img)
+                if not found:
+                    skipped.append((name, "no face detected"))
+                    log.warning(f"skipped gallery image {name}: no face detected")
+                else:
+                    face = main_face([f for f, _ in found], img.shape)
+                    crop = next(c for f, c in found if f is face)
+                    pending.append((crop, label, source if isinstance(source, str) else None))
+                    if len(pending) >= self.batch_size:
+                        flush()
+                bar.update(1)
+        flush()
+        features = np.concatenate(feats) if feats else np.zeros((0, self.model.embedding_size), np.float32)
+        return Enrolment(features, labels, sources, len(items), skipped)
+
+    def _enrolled_or_fail(self, items, desc):
+        enrolment = self.enroll(items, desc)
+        if len(enrolment.labels) == 0:
+            first = enrolment.skipped[0]
+            raise UserError(f"no face found in any of the {len(items)} gallery images ({len(enrolment.skipped)} "
+                            f"skipped, e.g. {first[0]}: {first[1]}); nothing written. For face crops set "
+                            f"-o SubModules.Detection.enable=False")
+        return enrolment
+
+    def build_index(self, gallery_imgs, gallery_label=None, index_type=None, metric_type=None):
+        """A new index of a gallery (see gallery_items); `.save(folder)` writes it. UserError when
+        no face could be enrolled. `self.last_enrolment` tells what was skipped."""
+        items = gallery_items(gallery_imgs, gallery_label)
+        enrolment = self._enrolled_or_fail(items, "build index")
+        index = self.new_index(index_type, metric_type)
+        index.add(enrolment.features, enrolment.labels, enrolment.sources)
+        self.last_enrolment = enrolment
+        return index
+
+    def append_index(self, gallery_imgs, gallery_label=None, index=None):
+        """A copy of `index` (a GalleryIndex or a folder; default: the pipeline's) with a gallery's faces added."""
+        base = self.resolve_index(index)
+        items = gallery_items(gallery_imgs, gallery_label)
+        enrolment = self.enroll(items, "append to index")
+        out = base.copy()
+        out.add(enrolment.features, enrolment.labels, enrolment.sources)
+        self.last_enrolment = enrolment
+        return out
+
+    def remove_index(self, remove_ids=(), index=None, remove_labels=()):
+        """A copy of `index` without the faces with `remove_ids` (a list, or PaddleX's file of one id
+        per line) and every face of `remove_labels`. Ids the index does not hold are named in a
+        warning and in `self.last_missing_ids`."""
+        base = self.resolve_index(index)
+        ids = read_id_list(remove_ids) if isinstance(remove_ids, (str, os.PathLike)) else [int(i) for i in remove_ids]
+        out = base.copy()
+        self.last_missing_ids = sorted(set(ids) - set(out.entries))
+        if self.last_missing_ids:
+            shown = ", ".join(map(str, self.last_missing_ids[:20])) + (" ..." if len(self.last_missing_ids) > 20 else "")
+            get_logger().warning(f"ids not in the gallery index (nothing to remove for them): {shown}")
+        for label in remove_labels:
+            if out.remove_label(label) == 0:
+                get_logger().warning(f"label '{label}' is not in the gallery index")
+        out.remove_ids(ids)
+        return out
+
+    def resolve_index(self, index=None):
+        """`index` as a GalleryIndex checked against this model: a GalleryIndex, a saved folder, or
+        None for the pipeline's own (its config's `index` folder, loaded on first use)."""
+        if index is None:
+            if self.index is None:
+                if not self._index_source:
+                    raise UserError("no gallery index: build one (build_index, or Global.mode=build_index) and pass "
+                                    "index=<folder or index>, or set `index` in the pipeline config")
+                self.index = self._load(self._index_source)
+            index = self.index
+        elif not hasattr(index, "search"):  # a folder (faiss) or a collection name (milvus)
+            index = self._load(os.fspath(index))
+        index.check_model(self.model.model_name, self.model.embedding_size, self.fingerprint,
+                          what="recognition model's")
+        return index
+
+    def _load(self, folder):
+        if self.backend == "milvus":
+            from engine.gallery.milvus_index import MilvusGalleryIndex
+
+            return MilvusGalleryIndex.open(self.milvus["uri"], folder, self.nprobe, self.milvus["token"],
+                                           self.milvus["connect_timeout"], self.milvus["connect_retries"])
+        index = GalleryIndex.load(folder, nprobe=self.nprobe)
+        index.ef_search = self.ef_search
+        return index
+
+    # ------------------------------------------------------------------ recognition
+    def predict(self, input, index=None, det_threshold=None, rec_threshold=None, hamming_radius=None, topk=None,
+                keep_images=True):
+        """Yield a FaceRecognitionResult per input image (path, folder, URL, numpy BGR image or a
+        list). Faces of consecutive images are embedded together in batches of batch_size.
+        hamming_radius is PaddleX's setting for binary features, which face models do not make."""
+        del hamming_radius
+        index = self.resolve_index(index)
+        items = input if is_expanded(input) else expand_inputs(input)
+        self.failures = []
+        queue = []  # (item, img, found) not yet embedded
+        pending = 0
+        for item in items:
+            try:
+                img = load_item(item)
+            except UserError as e:
+                if item.explicit:
+                    raise
+                self.failures.append((item.input_path, str(e)))  # one bad file in a folder: skip it
+                get_logger().warning(f"skipped {item.input_path}: {e}")
+                continue
+            found = self.faces_of(img, det_threshold)
+            queue.append((item, img, found))
+            pending += len(found)
+            if pending >= self.batch_size or len(queue) >= self.batch_size:  # bounded memory
+                yield from self._search(queue, index, rec_threshold, topk, keep_images)
+                queue, pending = [], 0
+        yield from self._search(queue, index, rec_threshold, topk, keep_images)
+
+    def recognize_image(self, img_bgr, index=None, det_threshold=None, rec_threshold=None, topk=None, name="image"):
+        """One decoded image's FaceRecognitionResult (what the service calls per request)."""
+        found = self.faces_of(img_bgr, det_threshold)
+        return next(self._search([(_Named(name), img_bgr, found)], self.resolve_index(index), rec_threshold, topk))
+
+    def _search(self, queue, index, rec_threshold, topk, keep_images=True):
+        threshold = self.rec_threshold if rec_threshold is None else float(rec_threshold)
+        k_max = self.rec_topk if topk is None else max(1, int(topk))
+        crops = [c for _, _, found in queue for _, c in found]
+        feats = self.embed(crops) if crops else np.zeros((0, self.model.embedding_size), np.float32)
+        labels, scores, ids = index.search(feats, k_max) if len(feats) else ([], [], [])
+        k = 0
+        for item, img, found in queue:
+            boxes = []
+            for face, _ in found:
+                decided, best = apply_threshold(labels[k], scores[k], threshold)
+                keep = [j for j, s in enumerate(scores[k]) if s >= threshold]
+                entry = {
+                    "labels": [labels[k][j] for j in keep],
+                    "rec_scores": [round(float(scores[k][j]), 4) for j in keep],
+                    "det_score": round(float(face.score), 4),
+                    "coordinate": [round(float(v), 2) for v in face.box],
+                    "label": decided,
+                    "score": None if best is None else round(best, 4),
+                    "ids": [int(ids[k][j]) for j in keep],
+                }
+                if face.landmarks is not None:
+                    entry["landmarks"] = face.to_dict()["landmarks"]
+                boxes.append(entry)
+                k += 1
+            yield FaceRecognitionResult(item.input_path, boxes, item.name, img if keep_images else None)
+
+
+class _Named:
+    """The two fields of an InputItem that _search reads, for an image decoded elsewhere."""
+
+    def __init__(self, name):
+        self.input_path, self.name = None, name
+
+
+def read_id_list(path):
+    """PaddleX's remove list: one id per line (the first field of the line); UserError naming the line."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f"remove id list {path} does not exist: give a file with one id per line, or a list of ids")
+    ids = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            try:
+                ids.append(int(text.split()[0]))
+            except ValueError:
+                raise UserError(f"{path}:{lineno}: '{text}' does not start with an integer id; fix or remove the line") \
+                    from None
+    return ids
+
+
+def create_pipeline(pipeline="face_recognition", device=None, config=None, use_hpip=None, hpi_config=None):
+    """PaddleX's create_pipeline: "face_recognition" (the bundled configs/face_recognition/pipeline.yaml)
+    or the path of a pipeline YAML. `device` overrides Global.device; `config` is a dict of
+    'Key.sub' -> value overrides applied on top (e.g. {"SubModules.Recognition.model_dir": "..."});
+    use_hpip / hpi_config (PaddleX's high-performance inference) apply to the feature model."""
+    path = pipeline_config_path(pipeline)
+    overrides = dict(config or {})
+    if use_hpip is not None:
+        overrides["SubModules.Recognition.use_hpip"] = bool(use_hpip)
+    for key, value in (hpi_config or {}).items():
+        overrides[f"SubModules.Recognition.hpi_config.{key}"] = value
+    settings = [f"{k}={_override_text(v)}" for k, v in overrides.items()]
+    if device is not None:
+        settings.append(f"Global.device={device}")
+    return FaceRecognitionPipeline.from_config(load_config(path, settings))
+
+
+def _override_text(value):
+    """A Python value as the text of an -o override (YAML reads it back as the same value)."""
+    if value is None:
+        return "null"
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()

@@ -1,0 +1,3 @@
+"""The serving wing: the pipeline as an HTTP service with PaddleX's API (envelope, endpoints,
+request schemas, image decoding) and its web page.
+"""
