@@ -24,8 +24,8 @@ def main():
     parser.add_argument("--keep", action="store_true", help="reuse an existing dataset at --out")
     args = parser.parse_args()
 
+    from datasets.check import check
     from datasets.demo import generate_demo
-    from engine.runners.check_dataset import check
 
     data = os.path.join(args.out, "data")
     if not (args.keep and os.path.isfile(os.path.join(data, "train", "label.txt"))):

@@ -125,7 +125,9 @@ class Service:
         cmd = [sys.executable, os.path.join(REPO_ROOT, "main.py"), "-c", PIPELINE, "-o", "Global.mode=serve",
                "-o", f"Serve.port={self.port}", "-o", f"Serve.index_root={index_root}",
                "-o", f"SubModules.Recognition.model_dir={model_dir}", "-o", "det_threshold=0.5",
-               "-o", f"Global.output={log_dir}", *[x for e in extra for x in ("-o", e)]]
+               "-o", f"Global.output={log_dir}",
+               # the default index of /face-recognition-infer without an indexKey: none unless `extra` names one
+               "-o", "index=no_default_index", *[x for e in extra for x in ("-o", e)]]
         # its output goes to a file, never a pipe nobody reads (a full pipe would block the service)
         self.output = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=self.output, stderr=subprocess.STDOUT,

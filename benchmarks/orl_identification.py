@@ -93,7 +93,7 @@ def main(argv=None):
         raise SystemExit(f"ORL folder {args.orl_dir} does not exist (--orl-dir)")
 
     from datasets.transforms import read_image
-    from engine.recognition.pipeline import FaceRecognitionPipeline
+    from engine import create_pipeline
 
     people = parse_people(args.people, args.orl_dir)
     if args.heldout_from:
@@ -105,8 +105,10 @@ def main(argv=None):
         people = [p for p in people if p not in trained]
         if len(people) < 2:
             raise SystemExit(f"fewer than 2 ORL people are held out by {ids_file}")
-    pipe = FaceRecognitionPipeline(args.model_dir, det={"enable": args.det == "yunet"}, det_threshold=0.3,
-                               num_threads=args.threads, batch_size=args.batch_size)
+    pipe = create_pipeline(config={"SubModules.Recognition.model_dir": args.model_dir,
+                                   "SubModules.Detection.enable": args.det == "yunet", "det_threshold": 0.3,
+                                   "Global.num_threads": args.threads,
+                                   "SubModules.Recognition.batch_size": args.batch_size})
     paths, person, image = [], [], []
     for p in people:
         for f in sorted(os.listdir(os.path.join(args.orl_dir, p)), key=lambda n: int(os.path.splitext(n)[0])

@@ -45,9 +45,10 @@ def machine_line(threads):
 def in_process_rate(model_dir, photos, seconds, threads):
     """Photos/s of decode + recognize_image in this process, over the same photos."""
     from datasets.transforms import decode_image_bytes
-    from engine.recognition.pipeline import FaceRecognitionPipeline
+    from engine import create_pipeline
 
-    pipe = FaceRecognitionPipeline(model_dir, det_threshold=0.5, num_threads=threads)
+    pipe = create_pipeline(config={"SubModules.Recognition.model_dir": model_dir, "det_threshold": 0.5,
+                                   "Global.num_threads": threads})
     index = pipe.build_index([decode_image_bytes(p) for _, p in photos], [lbl for lbl, _ in photos])
     pipe.recognize_image(decode_image_bytes(photos[0][1]), index=index)  # warm-up
     n, start = 0, time.perf_counter()

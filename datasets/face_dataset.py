@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import paddle
 
-from datasets.transforms import IMAGE_SIZE, ImageReadError, hflip_chw, preprocess, read_image
+from datasets.transforms import DEFAULT_MAX_PIXELS, IMAGE_SIZE, ImageReadError, hflip_chw, preprocess, read_image
 
 
 def flip_decision(seed, epoch, index, prob):
@@ -63,9 +63,10 @@ class TrainImageDataset(paddle.io.Dataset):
 class FaceTrainDataset(TrainImageDataset):
     """The samples of train/label.txt (the list from datasets.label_files.load_train_list)."""
 
-    def __init__(self, samples, flip_prob=0.5, seed=0, image_size=IMAGE_SIZE):
+    def __init__(self, samples, flip_prob=0.5, seed=0, image_size=IMAGE_SIZE, max_pixels=DEFAULT_MAX_PIXELS):
         super().__init__(flip_prob, seed, image_size)
         self.samples = list(samples)
+        self.max_pixels = max_pixels  # travels to the loader workers with the dataset
 
     def __len__(self):
         return len(self.samples)
@@ -74,7 +75,7 @@ class FaceTrainDataset(TrainImageDataset):
         path, label = self.samples[index]
         # read_image raises ImageReadError whose message names the path; it travels back
         # from a loader worker to the training loop, which reports it and stops.
-        return read_image(path), label
+        return read_image(path, self.max_pixels), label
 
     @property
     def num_classes(self):

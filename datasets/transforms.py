@@ -12,10 +12,9 @@ import numpy as np
 from datasets.image_headers import HeaderError, image_header, stream_header
 
 IMAGE_SIZE = 112
-# Largest image decoded, in pixels (Global.max_image_pixels, passed through the environment so
-# loader worker processes see it too). Decoding needs ~3 bytes a pixel: a 1 MB PNG of 20000 x 20000
-# would take 1.2 GB; a face photo is far below 50 MP (an 8000 x 6000 camera frame is 48 MP).
-MAX_PIXELS_ENV = "FACEFEAT_MAX_IMAGE_PIXELS"
+# Largest image decoded by default, in pixels (Global.max_image_pixels). Decoding needs ~3 bytes a
+# pixel: a 1 MB PNG of 20000 x 20000 would take 1.2 GB; a face photo is far below 50 MP (an
+# 8000 x 6000 camera frame is 48 MP).
 DEFAULT_MAX_PIXELS = 50_000_000
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm")
 
@@ -56,25 +55,17 @@ def to_bgr(img):
     raise ImageReadError(f"unsupported image shape {img.shape}")
 
 
-def max_image_pixels():
-    try:
-        return int(os.environ.get(MAX_PIXELS_ENV) or DEFAULT_MAX_PIXELS)
-    except ValueError:
-        return DEFAULT_MAX_PIXELS
-
-
-def check_pixel_limit(path, width, height):
+def check_pixel_limit(path, width, height, limit=DEFAULT_MAX_PIXELS):
     """ImageReadError when an image is larger than the pixel limit (read from its header)."""
-    limit = max_image_pixels()
     if width * height > limit:
         raise ImageReadError(f"{path} is {width}x{height} = {width * height / 1e6:.1f} megapixels, above the limit of "
                              f"{limit / 1e6:g} (Global.max_image_pixels): it would take about "
                              f"{width * height * 3 / 2**30:.1f} GB to decode. Resize it, or raise the limit")
 
 
-def read_image(path):
+def read_image(path, max_pixels=DEFAULT_MAX_PIXELS):
     """Decode `path` as 3-channel BGR uint8; raises ImageReadError naming the path. The header is
-    read first: an image above the pixel limit is refused without decoding it."""
+    read first: an image above `max_pixels` is refused without decoding it."""
     if not os.path.isfile(path):
         raise ImageReadError(f"image file not found: {path}")
     try:
@@ -82,7 +73,7 @@ def read_image(path):
     except HeaderError:
         width = height = 0  # not parsed here, or damaged: imdecode below has the last word
     if width and height:
-        check_pixel_limit(path, width, height)
+        check_pixel_limit(path, width, height, max_pixels)
     data = np.fromfile(path, dtype=np.uint8)  # fromfile + imdecode also handles non-ASCII paths
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if img is None:
@@ -90,7 +81,7 @@ def read_image(path):
     return to_bgr(img)
 
 
-def decode_image_bytes(data, name="image"):
+def decode_image_bytes(data, name="image", max_pixels=DEFAULT_MAX_PIXELS):
     """Decode an image held in memory (an upload) as BGR uint8, with read_image's checks: the
     header first (pixel limit, truncation), then cv2.imdecode. ImageReadError names `name`."""
     if not data:
@@ -102,7 +93,7 @@ def decode_image_bytes(data, name="image"):
             raise ImageReadError(f"{name}: {e}") from None
         width = height = 0
     if width and height:
-        check_pixel_limit(name, width, height)
+        check_pixel_limit(name, width, height, max_pixels)
     img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageReadError(f"{name} is not an image (cv2 cannot decode it: not JPEG/PNG/BMP/..., or corrupt)")

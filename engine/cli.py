@@ -11,7 +11,6 @@ import argparse
 import os
 import sys
 
-from datasets.transforms import MAX_PIXELS_ENV
 from engine.config.loader import load_config
 from engine.config.output_folder import check_output_folder
 from engine.config.schema import MODEL_MODES, PIPELINE_MODES
@@ -41,7 +40,6 @@ def main(argv=None):
     try:
         cfg = load_config(args.config, args.override)
         check_output_folder(cfg.Global.output)  # before anything is written there
-        os.environ[MAX_PIXELS_ENV] = str(cfg.Global.max_image_pixels)  # loader workers read it too
         # Paddle's C++ log (glog) writes internal warnings straight to stderr, where no Python
         # redirect reaches them; keep errors only unless the user asks for more
         os.environ.setdefault("GLOG_minloglevel", "2")

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("foundation", "models", "datasets", "engine")
+PACKAGES = ("facefeat", "foundation", "models", "datasets", "engine")
 LINT = os.path.join(os.path.dirname(sys.executable), "lint-imports")
 
 pytestmark = pytest.mark.skipif(not os.path.isfile(LINT), reason="import-linter is not installed (test extra)")

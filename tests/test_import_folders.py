@@ -97,7 +97,7 @@ def test_too_many_val_identities(source, tmp_path):
 
 
 def test_linked_import_passes_check_dataset(source, tmp_path):
-    from engine.runners.check_dataset import check
+    from datasets.check import check
 
     dst = str(tmp_path / "linked")
     import_folders(source, dst, val_identities=3, pairs=6, seed=0, mode="link", log=lambda *a: None)
@@ -121,7 +121,7 @@ def test_command_line(source, tmp_path):
 
 @pytest.mark.skipif(not os.path.isdir(ORL), reason="ORL faces (../shared/data/orl_faces) not present")
 def test_orl_import_passes_check_dataset(tmp_path):
-    from engine.runners.check_dataset import check
+    from datasets.check import check
 
     dst = str(tmp_path / "orl")
     s = import_folders(ORL, dst, val_identities=10, seed=0, log=lambda *a: None)

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("foundation", "models", "datasets", "engine", "configs")  # top-level folders that are installed
+PACKAGES = ("facefeat", "foundation", "models", "datasets", "engine", "configs")  # top-level folders that are installed
 pytestmark = pytest.mark.slow
 
 
@@ -101,9 +101,11 @@ def installed(tmp_path_factory):
 
 
 def test_the_installed_copy_is_what_imports_from_another_folder(installed):
-    code = ("import json, os, sys, engine, engine.config.loader, engine.training.cpu_speed, models.face_detector, "
-            "models.fast_cpu_ops\n"
+    code = ("import json, os, sys, engine, engine.config.loader, engine.training.cpu_speed, facefeat, "
+            "models.face_detector, models.fast_cpu_ops\n"
+            "from facefeat import create_model, create_pipeline\n"
             "print(json.dumps({'engine': engine.__file__, 'config_dir': engine.config.loader.CONFIG_DIR,\n"
+            "    'facefeat': facefeat.__file__,\n"
             "    'weights': models.face_detector.WEIGHTS_DIR, 'cc': models.fast_cpu_ops.SOURCE,\n"
             "    'shim': engine.training.cpu_speed.SHIM_SOURCE, 'path': sys.path, 'cwd': os.getcwd()}))")
     proc = _run([installed["python"], "-c", code], installed["env"], installed["elsewhere"])
@@ -113,6 +115,7 @@ def test_the_installed_copy_is_what_imports_from_another_folder(installed):
     repo = os.path.realpath(REPO)
     engine_file = os.path.realpath(info["engine"])
     assert engine_file == os.path.join(site, "engine", "__init__.py")
+    assert os.path.realpath(info["facefeat"]) == os.path.join(site, "facefeat", "__init__.py")
     assert not engine_file.startswith(repo + os.sep)
     assert repo not in [os.path.realpath(p) for p in info["path"] if p]
     assert os.path.realpath(info["cwd"]) == os.path.realpath(installed["elsewhere"])

@@ -101,8 +101,8 @@ def test_an_unreachable_server_is_one_clear_error_within_the_bound():
     need_milvus()
     import socket
 
+    from engine.gallery.backend import GallerySettings
     from engine.gallery.milvus_index import MilvusUnavailableError, client_for
-    from engine.gallery.store import MilvusIndexStore
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -112,7 +112,7 @@ def test_an_unreachable_server_is_one_clear_error_within_the_bound():
     with pytest.raises(MilvusUnavailableError, match=f"cannot reach the Milvus server at {uri} after 2 attempts"):
         client_for(uri, timeout=1.0, retries=1)
     assert time.perf_counter() - start < 10  # 2 x 1 s + 0.5 s back-off, not a hang
-    problem = MilvusIndexStore(uri, connect_timeout=0.5, connect_retries=0).check()
+    problem = GallerySettings("milvus", uri=uri, connect_timeout=0.5, connect_retries=0).store(None).check()
     assert problem and uri in problem
 
 
@@ -126,13 +126,13 @@ print(ix.add(v, ["written_by_another_process"])[0])
 
 
 def test_server_shared_by_processes_sees_each_write_at_once(milvus_server):  # noqa: F811 - the fixture
+    from engine.gallery.backend import GallerySettings
     from engine.gallery.milvus_index import MilvusGalleryIndex
-    from engine.gallery.store import MilvusIndexStore
 
     feats, labels, probes = _people(seed=1)
     flat = GalleryIndex(DIM, "m", "Flat")
     flat.add(feats, labels)
-    store = MilvusIndexStore(milvus_server.uri)
+    store = GallerySettings("milvus", uri=milvus_server.uri).store(None)
     key = store.create(flat)  # the service's build: an in-memory index written as a collection
     assert key in store.keys() and store.check() is None
     shared = store.get(key)

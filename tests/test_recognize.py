@@ -61,11 +61,13 @@ def _cli(*overrides):
 def test_pipeline_python_api_build_predict_append_remove(model_dir, gallery, tmp_path):
     """PaddleX's calls: build_index returns an index (saved by the caller), append_index and
     remove_index return changed copies, predict takes the index; results carry PaddleX's fields."""
+    from engine import create_pipeline
     from engine.gallery.faiss_index import GalleryIndex
-    from engine.recognition.pipeline import FaceRecognitionPipeline
     from foundation.errors import UserError
 
-    pipe = FaceRecognitionPipeline(model_dir, det={"enable": False}, batch_size=4, rec_topk=3, rec_threshold=0.4)
+    crop_cfg = {"SubModules.Recognition.model_dir": model_dir, "SubModules.Detection.enable": False}
+    pipe = create_pipeline(config={**crop_cfg, "SubModules.Recognition.batch_size": 4, "rec_topk": 3,
+                                   "rec_threshold": 0.4})
     index = pipe.build_index(str(gallery / "gallery"))
     assert len(index) == 8 and len(index.labels) == 4 and pipe.last_enrolment.skipped == []
     index.save(str(tmp_path / "ix"))
@@ -95,7 +97,7 @@ def test_pipeline_python_api_build_predict_append_remove(model_dir, gallery, tmp
     grown = pipe.append_index(str(gallery / "gallery"), str(lst), index=smaller)
     assert len(grown) == 7 and len(smaller) == 6
     grown.save(str(tmp_path / "ix"))
-    again = FaceRecognitionPipeline(model_dir, det={"enable": False}, index=str(tmp_path / "ix"))
+    again = create_pipeline(config={**crop_cfg, "index": str(tmp_path / "ix")})
     res = next(iter(again.predict(np.ascontiguousarray(cv2.imread(str(gallery / "queries" / "q1.png"))))))
     assert res["input_path"] is None and res["boxes"][0]["label"] == "person_1"
     assert res.json == {"res": dict(res)}
@@ -342,9 +344,13 @@ def test_rec_threshold_comes_from_the_model_unless_set(model_dir, tmp_path):
 
     import yaml
 
-    from engine.recognition.pipeline import FaceRecognitionPipeline as RecognitionPipeline
+    from engine import create_pipeline
 
-    assert RecognitionPipeline(model_dir, det={"enable": False}).rec_threshold == 0.4
+    def pipeline(folder, **more):
+        return create_pipeline(config={"SubModules.Recognition.model_dir": str(folder),
+                                       "SubModules.Detection.enable": False, **more})
+
+    assert pipeline(model_dir).rec_threshold == 0.4
     folder = tmp_path / "with_record"
     shutil.copytree(model_dir, folder)
     path = folder / "inference.yml"
@@ -352,9 +358,9 @@ def test_rec_threshold_comes_from_the_model_unless_set(model_dir, tmp_path):
     info["Verification"] = {"source": "val/pair_label.txt", "acc": 0.9, "best_threshold_cosine": 0.31,
                             "threshold_cosine_at_far": {"1e-1": 0.2, "1e-2": 0.35, "1e-3": None}}
     path.write_text(yaml.safe_dump(info))
-    pipe = RecognitionPipeline(str(folder), det={"enable": False})
+    pipe = pipeline(folder)
     assert pipe.rec_threshold == 0.35 and "FAR 1e-2" in pipe.rec_threshold_source
-    assert RecognitionPipeline(str(folder), det={"enable": False}, rec_threshold=0.5).rec_threshold == 0.5
+    assert pipeline(folder, rec_threshold=0.5).rec_threshold == 0.5
 
 
 def test_cli_build_streams_in_steps_and_resumes_an_interrupted_build(model_dir, gallery, tmp_path, capsys):

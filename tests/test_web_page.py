@@ -234,5 +234,5 @@ def test_web_page_enrols_and_recognizes_in_chromium(sync_playwright, server, pho
 
 
 def test_page_uses_no_external_url():
-    html = open(os.path.join(REPO_ROOT, "engine", "web", "index.html"), encoding="utf-8").read()
+    html = open(os.path.join(REPO_ROOT, "engine", "serving", "web", "index.html"), encoding="utf-8").read()
     assert "http://" not in html and "https://" not in html and "//cdn" not in html

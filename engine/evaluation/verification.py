@@ -13,7 +13,7 @@ from datasets.bin_file import decode_image, read_bin
 from datasets.label_files import PAIR_LABEL, load_pair_list
 from datasets.prefetch import extract_features
 from datasets.recordio import REC_NAME, find_bins, is_recordio_dir
-from datasets.transforms import ImageReadError, preprocess, read_image
+from datasets.transforms import DEFAULT_MAX_PIXELS, ImageReadError, preprocess, read_image
 from engine.evaluation import metrics as M
 from foundation.errors import DatasetError
 from foundation.progress import Progress
@@ -36,19 +36,24 @@ def chunked(extract_fn, size=FORWARD_CHUNK):
 
 
 # --------------------------------------------------------------------------- scoring
-def _read_path(path):
-    try:
-        return read_image(path)
-    except ImageReadError as e:
-        raise DatasetError(f"{e}; fix the image or remove its pair from val/pair_label.txt") from None
+def pair_image_reader(max_pixels=DEFAULT_MAX_PIXELS):
+    """load_fn for score_pairs: a val pair image, decoded; DatasetError naming the file and the fix."""
+    def read(path):
+        try:
+            return read_image(path, max_pixels)
+        except ImageReadError as e:
+            raise DatasetError(f"{e}; fix the image or remove its pair from val/pair_label.txt") from None
+    return read
 
 
-def aligned_face_loader(cropper, fallbacks):
+def aligned_face_loader(cropper, fallbacks, max_pixels=DEFAULT_MAX_PIXELS):
     """load_fn for score_pairs on raw photos: the main face of each image aligned by `cropper`
     (models.face_detector.MainFaceCropper); an image without a face is used whole and its path is
     appended to `fallbacks` (so every pair is still scored and the count is reported)."""
+    read = pair_image_reader(max_pixels)
+
     def load(path):
-        img = _read_path(path)
+        img = read(path)
         chip, _, _ = cropper.main(img)
         if chip is None:
             fallbacks.append(path)
@@ -69,7 +74,7 @@ def unique_images(pairs):
     return list(index), ia, ib
 
 
-def score_pairs(images, index_a, index_b, labels, extract_fn, load_fn=_read_path, batch_size=64, flip=True,
+def score_pairs(images, index_a, index_b, labels, extract_fn, load_fn=None, batch_size=64, flip=True,
                 folds=10, num_workers=2, desc="evaluate", preprocess_fn=preprocess):
     """Embed each distinct image once (with its flip), then score the pairs. `preprocess_fn` turns
     a BGR image into the model's input (an InferenceModel's, from its inference.yml).
@@ -82,7 +87,7 @@ def score_pairs(images, index_a, index_b, labels, extract_fn, load_fn=_read_path
                            f"(at least {folds}, a few hundred for a meaningful figure) or lower -o Evaluate.folds")
     with Progress(len(images), desc=desc, unit="img") as bar:
         bar.postfix = "(x2 forward passes: flip)" if flip else ""
-        feats = extract_features(images, load_fn, extract_fn, batch_size=batch_size, flip=flip,
+        feats = extract_features(images, load_fn or pair_image_reader(), extract_fn, batch_size=batch_size, flip=flip,
                                  num_workers=num_workers, progress=bar, preprocess_fn=preprocess_fn)
     cosine, sq_dist = M.pair_scores(feats[index_a], feats[index_b])
     metrics = M.metrics_from_scores(cosine, sq_dist, labels, folds=folds, flip=bool(flip))
@@ -91,7 +96,7 @@ def score_pairs(images, index_a, index_b, labels, extract_fn, load_fn=_read_path
     return metrics, cosine, sq_dist
 
 
-def evaluate_pairs(pairs, extract_fn, batch_size=64, flip=True, folds=10, num_workers=2):
+def evaluate_pairs(pairs, extract_fn, batch_size=64, flip=True, folds=10, num_workers=2, max_pixels=DEFAULT_MAX_PIXELS):
     """Verification metrics of `pairs` [(path_a, path_b, label)] with `extract_fn(nchw) -> [N, D]`.
 
     Each distinct image is decoded and embedded once; decoding runs in `num_workers` threads
@@ -101,8 +106,8 @@ def evaluate_pairs(pairs, extract_fn, batch_size=64, flip=True, folds=10, num_wo
         raise DatasetError("no pairs to evaluate: val/pair_label.txt is empty")
     images, ia, ib = unique_images(pairs)
     labels = [int(lbl) for _, _, lbl in pairs]
-    metrics, _, _ = score_pairs(images, ia, ib, labels, extract_fn, batch_size=batch_size, flip=flip,
-                                folds=folds, num_workers=num_workers)
+    metrics, _, _ = score_pairs(images, ia, ib, labels, extract_fn, pair_image_reader(max_pixels),
+                                batch_size=batch_size, flip=flip, folds=folds, num_workers=num_workers)
     return metrics
 
 

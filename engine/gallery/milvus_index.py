@@ -36,6 +36,7 @@ import warnings
 import numpy as np
 
 from engine.gallery.faiss_index import (
+    HNSW_EF_SEARCH,
     GalleryIndex,
     IndexMismatchError,
     choose_nlist,
@@ -180,6 +181,7 @@ class MilvusGalleryIndex:
         self.index_type = normalize_index_type(meta.get("index_type", "Flat"))
         self.metric_type = normalize_metric(meta.get("metric_type", "IP"))
         self.nprobe = int(nprobe)
+        self.ef_search = HNSW_EF_SEARCH
         self.nlist = meta.get("nlist")
         self.call_timeout = deadline(call_timeout)  # per call, retries included (see deadline)
 
@@ -362,7 +364,7 @@ class MilvusGalleryIndex:
         if self.index_type in ("IVF", "IVFPQ"):
             params["params"]["nprobe"] = self.nprobe
         elif self.index_type == "HNSW":
-            params["params"]["ef"] = max(64, k)
+            params["params"]["ef"] = max(self.ef_search, k)
         with milvus_errors(self.uri):
             hits = self.client.search(self.collection, l2_normalize_rows(feats).tolist(), limit=k,
                                       output_fields=["label"], search_params=params, consistency_level=CONSISTENCY,

@@ -25,15 +25,7 @@ import threading
 import uuid
 from contextlib import contextmanager
 
-from engine.gallery.faiss_index import GalleryIndex
-from engine.gallery.milvus_index import (
-    MilvusGalleryIndex,
-    MilvusUnavailableError,
-    check_uri,
-    client_for,
-    deadline,
-    milvus_errors,
-)
+from engine.gallery.milvus_index import MilvusUnavailableError, client_for, deadline, milvus_errors
 from foundation.atomic_io import atomic_write_text, fsync_tree
 from foundation.errors import UserError
 
@@ -52,9 +44,9 @@ class IndexStore:
         """None: a folder on this disk is always reachable (MilvusIndexStore.check may say otherwise)."""
         return None
 
-    def __init__(self, root, nprobe=32):
+    def __init__(self, root, settings):
         self.root = os.path.abspath(root)
-        self.nprobe = int(nprobe)
+        self.settings = settings  # engine.gallery.backend.GallerySettings: how each version is loaded
         os.makedirs(self.root, exist_ok=True)
         self._cache = {}  # key -> (version name, GalleryIndex)
         self._locks = {}
@@ -83,7 +75,7 @@ class IndexStore:
             if cached and cached[0] == version:
                 return cached[1]
             try:
-                index = GalleryIndex.load(os.path.join(self._folder(key), version), nprobe=self.nprobe)
+                index = self.settings.load_folder(os.path.join(self._folder(key), version))
             except UserError:
                 if self._current_version(key) != version:
                     continue
@@ -153,18 +145,18 @@ class MilvusIndexStore:
     PREFIX = "facefeat_"
     MILVUS_KEY = re.compile(r"^[A-Za-z0-9_]{1,128}$")  # collection names take no '-'
 
-    def __init__(self, uri, token=None, nprobe=32, connect_timeout=5.0, connect_retries=2):
-        self.uri, self.token, self.nprobe = check_uri(uri), token, int(nprobe)
-        self.connect = {"timeout": connect_timeout, "retries": connect_retries}
+    def __init__(self, settings):
+        self.settings = settings  # engine.gallery.backend.GallerySettings with backend milvus
+        self.uri, self.token = settings.uri, settings.token
         # every later call (search, insert, list...) gets the time a connection may take, retries
         # included: a server that went away mid-service is a 503 after that long, not a hang
-        self.call_timeout = deadline(float(connect_timeout) * (int(connect_retries) + 1))
+        self.call_timeout = deadline(float(settings.connect_timeout) * (int(settings.connect_retries) + 1))
         self.root = f"Milvus {self.uri}"
         self._cache = {}
         self._guard = threading.Lock()
 
     def _client(self):
-        return client_for(self.uri, self.token, **self.connect)
+        return client_for(self.uri, self.token, self.settings.connect_timeout, self.settings.connect_retries)
 
     def _collection(self, key):
         if not isinstance(key, str) or not self.MILVUS_KEY.match(key):
@@ -177,9 +169,8 @@ class MilvusIndexStore:
         name = self._collection(key)
         with self._guard:
             if key not in self._cache:
-                self._cache[key] = MilvusGalleryIndex.open(
-                    self.uri, name, self.nprobe, self.token, self.connect["timeout"], self.connect["retries"],
-                    missing=lambda _: UnknownIndexError(
+                self._cache[key] = self.settings.open(
+                    name, missing=lambda _: UnknownIndexError(
                         f"no index with indexKey '{key}' on Milvus {self.uri}: build one with "
                         "/face-recognition-index-build"), call_timeout=self.call_timeout)
             return self._cache[key]
@@ -202,10 +193,9 @@ class MilvusIndexStore:
         """Store `index` (an in-memory GalleryIndex, e.g. what the service built) in a new collection;
         returns its key. Ids are Milvus' (the stored index's id_map has them)."""
         key = uuid.uuid4().hex
-        stored = MilvusGalleryIndex.create(self.uri, self._collection(key), index.embedding_size, index.model_name,
-                                           index.model_fingerprint, index.index_type, index.metric_type, self.nprobe,
-                                           self.token, self.connect["timeout"], self.connect["retries"],
-                                           replace=False, call_timeout=max(30, self.call_timeout))  # + index, load
+        stored = self.settings.create(index.embedding_size, index.model_name, index.model_fingerprint,
+                                      self._collection(key), index.index_type, index.metric_type, replace=False,
+                                      call_timeout=max(30, self.call_timeout))  # + index, load
         if len(index):
             ids, vectors = index._stored_vectors()
             entries = [index.entries[int(i)] for i in ids]
@@ -221,22 +211,3 @@ class MilvusIndexStore:
         index = self.get(key)
         return index, change(index)
 
-
-def open_store(index_cfg, serve_cfg):
-    """The service's store for the pipeline config's Index and Serve sections."""
-    if index_cfg.backend == "milvus":
-        return MilvusIndexStore(index_cfg.uri, index_cfg.token, index_cfg.nprobe, index_cfg.connect_timeout,
-                                index_cfg.connect_retries)
-    return IndexStore(serve_cfg.index_root, nprobe=index_cfg.nprobe)
-
-
-def open_index(index_cfg, name):
-    """The gallery index `name` of a pipeline config's Index section: a folder (faiss) or a collection
-    on Index.uri (milvus); opened before the model loads, so a missing or broken one fails fast."""
-    if index_cfg.backend == "milvus":
-        return MilvusGalleryIndex.open(index_cfg.uri, name, index_cfg.nprobe, index_cfg.token,
-                                       index_cfg.connect_timeout, index_cfg.connect_retries)
-    if not os.path.isdir(name):
-        raise UserError(f"gallery index folder '{name}' does not exist: build it first with "
-                        f"-o Global.mode=build_index -o Index.gallery=DIR -o index={name}")
-    return GalleryIndex.load(name, nprobe=index_cfg.nprobe)

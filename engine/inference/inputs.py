@@ -9,7 +9,7 @@ import tempfile
 import numpy as np
 
 from datasets.demo import ensure_demo
-from datasets.transforms import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image, to_bgr
+from datasets.transforms import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageReadError, list_images, read_image, to_bgr
 from foundation.atomic_io import download_file, unique_name
 from foundation.errors import UserError
 
@@ -64,7 +64,7 @@ def download(url, timeout=30):
 def expand_inputs(inputs):
     """[InputItem] for a path, folder, URL, numpy array or a list of these, each with a result
     name of its own. UserError on a missing path, an empty folder or an unsupported value, before
-    any image is processed. A path inside the built-in demo dataset generates it on first use."""
+    any image is processed."""
     if isinstance(inputs, (str, os.PathLike, np.ndarray)):
         inputs = [inputs]
     elif not isinstance(inputs, (list, tuple)):
@@ -86,7 +86,6 @@ def expand_inputs(inputs):
         if is_url(text):
             items.append(InputItem(text, os.path.splitext(os.path.basename(text.split("?", 1)[0]))[0] or "url"))
             continue
-        ensure_demo(text)
         if os.path.isdir(text):
             files = list_images(text)
             if not files:
@@ -102,19 +101,32 @@ def expand_inputs(inputs):
     return unique_names(items)
 
 
-def load_item(item):
-    """The BGR uint8 image of an InputItem; UserError (one line) when it cannot be read."""
+def configured_inputs(value, key="Predict.input"):
+    """The InputItems of a config's input setting (a path, folder, URL or a list of them), for the
+    predict and recognize runners. A path inside the built-in demo dataset generates it first, so
+    the default configs run out of the box."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise UserError(f"{key} is empty: pass -o {key}=<image, folder or URL>")
+    values = [value] if isinstance(value, str) else [str(v) for v in value]
+    for text in values:
+        ensure_demo(text)
+    return expand_inputs(values)
+
+
+def load_item(item, max_pixels=DEFAULT_MAX_PIXELS):
+    """The BGR uint8 image of an InputItem; UserError (one line) when it cannot be read or is larger
+    than `max_pixels` (Global.max_image_pixels)."""
     try:
         if item.array is not None:
             return to_bgr(item.array)
         if is_url(item.input_path):
             tmp = download(item.input_path)
             try:
-                return read_image(tmp)
+                return read_image(tmp, max_pixels)
             except ImageReadError:
                 raise ImageReadError(f"{item.input_path} did not download an image") from None
             finally:
                 os.remove(tmp)
-        return read_image(item.input_path)
+        return read_image(item.input_path, max_pixels)
     except ImageReadError as e:
         raise UserError(str(e)) from None

@@ -22,9 +22,9 @@ import time
 import numpy as np
 
 from datasets.label_files import load_pair_list, load_train_list
-from datasets.transforms import read_image
+from datasets.transforms import DEFAULT_MAX_PIXELS, read_image
 from engine.evaluation import metrics as M
-from engine.evaluation.verification import score_pairs, unique_images
+from engine.evaluation.verification import pair_image_reader, score_pairs, unique_images
 from engine.inference.backends import OpenVINORunner, require
 from engine.inference.folder import CONFIG_FILE_NAME, PARAMS_FILE_NAME, Preprocess, read_inference_yml
 from engine.inference.onnx_convert import INT8_FILE_NAME, ONNX_FILE_NAME, quantize_int8
@@ -60,7 +60,7 @@ def _version(name):
 
 
 def quantize_with_gate(folder, dataset_dir, calibration=300, max_loss=0.2, flip=True, folds=10, batch_size=64,
-                       num_threads=2):
+                       num_threads=2, max_pixels=DEFAULT_MAX_PIXELS):
     """Quantize folder/inference.onnx, score fp32 and int8 on the val pairs, keep
     folder/inference_int8.onnx only when the gate passes; returns the `Int8` record."""
     require("nncf", "Export.int8 (post-training int8)")
@@ -75,7 +75,7 @@ def quantize_with_gate(folder, dataset_dir, calibration=300, max_loss=0.2, flip=
     if len(pairs) < folds:
         raise DatasetError(f"Export.int8: {len(pairs)} val pairs cannot be split into {folds} folds")
     paths = calibration_images(dataset_dir, calibration)
-    calib = [preprocess(read_image(p))[None] for p in paths]
+    calib = [preprocess(read_image(p, max_pixels))[None] for p in paths]
     logger.info(f"Export.int8: quantizing {onnx_file} with NNCF on {len(calib)} training images of {dataset_dir}")
     try:
         quantize_seconds = quantize_int8(onnx_file, calib, candidate)
@@ -84,7 +84,8 @@ def quantize_with_gate(folder, dataset_dir, calibration=300, max_loss=0.2, flip=
         acc = {}
         for name, path, precision in (("fp32", onnx_file, "fp32"), ("int8", candidate, "int8")):
             runner = OpenVINORunner(path, precision, num_threads)
-            m, _, _ = score_pairs(images, ia, ib, labels, runner.predict, batch_size=batch_size, flip=flip,
+            m, _, _ = score_pairs(images, ia, ib, labels, runner.predict, pair_image_reader(max_pixels),
+                                  batch_size=batch_size, flip=flip,
                                   folds=folds, desc=f"Export.int8 {name}", preprocess_fn=preprocess)
             acc[name] = m
             del runner

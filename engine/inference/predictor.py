@@ -23,6 +23,7 @@ import os
 import numpy as np
 
 from datasets.prefetch import prefetch_batches
+from datasets.transforms import DEFAULT_MAX_PIXELS
 from engine.evaluation.metrics import l2_normalize
 from engine.inference.inputs import expand_inputs, is_expanded, load_item
 from engine.inference.model import InferenceModel
@@ -39,7 +40,7 @@ class FaceFeaturePredictor:
     """An exported face feature model plus pre-processing; see the module docstring."""
 
     def __init__(self, model_dir, device="cpu", num_threads=None, run_mode="paddle", model_name=None, detect=False,
-                 det=None, use_hpip=False, hpi_config=None):
+                 det=None, use_hpip=False, hpi_config=None, max_image_pixels=DEFAULT_MAX_PIXELS):
         threads = num_threads_from(num_threads or 0)
         set_threads(threads)
         self.model = InferenceModel(model_dir, device=device, num_threads=threads, run_mode=run_mode,
@@ -47,6 +48,7 @@ class FaceFeaturePredictor:
         self.model_dir = self.model.model_dir
         self.model_name = self.model.model_name
         self.embedding_size = self.model.embedding_size
+        self.max_image_pixels = int(max_image_pixels)  # larger images are refused from their header
         self.failures = []  # (input path, message) of images skipped by the last predict()
         # detect: raw photos -> the aligned main face (det: options of models.face_detector.build_detector)
         self.cropper = MainFaceCropper(**(det or {})) if detect else None
@@ -71,7 +73,7 @@ class FaceFeaturePredictor:
 
         def load(index):
             item = items[index]
-            img = load_item(item)
+            img = load_item(item, self.max_image_pixels)
             if self.cropper is None:
                 return img
             chip, face, _ = self.cropper.main(img)
@@ -114,13 +116,14 @@ class FaceFeaturePredictor:
 
 
 def create_model(model_name=None, model_dir=None, device="cpu", num_threads=None, run_mode="paddle", detect=False,
-                 use_hpip=False, hpi_config=None):
+                 use_hpip=False, hpi_config=None, max_image_pixels=DEFAULT_MAX_PIXELS):
     """A FaceFeaturePredictor. `model_name` is an official model ("MobileFaceNet", "ResNet50_face":
     downloaded once into the cache, as PaddleX does) or the path of an inference folder; `model_dir`
     names a local folder explicitly. With detect, inputs are raw photos whose main face is detected
     and aligned first. use_hpip=True is high-performance inference, as in PaddleX: hpi_config
     {"backend": "paddle" | "openvino" | "onnxruntime", "precision": "fp32" | "bf16", "num_threads": N},
-    each optional (no backend: chosen automatically; see engine.inference.backends)."""
+    each optional (no backend: chosen automatically; see engine.inference.backends). Images larger
+    than max_image_pixels (Global.max_image_pixels) are refused from their header."""
     if model_dir is None:
         if not model_name:
             raise UserError("create_model needs a model name (e.g. 'MobileFaceNet') or model_dir=<inference folder>")
@@ -132,4 +135,5 @@ def create_model(model_name=None, model_dir=None, device="cpu", num_threads=None
             raise UserError(f"unknown model '{model_name}': official models are {', '.join(FEATURE_MODELS)}; or give "
                             "the path of an inference folder (create_model('output/best_model/inference'))")
     return FaceFeaturePredictor(model_dir, device=device, num_threads=num_threads, run_mode=run_mode,
-                                model_name=model_name, detect=detect, use_hpip=use_hpip, hpi_config=hpi_config)
+                                model_name=model_name, detect=detect, use_hpip=use_hpip, hpi_config=hpi_config,
+                                max_image_pixels=max_image_pixels)

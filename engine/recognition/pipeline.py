@@ -34,10 +34,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import yaml
 
-from datasets.transforms import ImageReadError, read_image, to_bgr
+from datasets.transforms import DEFAULT_MAX_PIXELS, ImageReadError, read_image, to_bgr
 from engine.config.loader import load_config, pipeline_config_path
 from engine.evaluation.metrics import l2_normalize
-from engine.gallery.faiss_index import GalleryIndex, apply_threshold, list_gallery, set_search_threads
+from engine.gallery.backend import GallerySettings
+from engine.gallery.faiss_index import apply_threshold, list_gallery, set_search_threads
 from engine.inference.backends import hpi_settings
 from engine.inference.folder import recorded_threshold
 from engine.inference.inputs import expand_inputs, is_expanded, load_item
@@ -92,6 +93,7 @@ class Enrolment:
     sources: list  # path, or None for a numpy image
     total: int
     skipped: list = field(default_factory=list)  # [(path or "image #i", why)]
+    skipped_positions: list = field(default_factory=list)  # their positions in the enrolled items
 
     def summary(self, index):
         return {"images": self.total, "enrolled": len(self.labels), "skipped": len(self.skipped),
@@ -99,43 +101,26 @@ class Enrolment:
 
 
 class FaceRecognitionPipeline:
-    """Detector + feature model + gallery search. Every argument has the config's default.
+    """Detector + feature model + gallery search, built from a pipeline config by `from_config`
+    (or `create_pipeline`): the detector and the feature model come built, the gallery settings
+    are the config's Index section (engine.gallery.backend.GallerySettings).
 
     The feature model is not thread-safe: call one pipeline from one thread at a time (the HTTP
     service runs every model call on one worker thread).
     """
 
-    def __init__(self, model_dir, det=None, device="cpu", num_threads=2, batch_size=16, run_mode="paddle",
-                 det_threshold=0.6, rec_threshold=None, rec_topk=5, index=None, index_type="Flat",
-                 metric_type="IP", nprobe=32, use_hpip=False, hpi_config=None, backend="faiss", uri=None,
-                 token=None, connect_timeout=5.0, connect_retries=2, pq_m=0, rerank=0, ef_search=64):
-        threads = num_threads_from(num_threads)
-        set_threads(threads)
-        set_search_threads(threads)
-        det = dict(det or {})
-        self.margin = float(det.pop("margin", 0.2))
-        self.det_threshold = float(det.pop("threshold", det_threshold))
-        self.detector = build_detector(num_threads=threads, threshold=min(self.det_threshold, DETECTION_FLOOR), **det)
-        self.model = InferenceModel(model_dir, device=device, num_threads=threads, run_mode=run_mode,
-                                    use_hpip=use_hpip, hpi_config=hpi_config)
+    def __init__(self, model, detector, gallery=None, *, det_threshold=0.6, margin=0.2, rec_threshold=None,
+                 rec_topk=5, batch_size=16, index=None, max_image_pixels=DEFAULT_MAX_PIXELS):
+        self.model = model  # engine.inference.model.InferenceModel
+        self.detector = detector  # models.face_detector: runs at min(det_threshold, DETECTION_FLOOR)
+        self.gallery = gallery or GallerySettings()
+        self.det_threshold = float(det_threshold)
+        self.margin = float(margin)
         self.fingerprint = file_digest(self.model.params_file)  # different weights never share an index
         self.batch_size = max(1, int(batch_size))
         self.rec_topk = int(rec_topk)
         self.rec_threshold, self.rec_threshold_source = self._threshold(rec_threshold)
-        self.index_type = index_type
-        self.metric_type = metric_type
-        self.nprobe = int(nprobe)
-        self.pq_m, self.rerank, self.ef_search = int(pq_m or 0), int(rerank or 0), int(ef_search)
-        if backend not in ("faiss", "milvus"):
-            raise UserError(f"Index.backend '{backend}' is not one of faiss, milvus")
-        self.backend = backend
-        self.milvus = {"uri": uri, "token": token, "connect_timeout": connect_timeout,
-                       "connect_retries": connect_retries}
-        if backend == "milvus":
-            from engine.gallery.milvus_index import check_uri, pymilvus
-
-            pymilvus()  # without the extra: say what to install before any work
-            check_uri(uri)
+        self.max_image_pixels = int(max_image_pixels)
         self.index = None  # the default index of predict(): a GalleryIndex, or a folder loaded on first use
         self._index_source = index
         self.failures = []  # (input path, message) of the images the last predict() skipped
@@ -153,24 +138,25 @@ class FaceRecognitionPipeline:
     @classmethod
     def from_config(cls, cfg):
         """The pipeline of a pipeline config (engine.config.schema.PipelineConfig)."""
-        det_cfg = cfg.SubModules.Detection
-        det = {"enable": det_cfg.enable, "min_size": det_cfg.min_size, "margin": det_cfg.margin}
+        gallery = GallerySettings.from_config(cfg.Index)  # a bad backend or Milvus URI fails before the model loads
+        threads = num_threads_from(cfg.Global.num_threads)
+        set_threads(threads)
+        set_search_threads(threads)
+        det_cfg, rec = cfg.SubModules.Detection, cfg.SubModules.Recognition
         if det_cfg.model_name == "YuNet":
-            det["type"] = "yunet"
+            det = {"type": "yunet"}
         else:
-            det["type"] = "paddle"
-            det["model_dir"] = det_cfg.model_dir or (official_model_dir(det_cfg.model_name) if det_cfg.enable else None)
-        rec = cfg.SubModules.Recognition
-        model_dir = feature_model_dir(rec.model_dir, rec.model_name, "SubModules.Recognition.model_dir")
+            det = {"type": "paddle",
+                   "model_dir": det_cfg.model_dir or (official_model_dir(det_cfg.model_name) if det_cfg.enable else None)}
+        detector = build_detector(enable=det_cfg.enable, min_size=det_cfg.min_size, num_threads=threads,
+                                  threshold=min(cfg.det_threshold, DETECTION_FLOOR), **det)
         use_hpip, hpi_config = hpi_settings(rec)
-        return cls(model_dir, det, device=cfg.Global.device, num_threads=cfg.Global.num_threads,
-                   batch_size=rec.batch_size, run_mode=rec.run_mode, use_hpip=use_hpip, hpi_config=hpi_config,
-                   det_threshold=cfg.det_threshold,
-                   rec_threshold=cfg.rec_threshold, rec_topk=cfg.rec_topk, index=cfg.index,
-                   index_type=cfg.Index.index_type, metric_type=cfg.Index.metric_type, nprobe=cfg.Index.nprobe,
-                   backend=cfg.Index.backend, uri=cfg.Index.uri, token=cfg.Index.token,
-                   connect_timeout=cfg.Index.connect_timeout, connect_retries=cfg.Index.connect_retries,
-                   pq_m=cfg.Index.pq_m, rerank=cfg.Index.rerank, ef_search=cfg.Index.ef_search)
+        model = InferenceModel(feature_model_dir(rec.model_dir, rec.model_name, "SubModules.Recognition.model_dir"),
+                               device=cfg.Global.device, num_threads=threads, run_mode=rec.run_mode,
+                               use_hpip=use_hpip, hpi_config=hpi_config)
+        return cls(model, detector, gallery, det_threshold=cfg.det_threshold, margin=det_cfg.margin,
+                   rec_threshold=cfg.rec_threshold, rec_topk=cfg.rec_topk, batch_size=rec.batch_size,
+                   index=cfg.index, max_image_pixels=cfg.Global.max_image_pixels)
 
     # ------------------------------------------------------------------ embedding
     def embed(self, crops):
@@ -188,30 +174,19 @@ class FaceRecognitionPipeline:
                 if f.score >= threshold]
 
     # ------------------------------------------------------------------ gallery
-    def new_index(self, index_type=None, metric_type=None, name=None, backend=None):
-        """An empty index for this pipeline's model: in memory (faiss), or with the milvus backend a new
-        collection `name` (default: the config's `index`) on Index.uri, replacing one of that name."""
-        index_type, metric_type = index_type or self.index_type, metric_type or self.metric_type
-        if (backend or self.backend) == "milvus":
-            from engine.gallery.milvus_index import MilvusGalleryIndex
-
-            name = name or self._index_source
-            if not name:
-                raise UserError("Index.backend=milvus: set `index` to the collection's name (-o index=my_gallery)")
-            return MilvusGalleryIndex.create(self.milvus["uri"], name, self.model.embedding_size,
-                                             self.model.model_name, self.fingerprint, index_type, metric_type,
-                                             self.nprobe, self.milvus["token"], self.milvus["connect_timeout"],
-                                             self.milvus["connect_retries"])
-        index = GalleryIndex(self.model.embedding_size, self.model.model_name, index_type, self.nprobe,
-                             model_fingerprint=self.fingerprint, metric_type=metric_type, pq_m=self.pq_m,
-                             rerank=self.rerank)
-        index.ef_search = self.ef_search
-        return index
+    def new_index(self, index_type=None, metric_type=None, name=None, in_memory=False):
+        """An empty index for this pipeline's model: in memory (faiss, or any backend with in_memory),
+        or with the milvus backend a new collection `name` (default: the config's `index`) on
+        Index.uri, replacing one of that name."""
+        return self.gallery.create(self.model.embedding_size, self.model.model_name, self.fingerprint,
+                                   name=name or self._index_source, index_type=index_type, metric_type=metric_type,
+                                   in_memory=in_memory)
 
     def enroll(self, items, desc="enrol", progress=True):
         """Embed the main face of each (source, label): an Enrolment. A source is a path or a numpy image."""
         log = get_logger()
-        feats, labels, sources, skipped, pending = [], [], [], [], []
+        feats, labels, sources, pending = [], [], [], []
+        skipped, skipped_positions = [], []
 
         def flush():
             if pending:
@@ -220,20 +195,23 @@ class FaceRecognitionPipeline:
                 sources.extend(p for _, _, p in pending)
                 pending.clear()
 
+        def skip(position, name, why):
+            skipped.append((name, why))
+            skipped_positions.append(position)
+            log.warning(f"skipped gallery image {name}: {why}")
+
         with Progress(len(items), desc=desc, unit="img", enabled=progress) as bar:
             for position, (source, label) in enumerate(items):
                 name = _source_name(source, position)
                 try:
-                    img = to_bgr(source) if isinstance(source, np.ndarray) else read_image(source)
+                    img = to_bgr(source) if isinstance(source, np.ndarray) else read_image(source, self.max_image_pixels)
                 except (ImageReadError, ValueError) as e:
-                    skipped.append((name, str(e)))
-                    log.warning(f"skipped gallery image {name}: {e}")
+                    skip(position, name, str(e))
                     bar.update(1)
                     continue
                 found = self.faces_of(img)
                 if not found:
-                    skipped.append((name, "no face detected"))
-                    log.warning(f"skipped gallery image {name}: no face detected")
+                    skip(position, name, "no face detected")
                 else:
                     face = main_face([f for f, _ in found], img.shape)
                     crop = next(c for f, c in found if f is face)
@@ -243,7 +221,7 @@ class FaceRecognitionPipeline:
                 bar.update(1)
         flush()
         features = np.concatenate(feats) if feats else np.zeros((0, self.model.embedding_size), np.float32)
-        return Enrolment(features, labels, sources, len(items), skipped)
+        return Enrolment(features, labels, sources, len(items), skipped, skipped_positions)
 
     def _enrolled_or_fail(self, items, desc):
         enrolment = self.enroll(items, desc)
@@ -299,22 +277,12 @@ class FaceRecognitionPipeline:
                 if not self._index_source:
                     raise UserError("no gallery index: build one (build_index, or Global.mode=build_index) and pass "
                                     "index=<folder or index>, or set `index` in the pipeline config")
-                self.index = self._load(self._index_source)
+                self.index = self.gallery.open(self._index_source)
             index = self.index
         elif not hasattr(index, "search"):  # a folder (faiss) or a collection name (milvus)
-            index = self._load(os.fspath(index))
+            index = self.gallery.open(os.fspath(index))
         index.check_model(self.model.model_name, self.model.embedding_size, self.fingerprint,
                           what="recognition model's")
-        return index
-
-    def _load(self, folder):
-        if self.backend == "milvus":
-            from engine.gallery.milvus_index import MilvusGalleryIndex
-
-            return MilvusGalleryIndex.open(self.milvus["uri"], folder, self.nprobe, self.milvus["token"],
-                                           self.milvus["connect_timeout"], self.milvus["connect_retries"])
-        index = GalleryIndex.load(folder, nprobe=self.nprobe)
-        index.ef_search = self.ef_search
         return index
 
     # ------------------------------------------------------------------ recognition
@@ -331,7 +299,7 @@ class FaceRecognitionPipeline:
         pending = 0
         for item in items:
             try:
-                img = load_item(item)
+                img = load_item(item, self.max_image_pixels)
             except UserError as e:
                 if item.explicit:
                     raise

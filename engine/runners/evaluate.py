@@ -28,6 +28,7 @@ from engine.evaluation.verification import (
     FORWARD_CHUNK,
     aligned_face_loader,
     chunked,
+    pair_image_reader,
     score_bin,
     score_pairs,
     unique_images,
@@ -163,13 +164,14 @@ def run(cfg):
             labels = np.array([int(p[2]) for p in pairs])
             logger.info(f"val pairs of {dataset_dir}: {len(pairs)} pairs, {len(images)} distinct images, "
                         f"batch {batch_size} (forwarded in slices of {FORWARD_CHUNK}), flip {'on' if flip else 'off'}")
-            extra, fallbacks = {}, []
+            fallbacks, max_pixels = [], cfg.Global.max_image_pixels
             if cfg.Evaluate.detect:
-                extra["load_fn"] = aligned_face_loader(MainFaceCropper(), fallbacks)
+                load_fn = aligned_face_loader(MainFaceCropper(), fallbacks, max_pixels)
                 logger.info("Evaluate.detect: the main face of every val image is detected and aligned")
-            m, cos, dist = score_pairs(images, ia, ib, labels, extract, batch_size=batch_size, flip=flip, folds=folds,
-                                       preprocess_fn=model.preprocess,
-                                       **extra)
+            else:
+                load_fn = pair_image_reader(max_pixels)
+            m, cos, dist = score_pairs(images, ia, ib, labels, extract, load_fn, batch_size=batch_size, flip=flip,
+                                       folds=folds, preprocess_fn=model.preprocess)
             if cfg.Evaluate.detect:
                 m["detect"] = {"aligned": len(images) - len(fallbacks), "no_face_used_whole": len(fallbacks),
                                "no_face_first": sorted(fallbacks)[:10]}

@@ -55,7 +55,8 @@ def int8_gate(cfg, onnx):
     return functools.partial(quantize_with_gate, dataset_dir=resolve_dataset_dir(cfg.Global.dataset_dir),
                              calibration=cfg.Export.int8_calibration, max_loss=cfg.Export.int8_max_loss,
                              flip=cfg.Evaluate.flip, folds=cfg.Evaluate.folds, batch_size=cfg.Evaluate.batch_size,
-                             num_threads=num_threads_from(cfg.Global.num_threads))
+                             num_threads=num_threads_from(cfg.Global.num_threads),
+                             max_pixels=cfg.Global.max_image_pixels)
 
 
 def run(cfg):

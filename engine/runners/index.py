@@ -17,8 +17,7 @@ import shutil
 import time
 
 from datasets.demo import ensure_demo
-from engine.gallery.faiss_index import GalleryIndex
-from engine.gallery.store import open_index
+from engine.gallery.backend import GallerySettings
 from engine.recognition.pipeline import FaceRecognitionPipeline, gallery_items
 from foundation.errors import ConfigError, UserError
 from foundation.logger import log_to_file
@@ -73,7 +72,7 @@ def _build(cfg, pipe, items, index_dir, log):
     an interrupted build (faiss: from <index>.partial; milvus: the collection, marked unfinished by
     <Global.output>/build_index.<index>.partial)."""
     batch, resume = cfg.Index.build_batch, cfg.Index.resume
-    if cfg.Index.backend == "milvus":
+    if pipe.gallery.milvus:
         marker = os.path.join(cfg.Global.output, f"build_index.{index_dir}.partial")
         if resume and os.path.isfile(marker):
             index = pipe.resolve_index(index_dir)
@@ -90,7 +89,7 @@ def _build(cfg, pipe, items, index_dir, log):
         return summary
     partial = os.path.abspath(index_dir).rstrip(os.sep) + ".partial"
     if resume and os.path.isdir(partial):
-        index = pipe.resolve_index(GalleryIndex.load(partial, nprobe=cfg.Index.nprobe))
+        index = pipe.resolve_index(pipe.gallery.load_folder(partial))
         log.info(f"resuming the unfinished build in {partial} ({len(index)} face(s) in it); "
                  f"-o Index.resume=False starts again")
     else:
@@ -111,7 +110,6 @@ def run(cfg):
     if action not in ACTIONS:
         raise ConfigError(f"engine.runners.index runs {', '.join(ACTIONS)}, not '{action}'")
     index_dir = cfg.index
-    milvus = cfg.Index.backend == "milvus"
     if not index_dir:
         raise UserError("`index` is empty: set -o index=<folder> (where the gallery index is written and read; "
                         "with Index.backend=milvus the collection's name)")
@@ -125,8 +123,8 @@ def run(cfg):
         ensure_demo(gallery)
         items = gallery_items(gallery, label_file)  # a bad gallery path or list line fails before the model loads
     if action != "build_index":
-        current = open_index(cfg.Index, index_dir)  # ... and so does a broken or unreachable index
-    if milvus:
+        current = GallerySettings.from_config(cfg.Index).open(index_dir)  # ... and a broken or unreachable index
+    if cfg.Index.backend == "milvus":  # no index folder to hold the log
         log_dir = cfg.Global.output
         os.makedirs(log_dir, exist_ok=True)
     else:

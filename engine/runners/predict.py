@@ -9,7 +9,7 @@ feature) and <Global.output>/predict/predict.log. The predictor itself is engine
 import os
 
 from engine.inference.backends import hpi_settings
-from engine.inference.inputs import expand_inputs
+from engine.inference.inputs import configured_inputs
 from engine.inference.official_models import feature_model_dir
 from engine.inference.predictor import FaceFeaturePredictor
 from foundation.errors import UserError
@@ -19,12 +19,7 @@ RESULT_FOLDER = "predict"
 
 
 def run(cfg):
-    inputs = cfg.Predict.input
-    if inputs is None or (isinstance(inputs, str) and not inputs.strip()):
-        raise UserError("Predict.input is empty: pass -o Predict.input=<image, folder or URL>")
-    if not isinstance(inputs, str):
-        inputs = [str(v) for v in inputs]
-    items = expand_inputs(inputs)  # a missing path or empty folder fails before the model loads
+    items = configured_inputs(cfg.Predict.input)  # a missing path or empty folder fails before the model loads
     model_dir = feature_model_dir(cfg.Predict.model_dir, cfg.Global.model, "Predict.model_dir")
     output = os.path.join(cfg.Global.output, RESULT_FOLDER)
     os.makedirs(output, exist_ok=True)
@@ -33,7 +28,7 @@ def run(cfg):
     predictor = FaceFeaturePredictor(
         model_dir, device=cfg.Global.device, num_threads=cfg.Global.num_threads,
         run_mode=cfg.Predict.kernel_option.run_mode, detect=cfg.Predict.detect, use_hpip=use_hpip,
-        hpi_config=hpi_config)
+        hpi_config=hpi_config, max_image_pixels=cfg.Global.max_image_pixels)
     batch_size = cfg.Predict.batch_size
     logger.info(f"{predictor}: batch {batch_size}, {predictor.model.describe()}"
                 + (", detect + align the main face of each photo" if cfg.Predict.detect else ""))

@@ -8,9 +8,9 @@ recognize.log. A thin wrapper over FaceRecognitionPipeline.predict (engine.recog
 """
 import os
 
+from engine.gallery.backend import GallerySettings
 from engine.gallery.faiss_index import UNKNOWN_LABEL
-from engine.gallery.store import open_index
-from engine.inference.inputs import expand_inputs
+from engine.inference.inputs import configured_inputs
 from engine.recognition.pipeline import FaceRecognitionPipeline
 from foundation.errors import UserError
 from foundation.logger import log_to_file
@@ -18,16 +18,11 @@ from foundation.progress import Progress
 
 
 def run(cfg):
-    inputs = cfg.Predict.input
-    if inputs is None or (isinstance(inputs, str) and not inputs.strip()):
-        raise UserError("Predict.input is empty: pass -o Predict.input=<image or folder>")
-    if not isinstance(inputs, str):
-        inputs = [str(v) for v in inputs]
-    items = expand_inputs(inputs)  # a missing path fails before the model loads
+    items = configured_inputs(cfg.Predict.input)  # a missing path fails before the model loads
     index_dir = cfg.index
     if not index_dir:
         raise UserError("`index` is empty: set -o index=<gallery index folder> (build one with Global.mode=build_index)")
-    index = open_index(cfg.Index, index_dir)  # ... and a missing, broken or unreachable index
+    index = GallerySettings.from_config(cfg.Index).open(index_dir)  # ... and a missing, broken or unreachable index
     output = cfg.Global.output
     os.makedirs(output, exist_ok=True)
     log = log_to_file(os.path.join(output, "recognize.log"))

@@ -17,9 +17,7 @@ import socket
 
 import uvicorn
 
-from engine.gallery.store import open_store
-from engine.recognition.pipeline import FaceRecognitionPipeline
-from engine.serving.app import ServiceLimits, create_app
+from engine.serving.app import app_from_config
 from foundation.errors import UserError
 from foundation.logger import get_logger, log_to_file
 
@@ -41,6 +39,12 @@ def bind(host, port):
     return sock
 
 
+def _describe(index, name):
+    if index is None:
+        return f"nothing to search ({name or 'no index'} does not exist)"
+    return f"{name}, {len(index)} faces of {len(index.labels)} people"
+
+
 class _Server(uvicorn.Server):
     def handle_exit(self, sig, frame):
         if not self.should_exit:
@@ -53,19 +57,12 @@ def run(cfg):
     sock = bind(serve.host, serve.port)  # before the model loads: a taken port fails in a second
     os.makedirs(cfg.Global.output, exist_ok=True)
     log = log_to_file(os.path.join(cfg.Global.output, "serve.log"))
-    store = open_store(cfg.Index, serve)  # Index.backend=milvus: collections on Index.uri
-    problem = store.check()  # an unreachable Milvus fails here, in seconds, before the model loads
-    if problem:
-        raise UserError(problem)
-    pipeline = FaceRecognitionPipeline.from_config(cfg)
-    limits = ServiceLimits(max_request_bytes=int(serve.max_request_mb * 2**20),
-                           max_images_per_request=serve.max_images_per_request,
-                           url_images=serve.url_images, url_timeout=serve.url_timeout)
-    app = create_app(pipeline, store, limits)
+    app, pipeline, store = app_from_config(cfg)
     host = f"[{serve.host}]" if ":" in serve.host else serve.host
     log.info(f"serving face recognition on http://{host}:{serve.port} (model {pipeline.model.model_name}, "
              f"{pipeline.model.embedding_size}-d; rec_threshold {pipeline.rec_threshold:.3f} "
-             f"({pipeline.rec_threshold_source}); {len(store.keys())} index(es) in {store.root}); web page at /, "
+             f"({pipeline.rec_threshold_source}); {len(store.keys())} index(es) in {store.root}; without an "
+             f"indexKey: {_describe(pipeline.index, cfg.index)}); web page at /, "
              f"API docs at /docs; Ctrl-C stops")
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=serve.shutdown_timeout or None)

@@ -279,7 +279,7 @@ class Trainer:
             if self.val_bin is not None:  # a RecordIO set without val/: its .bin
                 m = score_bin(self.val_bin, extract, **opts)[0]
             else:
-                m = evaluate_pairs(self.val_pairs, extract, **opts)
+                m = evaluate_pairs(self.val_pairs, extract, max_pixels=self.cfg.Global.max_image_pixels, **opts)
         finally:
             backbone.train()
         self.log.info(f"epoch {epoch} eval: val verification acc {m['acc']:.4f} +- {m.get('acc_std', 0.0):.4f} "

@@ -106,7 +106,8 @@ def build_train_loader(cfg, dataset_dir, rank=0, world_size=1):
         if not samples:
             raise DatasetError(f"{dataset_dir}/train/label.txt lists no images: add lines '<image path> <identity id>'")
         num_classes = check_num_classes(cfg, max(label for _, label in samples) + 1)
-        dataset = FaceTrainDataset(samples, flip_prob=flip, seed=seed, image_size=size)
+        dataset = FaceTrainDataset(samples, flip_prob=flip, seed=seed, image_size=size,
+                                   max_pixels=cfg.Global.max_image_pixels)
     num_samples = len(dataset)
     batch_size = cfg.Train.batch_size
     check_batch_size(batch_size, num_samples, world_size)
