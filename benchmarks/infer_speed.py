@@ -98,11 +98,11 @@ def engine_specs(model_dir, threads, work):
 
 def build_engine(spec, model_dir, threads):
     """The predictor a spec names (in the child process that times it)."""
-    from engine.inference.backends import OpenVINORunner
+    from engine.inference.executors import OpenVINOExecutor
     from engine.inference.model import InferenceModel
 
     if spec.get("int8_file"):
-        return OpenVINORunner(spec["int8_file"], "int8", threads)
+        return OpenVINOExecutor(spec["int8_file"], "int8", threads)
     if spec.get("auto"):
         return InferenceModel(model_dir, num_threads=threads, use_hpip=True)
     if spec.get("json_only"):

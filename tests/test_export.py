@@ -14,8 +14,10 @@ set_threads(2)
 paddle = pytest.importorskip("paddle")
 
 from benchmarks.loopback_service import calibrate_batchnorm  # noqa: E402
+from engine.inference.backends import cpu_has_bf16  # noqa: E402
+from engine.inference.executors import program_has_op  # noqa: E402
 from engine.inference.folder import export_inference  # noqa: E402
-from engine.inference.model import InferenceModel, cpu_supports_bf16, program_has_op  # noqa: E402
+from engine.inference.model import InferenceModel  # noqa: E402
 from foundation.errors import UserError  # noqa: E402
 from models import ArcMargin, FaceRecModel, build_backbone  # noqa: E402
 
@@ -147,7 +149,7 @@ def test_old_pdmodel_format_loads(mobilefacenet, tmp_path):
     assert np.abs(model.predict(x) - ref).max() < 1e-4
     assert np.abs(model.predict(x[:1]) - ref[:1]).max() < 1e-4
 
-    if cpu_supports_bf16():  # the old executor runs the convolutions in bf16, PReLU in fp32
+    if cpu_has_bf16():  # the old executor runs the convolutions in bf16, PReLU in fp32
         bf16 = InferenceModel(save_dir, num_threads=2, run_mode="mkldnn_bf16")
         assert bf16.bf16_note == "bf16 convolutions"
         out = bf16.predict(x)

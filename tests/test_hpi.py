@@ -23,6 +23,7 @@ paddle = pytest.importorskip("paddle")
 from benchmarks.loopback_service import calibrate_batchnorm  # noqa: E402
 from engine.inference import backends as B  # noqa: E402
 from engine.inference import onnx_convert as C  # noqa: E402
+from engine.inference.executors import onnx_executor  # noqa: E402
 from engine.inference.folder import export_inference  # noqa: E402
 from engine.inference.model import InferenceModel  # noqa: E402
 from engine.inference.predictor import create_model  # noqa: E402
@@ -142,7 +143,7 @@ def test_a_missing_backend_is_one_line_naming_the_extra(folder, monkeypatch):
     monkeypatch.setattr(B.importlib.util, "find_spec", lambda name, *a: None if name in ("openvino", "onnxruntime",
                                                                                           "paddle2onnx") else real(name, *a))
     with pytest.raises(UserError) as e:
-        B.onnx_runner("openvino", os.path.join(save_dir, "inference.onnx"))
+        onnx_executor("openvino", os.path.join(save_dir, "inference.onnx"))
     assert 'pip install ".[cpu,hpi]"' in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(UserError, match=r'onnxruntime.*pip install "\.\[cpu,hpi\]"'):
         InferenceModel(os.path.join(save_dir), use_hpip=True, hpi_config={"backend": "onnxruntime"})

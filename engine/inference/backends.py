@@ -1,4 +1,5 @@
-"""High-performance inference (`use_hpip`): which backend runs a model, and the ONNX runners.
+"""High-performance inference (`use_hpip`): which backend runs a model, at which precision, with how
+many threads. The executors that run it are engine.inference.executors.
 
     model = InferenceModel(folder, use_hpip=True)                                   # automatic
     model = InferenceModel(folder, use_hpip=True, hpi_config={"backend": "openvino", "precision": "fp32"})
@@ -17,8 +18,6 @@ OpenVINO reads neither Paddle format of MobileFaceNet (its Paddle reader has no 
 ONNX Runtime has no bf16 on CPU, so it is fp32 only. TensorRT (GPU) is not offered.
 """
 import importlib.util
-
-import numpy as np
 
 from engine.config.schema import HPI_BACKENDS as BACKENDS
 from engine.config.schema import HPI_PRECISIONS as PRECISIONS
@@ -76,6 +75,11 @@ def require(package, what):
         raise UserError(f"{what} needs the Python package {package}, which is not installed: {HPI_INSTALL} "
                         "(or leave high-performance inference off: use_hpip=False / -o Predict.use_hpip=False)")
     return importlib.import_module(package)
+
+
+def cpu_has_bf16():
+    """True when this CPU has native bf16 dot products (AVX512-BF16 or AMX)."""
+    return bool(cpu_bf16_class())
 
 
 def cpu_bf16_class(flags=None):
@@ -158,78 +162,3 @@ def resolve(hpi_config, model_name, default_threads, device_kind="cpu", default_
     if backend == "onnxruntime" and precision != "fp32":
         raise ConfigError("hpi_config: onnxruntime has no bf16 on CPU; use precision fp32 or backend openvino")
     return backend, precision, threads, why
-
-
-# --------------------------------------------------------------------------- ONNX runners
-class OpenVINORunner:
-    """An ONNX model compiled by OpenVINO for the CPU with a precision hint and a thread count."""
-
-    name = "openvino"
-
-    def __init__(self, onnx_file, precision="fp32", num_threads=2):
-        ov = require("openvino", "hpi_config.backend openvino")
-        core = ov.Core()
-        if precision == "bf16" and not cpu_bf16_class():
-            raise ConfigError("hpi_config.precision bf16: this CPU has no native bf16 (avx512_bf16 or amx); use fp32")
-        # int8: a quantized model (QuantizeLinear / DequantizeLinear pairs) runs its quantized layers in
-        # int8 and the rest in f32, the way the accuracy gate measured it
-        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-                  "INFERENCE_NUM_THREADS": int(num_threads), "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
-        try:
-            self.compiled = core.compile_model(core.read_model(onnx_file), "CPU", config)
-        except Exception as e:  # OpenVINO raises RuntimeError with a multi-line report
-            raise UserError(f"OpenVINO cannot load {onnx_file}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
-        self.request = self.compiled.create_infer_request()
-        hint = str(self.compiled.get_property("INFERENCE_PRECISION_HINT")).lower()  # "<Type: 'bfloat16'>"
-        self.precision = "bf16" if "bf16" in hint or "bfloat16" in hint else "fp32"
-        if precision == "int8":
-            self.precision = "int8"
-        self.num_threads = int(num_threads)
-
-    def predict(self, batch):
-        return np.array(self.request.infer({0: batch})[0], dtype=np.float32, copy=True)
-
-
-class OnnxRuntimeRunner:
-    """An ONNX model in an onnxruntime CPU session (fp32) with a thread count."""
-
-    name = "onnxruntime"
-
-    def __init__(self, onnx_file, precision="fp32", num_threads=2):
-        ort = require("onnxruntime", "hpi_config.backend onnxruntime")
-        if precision != "fp32":
-            raise ConfigError("hpi_config: onnxruntime has no bf16 on CPU; use precision fp32 or backend openvino")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(num_threads)
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3  # errors only
-        # Worker threads sleep between runs instead of spinning: on cores shared with other work
-        # (decoding threads, other jobs) spinning made it several times slower.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(onnx_file, opts, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise UserError(f"onnxruntime cannot load {onnx_file}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
-        self.input_name = self.session.get_inputs()[0].name
-        self.precision = "fp32"
-        self.num_threads = int(num_threads)
-
-    def predict(self, batch):
-        return np.asarray(self.session.run(None, {self.input_name: batch})[0], dtype=np.float32)
-
-
-RUNNERS = {"openvino": OpenVINORunner, "onnxruntime": OnnxRuntimeRunner}
-
-
-def onnx_runner(backend, onnx_file, precision="fp32", num_threads=2):
-    return RUNNERS[backend](onnx_file, precision=precision, num_threads=num_threads)
-
-
-def reference_onnx_runner(onnx_file, num_threads=2):
-    """An fp32 runner of whichever ONNX backend is installed (onnxruntime first), for checks;
-    None when neither is."""
-    for backend in ("onnxruntime", "openvino"):
-        if is_installed(backend):
-            return onnx_runner(backend, onnx_file, "fp32", num_threads)
-    return None

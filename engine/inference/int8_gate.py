@@ -25,7 +25,8 @@ from datasets.label_files import load_pair_list, load_train_list
 from datasets.transforms import DEFAULT_MAX_PIXELS, read_image
 from engine.evaluation import metrics as M
 from engine.evaluation.verification import pair_image_reader, score_pairs, unique_images
-from engine.inference.backends import OpenVINORunner, require
+from engine.inference.backends import require
+from engine.inference.executors import OpenVINOExecutor
 from engine.inference.folder import CONFIG_FILE_NAME, PARAMS_FILE_NAME, Preprocess, read_inference_yml
 from engine.inference.onnx_convert import INT8_FILE_NAME, ONNX_FILE_NAME, quantize_int8
 from foundation.atomic_io import file_digest
@@ -83,7 +84,7 @@ def quantize_with_gate(folder, dataset_dir, calibration=300, max_loss=0.2, flip=
         labels = np.array([int(p[2]) for p in pairs])
         acc = {}
         for name, path, precision in (("fp32", onnx_file, "fp32"), ("int8", candidate, "int8")):
-            runner = OpenVINORunner(path, precision, num_threads)
+            runner = OpenVINOExecutor(path, precision, num_threads)
             m, _, _ = score_pairs(images, ia, ib, labels, runner.predict, pair_image_reader(max_pixels),
                                   batch_size=batch_size, flip=flip,
                                   folds=folds, desc=f"Export.int8 {name}", preprocess_fn=preprocess)

@@ -1,4 +1,5 @@
-"""Run an exported face feature model with paddle.inference (oneDNN on CPU).
+"""An exported face feature model, ready to run: the folder read, the backend chosen, the model
+converted where that backend needs it, and the executor built (engine.inference.executors).
 
 Both export formats load: the PIR program `inference.json` (Paddle 3.x) and the older
 ProgramDesc `inference.pdmodel` (Paddle 2.x, earlier PaddleX/PaddleClas exports). The old format
@@ -11,8 +12,8 @@ the CPU through its old-format program, written once into the cache and checked 
 features (engine.inference.program_convert); `prefer_format="pir"` keeps the PIR executor.
 
 run_mode: "paddle" (fp32, oneDNN on CPU; "mkldnn" is the same) or "mkldnn_bf16" (oneDNN bf16
-convolutions where the CPU has native bf16; see InferenceModel._setup_bf16 for its limits).
-A predictor is not thread-safe: call predict from one thread (decode images in others).
+convolutions where the CPU has native bf16; see PaddleExecutor._setup_bf16 for its limits).
+A model is not thread-safe: call predict from one thread (decode images in others).
 
 use_hpip=True (with hpi_config {"backend", "precision", "num_threads"}, each optional) is
 PaddleX's high-performance inference: the backend is chosen by engine.inference.backends
@@ -24,40 +25,22 @@ and is never chosen automatically. One log line names the backend, precision
 and threads. Every caller (predict, evaluate, the recognition pipeline) gets the same predict().
 """
 import os
-import re
 
 import numpy as np
-from paddle import inference as paddle_infer
 
 from engine.config.schema import RUN_MODES
-from engine.inference.backends import onnx_runner
 from engine.inference.backends import resolve as resolve_backend
+from engine.inference.executors import PaddleExecutor, onnx_executor
 from engine.inference.folder import Preprocess, find_model_files, read_inference_yml
 from engine.inference.onnx_convert import cached_onnx, folder_int8, folder_onnx
 from engine.inference.program_convert import cached_program
-from foundation.errors import ConfigError, UserError
+from foundation.errors import ConfigError
 from foundation.logger import get_logger
-from foundation.runtime import cpu_flags, parse_device
-
-
-def cpu_supports_bf16():
-    """True when this CPU has native bf16 dot products (AVX512-BF16 or AMX), which oneDNN needs
-    to make bf16 faster than fp32."""
-    flags = cpu_flags()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def program_has_op(model_file, op_name):
-    """Whether an exported program uses an operator (e.g. "prelu"), read from the file itself."""
-    with open(model_file, "rb") as f:
-        data = f.read()
-    if model_file.endswith(".json"):  # PIR ops are serialised as "#":"<dialect id>.<op name>"
-        return re.search(rb'"#":"\d+\.' + re.escape(op_name.encode()) + rb'"', data) is not None
-    return op_name.encode() in data  # ProgramDesc protobuf: op types are plain strings
+from foundation.runtime import parse_device
 
 
 class InferenceModel:
-    """A paddle.inference predictor for one exported model.
+    """One exported model and the executor that runs it.
 
         model = InferenceModel("output/best_model/inference", num_threads=2)
         feats = model.predict(batch)      # float32 [N, 3, 112, 112] -> [N, D] raw features
@@ -75,44 +58,48 @@ class InferenceModel:
         self.preprocess = Preprocess(self.info, os.path.join(self.model_dir, "inference.yml"))
         glob = self.info.get("Global", {}) if isinstance(self.info.get("Global"), dict) else {}
         self.model_name = glob.get("model_name") or os.path.basename(os.path.dirname(os.path.abspath(self.model_dir)))
-        self.bf16_note = ""
-        self.num_threads = int(num_threads)
+        self.image_size = int((glob.get("input_shape") or [3, 112, 112])[-1])
+        self.onnx_file = None
         kind, ids = parse_device(device)
-        # high-performance inference: which backend, precision and threads (engine.inference.backends)
-        self.use_hpip = bool(use_hpip)
-        self.backend, self.backend_reason, self.onnx_file, self._runner = "paddle", "use_hpip off", None, None
-        if hpi_config and not use_hpip:
-            get_logger().warning("hpi_config is ignored while use_hpip is off (Predict.use_hpip=True turns it on)")
-        if use_hpip:
-            default = "bf16" if run_mode == "mkldnn_bf16" else "fp32"
-            backend, precision, self.num_threads, self.backend_reason = resolve_backend(
-                hpi_config, self.model_name, self.num_threads, kind, default_precision=default)
-            self.backend = backend
-            if backend == "paddle":
-                run_mode = "mkldnn_bf16" if precision == "bf16" else "paddle"
-            else:
-                size = int((glob.get("input_shape") or [3, 112, 112])[-1])
-                if precision == "int8":  # only the folder's gated int8 model (UserError saying why not)
-                    self.onnx_file = folder_int8(self.model_dir, self.params_file, self.info)
-                    rec = self.info["Int8"]
-                    self.backend_reason += (f"; its export measured val accuracy {rec.get('int8_acc', 0) * 100:.2f} % "
-                                            f"int8 vs {rec.get('fp32_acc', 0) * 100:.2f} % fp32")
-                else:
-                    self.onnx_file = (folder_onnx(self.model_dir, self.params_file, self.info)
-                                      or cached_onnx(self.model_file, self.params_file, image_size=size,
-                                                     num_threads=self.num_threads))
-                self._runner = onnx_runner(backend, self.onnx_file, precision, self.num_threads)
-        self.run_mode = run_mode
-        if self._runner is None:
+        backend, precision, threads, self.backend_reason = self._choose(use_hpip, hpi_config, run_mode,
+                                                                        int(num_threads), kind)
+        if backend == "paddle":
             if self.format == "pir" and prefer_format != "pir" and kind == "cpu":
                 self._use_program_format(glob)
-            self._create_paddle_predictor(kind, ids, run_mode, mkldnn_cache_capacity)
-            self.precision = "bf16" if run_mode == "mkldnn_bf16" and not self.bf16_note.startswith("fp32") else "fp32"
+            self.run_mode = "mkldnn_bf16" if precision == "bf16" else "paddle"
+            self._executor = PaddleExecutor(self.model_file, self.params_file, self.format, kind, ids, threads,
+                                            self.run_mode, mkldnn_cache_capacity)
+            self.bf16_note = self._executor.bf16_note
         else:
-            self.precision = self._runner.precision
+            self.run_mode, self.bf16_note = run_mode, ""
+            self.onnx_file = self._onnx_model(precision, threads)
+            self._executor = onnx_executor(backend, self.onnx_file, precision, threads)
+        self.backend, self.precision, self.num_threads = backend, self._executor.precision, threads
         self.embedding_size = int(glob.get("embedding_size") or 0) or self._probe_embedding_size()
         if use_hpip:
             get_logger().info(f"high-performance inference: {self.describe()} ({self.backend_reason})")
+
+    def _choose(self, use_hpip, hpi_config, run_mode, threads, device_kind):
+        """(backend, precision, threads, why): Paddle as run_mode says, or with use_hpip the choice of
+        engine.inference.backends."""
+        if not use_hpip:
+            if hpi_config:
+                get_logger().warning("hpi_config is ignored while use_hpip is off (Predict.use_hpip=True turns it on)")
+            return "paddle", "bf16" if run_mode == "mkldnn_bf16" else "fp32", threads, "use_hpip off"
+        default = "bf16" if run_mode == "mkldnn_bf16" else "fp32"
+        return resolve_backend(hpi_config, self.model_name, threads, device_kind, default_precision=default)
+
+    def _onnx_model(self, precision, threads):
+        """The ONNX file an ONNX backend runs: the folder's gated int8 model (UserError saying why
+        not), else the folder's inference.onnx, else one converted once into the cache."""
+        if precision == "int8":
+            path = folder_int8(self.model_dir, self.params_file, self.info)
+            rec = self.info["Int8"]
+            self.backend_reason += (f"; its export measured val accuracy {rec.get('int8_acc', 0) * 100:.2f} % "
+                                    f"int8 vs {rec.get('fp32_acc', 0) * 100:.2f} % fp32")
+            return path
+        return (folder_onnx(self.model_dir, self.params_file, self.info)
+                or cached_onnx(self.model_file, self.params_file, image_size=self.image_size, num_threads=threads))
 
     def describe(self):
         """'paddle fp32 (.pdmodel), 2 thread(s)' / 'openvino bf16 (inference.onnx), 2 thread(s)'."""
@@ -122,72 +109,15 @@ class InferenceModel:
     def _use_program_format(self, glob):
         """Switch a PIR-only folder of our architectures to its checked old-format program (2x
         faster on the CPU; engine.inference.program_convert), or say in the log why it stays PIR."""
-        size = int((glob.get("input_shape") or [3, 112, 112])[-1])
         path, why = cached_program(self.model_file, self.params_file, glob.get("model_name"),
-                                   glob.get("embedding_size"), size)
+                                   glob.get("embedding_size"), self.image_size)
         if path:
             self.model_file, self.format = path, "program"
         else:
             get_logger().info(f"{self.model_file} runs on Paddle's PIR executor ({why})")
 
-    def _create_paddle_predictor(self, kind, ids, run_mode, mkldnn_cache_capacity):
-        config = paddle_infer.Config(self.model_file, self.params_file)
-        # PIR programs need the new executor; old ProgramDesc files only run on the old one.
-        config.enable_new_ir(self.format == "pir")
-        if kind == "gpu":
-            config.enable_use_gpu(256, ids[0] if ids else 0)
-        else:
-            config.disable_gpu()
-            config.set_cpu_math_library_num_threads(max(1, self.num_threads))
-            config.enable_mkldnn()
-            # Keep oneDNN primitives for a few input shapes (batch sizes) instead of rebuilding them.
-            config.set_mkldnn_cache_capacity(int(mkldnn_cache_capacity))
-            if run_mode == "mkldnn_bf16":
-                self.bf16_note = self._setup_bf16(config)
-        config.switch_ir_optim(True)
-        if self.format == "program":
-            # (Paddle 3.3's PIR predictor rejects this pass: "Not find ... memory_optimize_pass")
-            config.enable_memory_optim()
-        config.disable_glog_info()
-        try:
-            self.predictor = paddle_infer.create_predictor(config)
-        except Exception as e:
-            raise UserError(f"cannot load the inference model in {self.model_dir} ({os.path.basename(self.model_file)}): "
-                            f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
-        self.input_names = self.predictor.get_input_names()
-        self.output_names = self.predictor.get_output_names()
-        self._input = self.predictor.get_input_handle(self.input_names[0])
-        self._output = self.predictor.get_output_handle(self.output_names[0])
-
-    def _setup_bf16(self, config):
-        """Turn on oneDNN bf16 where it gives right answers; returns a note on what was done.
-
-        Paddle 3.3's oneDNN bf16 PReLU returns wrong values (features at cosine ~0.1 to fp32,
-        measured on MobileFaceNet), so PReLU must stay fp32. The old executor honours an op list
-        (bf16 for the convolutions only: cosine 0.9993 to fp32); the PIR executor ignores the list
-        and converts every op, so a PIR model with PReLU stays in fp32 with a warning.
-        """
-        if not cpu_supports_bf16():
-            get_logger().warning("run_mode mkldnn_bf16: this CPU has no native bf16 (avx512_bf16/amx); running fp32")
-            return "fp32: no CPU bf16 support"
-        if self.format == "program":
-            config.enable_mkldnn_bfloat16()
-            config.set_bfloat16_op({"conv2d", "depthwise_conv2d", "fused_conv2d"})
-            return "bf16 convolutions"
-        if program_has_op(self.model_file, "prelu"):
-            get_logger().warning(
-                f"run_mode mkldnn_bf16: {self.model_file} has PReLU layers, which Paddle's oneDNN bf16 computes "
-                "wrongly under the PIR executor; running fp32 instead (a model exported with "
-                "FLAGS_enable_pir_api=0, inference.pdmodel, runs its convolutions in bf16)")
-            return "fp32: PReLU under PIR"
-        config.enable_mkldnn_bfloat16()
-        return "bf16 all ops"
-
     def _probe_embedding_size(self):
-        glob = self.info.get("Global") if isinstance(self.info.get("Global"), dict) else {}
-        shape = glob.get("input_shape")
-        size = int(shape[-1]) if shape else 112
-        return int(self.predict(np.zeros((1, 3, size, size), dtype=np.float32)).shape[1])
+        return int(self.predict(np.zeros((1, 3, self.image_size, self.image_size), dtype=np.float32)).shape[1])
 
     def predict(self, batch):
         """float32 NCHW batch (any N >= 1) -> float32 [N, D] raw features (not normalised)."""
@@ -198,14 +128,7 @@ class InferenceModel:
             raise ValueError(f"expected an NCHW batch with 3 channels, got shape {batch.shape}")
         if batch.shape[0] == 0:
             return np.zeros((0, getattr(self, "embedding_size", 0)), dtype=np.float32)
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if self._runner is not None:
-            out = self._runner.predict(batch)
-            return out.reshape(out.shape[0], -1).astype(np.float32, copy=False)
-        self._input.reshape(list(batch.shape))
-        self._input.copy_from_cpu(batch)
-        self.predictor.run()
-        out = self._output.copy_to_cpu()
+        out = self._executor.predict(np.ascontiguousarray(batch, dtype=np.float32))
         return out.reshape(out.shape[0], -1).astype(np.float32, copy=False)
 
     __call__ = predict

@@ -24,7 +24,8 @@ import time
 
 import numpy as np
 
-from engine.inference.backends import HPI_INSTALL, reference_onnx_runner, require
+from engine.inference.backends import HPI_INSTALL, require
+from engine.inference.executors import reference_onnx_executor
 from foundation.atomic_io import atomic_write_bytes, atomic_write_json, file_digest
 from foundation.errors import UserError
 from foundation.logger import get_logger
@@ -116,7 +117,7 @@ def convert_checked(model_file, params_file, out_path, tolerance=DEFAULT_TOLERAN
             why = next((ln for ln in lines if "Failed to convert" in ln), lines[-1] if lines else "no output")
             raise UserError(f"paddle2onnx could not convert {model_file}: {why.strip()[:300]} (the Paddle backend "
                             "still runs it: leave use_hpip off or set hpi_config.backend=paddle)")
-        runner = reference_onnx_runner(onnx_tmp, num_threads)
+        runner = reference_onnx_executor(onnx_tmp, num_threads)
         if runner is None:
             raise UserError(f"checking the ONNX model of {model_file} needs onnxruntime or openvino, neither is "
                             f"installed: {HPI_INSTALL}")
