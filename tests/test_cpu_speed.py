@@ -272,7 +272,7 @@ def test_recompute_leaves_the_allocator_alone(monkeypatch, kernels_state):
     and the log line says why; without it the allocator setting is applied."""
     from types import SimpleNamespace
 
-    from engine.runners.train import cpu_speed_notes
+    from engine.training.trainer import cpu_speed_notes
 
     calls = []
     monkeypatch.setattr(cpu_speed, "tune_allocator", lambda: calls.append(1) or "allocator: on (test)")

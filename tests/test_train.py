@@ -270,7 +270,7 @@ def test_nan_stop_failed_save_and_resume_match_a_straight_run(straight, data, tm
     """Same seed -> same losses; NaN stops with epoch/step and keeps the last good checkpoint;
     a save that fails half-way leaves the previous checkpoint whole; 1 epoch + resume + 1 epoch
     gives the weights of 2 epochs straight."""
-    import engine.runners.train as T
+    import engine.training.trainer as T
 
     out = str(tmp_path / "out")
     real_loss = T.compute_loss

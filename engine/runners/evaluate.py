@@ -12,18 +12,15 @@ Evaluate.detect: the val pair images are raw photos; each one's main face is det
 aligned to the 112x112 template first. An image without a face is scored whole; how many were is
 in the metrics ("detect") and the log. .bin files hold aligned faces already and are never detected.
 """
-import csv
-import io
 import os
 import tempfile
 import time
 
-import matplotlib
 import numpy as np
 
 from datasets.demo import resolve_dataset_dir
 from datasets.recordio import find_bins
-from engine.evaluation import metrics as M
+from engine.evaluation.report import combine_sets, log_metrics, plot_roc, write_pair_scores
 from engine.evaluation.verification import (
     FORWARD_CHUNK,
     aligned_face_loader,
@@ -38,14 +35,11 @@ from engine.inference.backends import hpi_settings
 from engine.inference.folder import export_checkpoint, resolve_model_source
 from engine.inference.model import InferenceModel
 from engine.inference.official_models import feature_model_dir
-from foundation.atomic_io import atomic_save, atomic_write_json, atomic_write_text, unique_name
+from foundation.atomic_io import atomic_write_json, unique_name
 from foundation.errors import DatasetError
 from foundation.logger import get_logger, log_to_file
 from foundation.runtime import num_threads_from, set_threads
 from models.face_detector import MainFaceCropper
-
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 
 
 def load_inference_model(cfg, source, tmp_dir):
@@ -74,52 +68,6 @@ def load_inference_model(cfg, source, tmp_dir):
     logger.info(f"model: {model.model_name} ({model.embedding_size}-d, {model.format} format) from "
                 f"{path if kind == 'inference' else path + ' (checkpoint)'}, {model.describe()}")
     return model
-
-
-# --------------------------------------------------------------------------- outputs
-def write_pair_scores(path, rows_a, rows_b, labels, cosine, sq_dist, threshold):
-    """CSV: pair, path_a, path_b, label, cosine, squared L2, prediction at `threshold`, correct."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["pair", "path_a", "path_b", "label", "cosine", "sq_l2_distance",
-                f"predicted_same_at_{threshold:.4f}", "correct"])
-    for i, (a, b, y, c, d) in enumerate(zip(rows_a, rows_b, labels, cosine, sq_dist)):
-        pred = int(d < threshold)
-        w.writerow([i, a, b, int(y), f"{c:.6f}", f"{d:.6f}", pred, int(pred == int(y))])
-    atomic_write_text(path, buf.getvalue())
-
-
-def plot_roc(path, curves):
-    """ROC curves [(name, scores, labels, metrics)] on a log FPR axis, saved as a PNG."""
-    fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
-    for name, scores, labels, m in curves:
-        if m.get("roc_auc") is None:
-            continue
-        fpr, tpr, _ = M.roc_curve_points(scores, labels)
-        floor = 1.0 / max(1, m["num_negative_pairs"])
-        ax.plot(np.maximum(fpr, floor / 2), tpr,
-                label=f"{name}: AUC {m['roc_auc']:.4f}, EER {m['eer']:.4f}, acc {m['acc']:.4f}")
-    ax.set_xscale("log")
-    ax.set_xlabel("false accept rate (log scale)")
-    ax.set_ylabel("true accept rate")
-    ax.set_ylim(0, 1.01)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.set_title("Face verification ROC (cosine of flip-summed features)" if curves and
-                 curves[0][3]["protocol"]["flip"] else "Face verification ROC (cosine)")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    atomic_save(lambda tmp: fig.savefig(tmp, format="png"), path)
-    plt.close(fig)
-
-
-def log_metrics(logger, name, m):
-    logger.info(f"[{name}] {M.protocol_summary(m)}")
-    tar = ", ".join(f"FAR {k}: {'n/a' if v is None else f'{v:.4f}'}" for k, v in m["tar_at_far"].items())
-    if m.get("roc_auc") is not None:
-        logger.info(f"[{name}] TAR@FAR {tar}; ROC AUC {m['roc_auc']:.4f}; EER {m['eer']:.4f} "
-                    f"(cosine threshold {m['eer_threshold_cosine']:.3f})")
-    for note in m.get("notes", []):
-        logger.info(f"[{name}] note: {note}")
 
 
 def _bin_paths(cfg):
@@ -217,30 +165,3 @@ def run(cfg):
     print(f"Evaluate done: acc {metrics['acc']:.4f} ({result_path})")
     return 0
 
-
-def combine_sets(sets):
-    """The `metrics` of evaluate_result.json.
-
-    One set (the val pairs, or a single .bin): its metrics at the top level. Several .bin files:
-    each under `sets`, and at the top level the mean accuracy (`acc` = `mean_acc`, as insightface
-    reports LFW / CFP-FP / AgeDB-30 and their mean).
-    """
-    if len(sets) == 1:
-        (name, m), = sets.items()
-        out = dict(m)
-        out["set"] = name
-        return out
-    first = next(iter(sets.values()))
-    mean_acc = float(np.mean([m["acc"] for m in sets.values()]))
-    return {
-        "acc": mean_acc,
-        "mean_acc": mean_acc,
-        "acc_std": float(np.mean([m["acc_std"] for m in sets.values()])),
-        "set": "mean of " + ", ".join(sets),
-        "protocol": first["protocol"],
-        "folds": first["folds"],
-        "num_pairs": int(sum(m["num_pairs"] for m in sets.values())),
-        "note": "acc is the mean of the per-set accuracies and acc_std the mean of their fold std; "
-                "every metric of each set (tar_at_far, roc_auc, eer, thresholds) is under `sets`",
-        "sets": sets,
-    }
