@@ -35,7 +35,7 @@ from foundation.errors import ConfigError
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(REPO, "docs")
 PAGES = ["README.md"] + sorted(f"docs/{name}" for name in os.listdir(DOCS) if name.endswith(".md"))
-PACKAGES = ("foundation", "models", "datasets", "engine")
+PACKAGES = ("foundation", "models", "datasets", "engine", "facefeat")
 MAX_README_LINES = 300
 MODEL_CONFIG = "configs/face_recognition/MobileFaceNet.yaml"
 PIPELINE_CONFIG = "configs/face_recognition/pipeline.yaml"
@@ -86,8 +86,8 @@ def test_config_tables_are_generated_from_the_schema():
 
 
 def test_module_map_matches_the_tree():
-    """The map's names come before the first wide gap; a name ending in '/' inside a folder makes the
-    names after it on that line relative to it (`runners/ train.py` is runners/train.py)."""
+    """The map's names come before the first wide gap; an indented line whose first name is a
+    sub-folder (`runners/ train.py index.py`) lists names inside it (engine/runners/train.py ...)."""
     block = read("docs/architecture.md").split("```")[1]
     listed, folder = set(), None
     for line in block.splitlines():
@@ -99,10 +99,10 @@ def test_module_map_matches_the_tree():
             folder = names[0].rstrip("/") if names[0].endswith("/") else None
         elif folder:
             sub = folder
-            for name in names:
-                listed.add(f"{sub}/{name}".rstrip("/"))
-                if name.endswith("/"):
-                    sub = f"{folder}/{name.rstrip('/')}"
+            if names[0].endswith("/") and len(names) > 1:
+                sub = f"{folder}/{names.pop(0).rstrip('/')}"
+                listed.add(sub)
+            listed.update(f"{sub}/{name}".rstrip("/") for name in names)
     for path in listed:
         assert os.path.exists(os.path.join(REPO, path)), f"docs/architecture.md names {path}, which does not exist"
     for pkg in PACKAGES:
