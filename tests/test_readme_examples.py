@@ -1,6 +1,9 @@
-"""The README's Python examples, run as written (in a temporary folder holding the files they name),
-so the documented API and the real one cannot drift apart. The official model the predict example
-asks for by name is served on loopback in PaddleX's layout; faces are demo faces YuNet detects."""
+"""The Python examples of README.md and docs/*.md, run as written (in a temporary folder holding the
+files they name), so the documented API and the real one cannot drift apart: the README's predict
+example, the pipeline example of docs/pipeline.md and the high-performance inference example of
+docs/inference.md. A page that gains a python block fails test_every_python_block_is_run_here until
+a test here runs it. The official model the predict example asks for by name is served on loopback
+in PaddleX's layout; faces are demo faces YuNet detects."""
 import functools
 import http.server
 import os
@@ -14,20 +17,31 @@ import pytest
 from _tiny_face_model import demo_face_photo, export_random_model
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-README = open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8").read()
-BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
+PAGES = ["README.md"] + sorted(f"docs/{n}" for n in os.listdir(os.path.join(REPO_ROOT, "docs")) if n.endswith(".md"))
+BLOCKS = []  # (page, code) of every python block
+for _page in PAGES:
+    with open(os.path.join(REPO_ROOT, _page), encoding="utf-8") as _f:
+        BLOCKS += [(_page, code) for code in re.findall(r"```python\n(.*?)```", _f.read(), re.S)]
 DEMO_FACES = {"alice": ("p00000/00", "p00000/03"), "bob": ("p00001/00",)}  # YuNet finds these on a canvas
 
 
-def block_with(text):
-    found = [b for b in BLOCKS if text in b]
-    assert len(found) == 1, f"expected one README python block with {text!r}, found {len(found)}"
-    return found[0]
+def block_with(page, text):
+    """The one python block of `page` holding `text`, compiled with the page's name."""
+    found = [code for p, code in BLOCKS if p == page and text in code]
+    assert len(found) == 1, f"expected one python block with {text!r} in {page}, found {len(found)}"
+    return compile(found[0], page, "exec")
+
+
+RUN_HERE = [("README.md", "model.predict("), ("docs/pipeline.md", "create_pipeline("),
+            ("docs/inference.md", "use_hpip=True")]
 
 
 def test_every_python_block_is_run_here():
-    assert len(BLOCKS) == 3 and block_with("model.predict(") and block_with("create_pipeline(")
-    assert block_with("use_hpip=True")
+    for page, text in RUN_HERE:
+        block_with(page, text)
+    run = [(p, code) for p, code in BLOCKS if any(p == page and text in code for page, text in RUN_HERE)]
+    assert len(BLOCKS) == len(run) == len(RUN_HERE), \
+        f"python blocks not run by a test here: {[p for p, c in BLOCKS if (p, c) not in run]}"
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +50,6 @@ def random_model(tmp_path_factory):
 
 
 def test_predict_example(random_model, tmp_path, monkeypatch):
-    from engine.inference import official_models
-
     www = tmp_path / "www" / "official_inference_model" / "paddle3.0.0"
     www.mkdir(parents=True)
     with tarfile.open(www / "MobileFaceNet_infer.tar", "w") as tar:
@@ -46,7 +58,8 @@ def test_predict_example(random_model, tmp_path, monkeypatch):
     handler.log_message = lambda *a: None
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    monkeypatch.setenv(official_models.ROOT_ENV, f"http://127.0.0.1:{httpd.server_address[1]}")
+    # the mirror variable as docs/inference.md names it
+    monkeypatch.setenv("FACEFEAT_OFFICIAL_MODELS_URL", f"http://127.0.0.1:{httpd.server_address[1]}")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     work = tmp_path / "work"
     shutil.copytree(random_model, work / "output" / "best_model" / "inference")
@@ -56,7 +69,7 @@ def test_predict_example(random_model, tmp_path, monkeypatch):
     monkeypatch.chdir(work)
     scope = {}
     try:
-        exec(compile(block_with("model.predict("), "README.md", "exec"), scope)
+        exec(block_with("README.md", "model.predict("), scope)
     finally:
         httpd.shutdown()
     assert sorted(os.listdir(work / "output")) == ["a_res.json", "best_model", "c_res.json"]
@@ -79,7 +92,7 @@ def test_pipeline_example(random_model, tmp_path, monkeypatch):
     cv2.imwrite(str(work / "photos" / "bob_again.jpg"), demo_face_photo("p00001/00"))
     monkeypatch.chdir(work)
     scope = {}
-    exec(compile(block_with("create_pipeline("), "README.md", "exec"), scope)
+    exec(block_with("docs/pipeline.md", "create_pipeline("), scope)
     assert sorted(os.listdir(work / "face_index")) == ["id_map.yaml", "meta.json", "vector.index"]
     assert len(scope["index"]) == 3 and scope["index"].labels == ["alice", "bob"]  # 3, carol (id 3) added, ids 3 and 7 removed
     assert sorted(os.listdir(work / "out")) == ["bob_again_res.jpg", "bob_again_res.json"]
@@ -95,5 +108,5 @@ def test_high_performance_inference_example(random_model, tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the ONNX conversion goes here
     scope = {}
-    exec(compile(block_with("use_hpip=True"), "README.md", "exec"), scope)
+    exec(block_with("docs/inference.md", "use_hpip=True"), scope)
     assert scope["model"].model.backend == "onnxruntime"
