@@ -260,7 +260,7 @@ class BatchLoader:
         """Fork the worker processes now rather than at the first batch. A forked worker keeps every
         page the trainer held at the fork as its own copy once the trainer writes to it (copy on
         write), so workers forked before the model, its activations and the allocator's kept blocks
-        exist stay small: forked from a 7 GB trainer, two workers took the tree to 12.6 GB PSS."""
+        exist stay small (forked late from a large trainer, each worker's copy grows as large)."""
         if self.num_workers > 0:
             pool = self._get_pool()
             for future in [pool.submit(os.getpid) for _ in range(self.num_workers)]:  # every worker forks at once

@@ -136,7 +136,7 @@ def _label_file(root, which, problems, shown_root):
     if not os.path.isdir(os.path.join(root, split)):
         problems.add(ERROR, os.path.join(shown_root, split), None, f"the '{split}/' folder is missing",
                      f"create {os.path.join(shown_root, split)}/ holding {os.path.basename(rel)} and the images "
-                     "(see the dataset format in README.md)")
+                     "(see the dataset format in docs/datasets.md)")
         return None, shown
     if not os.path.isfile(path):
         problems.add(ERROR, shown, None, f"the label file {rel} is missing",

@@ -132,10 +132,10 @@ def dnnl_library():
 def gemm_choice():
     """'mkl', 'dnnl' or None: whose matrix product the channels-last kernels call.
 
-    MKL by default, with the kernels on its OpenMP runtime: 65.7 img/s in one idle run against
-    39.8 for oneDNN's dnnl_sgemm with the kernels on libgomp (oneDNN's runtime), 50.7 with
-    KMP_BLOCKTIME=0 (Intel Xeon, 2 threads, batch 64). FACEFEAT_CPU_GEMM=dnnl is there for CPUs
-    where MKL's matrix product is slow (non-Intel ones run without the MKL vendor shim)."""
+    MKL by default: the kernels then share its OpenMP runtime, where oneDNN's dnnl_sgemm puts them
+    on libgomp beside MKL's libiomp5 and trained markedly slower (docs/speed.md).
+    FACEFEAT_CPU_GEMM=dnnl is there for CPUs where MKL's matrix product is slow (non-Intel ones
+    run without the MKL vendor shim)."""
     wanted = os.environ.get(GEMM_ENV, "").strip().lower() or "mkl"
     found = {"mkl": mkl_library(), "dnnl": dnnl_library()}
     if found.get(wanted):
@@ -150,7 +150,7 @@ def _blas_flags():
     With MKL the kernels also take its OpenMP runtime (libiomp5, next to it) instead of GCC's
     libgomp: with two runtimes in one process each keeps its own threads, and MKL's spin for
     200 ms after every matrix product (KMP_BLOCKTIME) while the kernels' threads wait for the
-    same two cores (measured: 37 img/s training with two runtimes, 48 with one)."""
+    same cores."""
     choice = gemm_choice()
     if choice is None:
         return [], LD_FLAGS

@@ -28,16 +28,8 @@ import shlex
 import pytest
 
 from engine.config.loader import load_config
-from engine.config.schema import (
-    MOVED_KEYS,
-    README_BEGIN,
-    README_END,
-    ModelConfig,
-    PipelineConfig,
-    leaf_fields,
-    readme_config_block,
-    section_keys,
-)
+from engine.config.reference import TABLES_BEGIN, TABLES_END, config_tables_block
+from engine.config.schema import MOVED_KEYS, ModelConfig, PipelineConfig, leaf_fields, section_keys
 from foundation.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,9 +80,9 @@ def test_readme_is_a_front_door():
 
 def test_config_tables_are_generated_from_the_schema():
     text = read("docs/configuration.md")
-    shown = text[text.index(README_BEGIN) + len(README_BEGIN):text.index(README_END)]
-    assert shown == readme_config_block(), ("docs/configuration.md's config tables differ from the schema: "
-                                            "run python -m engine.config.schema docs/configuration.md")
+    shown = text[text.index(TABLES_BEGIN) + len(TABLES_BEGIN):text.index(TABLES_END)]
+    assert shown == config_tables_block(), ("docs/configuration.md's config tables differ from the schema: "
+                                            "run python -m engine.config.reference docs/configuration.md")
 
 
 def test_module_map_matches_the_tree():

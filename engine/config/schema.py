@@ -4,8 +4,8 @@ Two schemas: `ModelConfig` (configs/face_recognition/MobileFaceNet.yaml, ResNet5
 check_dataset, train, evaluate, export, predict) and `PipelineConfig` (pipeline.yaml: the gallery
 modes and recognize). engine.config.loader merges a YAML file and `-o` overrides into one of them and
 checks every value against the field's type and `setting(...)` limits; runners then read typed
-attributes (`cfg.Train.batch_size`). The README's config tables are generated from here
-(`config_tables_markdown`), so the two cannot drift apart.
+attributes (`cfg.Train.batch_size`). docs/configuration.md is generated from here
+(engine.config.reference), so the two cannot drift apart.
 
 Plain dataclasses: nothing here imports Paddle.
 """
@@ -392,7 +392,7 @@ def type_name(tp):
 
 
 def allowed_text(f):
-    """What a field accepts beyond its type, for messages and the README: '>= 1', '0 to 1', 'one of ...'."""
+    """What a field accepts beyond its type, for messages and the docs: '>= 1', '0 to 1', 'one of ...'."""
     m = f.metadata
     if m.get("choices") is not None:
         return "one of " + ", ".join(str(c) for c in m["choices"])
@@ -406,51 +406,3 @@ def allowed_text(f):
     if hi is not None:
         return f"<= {hi:g}"
     return ""
-
-
-def _cell(value):
-    if value is None:
-        return "null"
-    if isinstance(value, str):
-        return f'"{value}"' if value == "" else value
-    return str(value)
-
-
-def config_tables_markdown(schema):
-    """One Markdown table per section: key, type, default, allowed, meaning (for the README)."""
-    lines = []
-    current = None
-    for key, f in leaf_fields(schema):
-        section = key.split(".")[0]
-        if section != current:
-            if current is not None:
-                lines.append("")
-            lines += [f"**{section}**", "", "| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
-            current = section
-        meaning = f.metadata["help"].replace("<", "&lt;").replace("|", "\\|")
-        lines.append(f"| `{key}` | {type_name(f.type)} | `{_cell(default_of(f))}` | {allowed_text(f)} | {meaning} |")
-    return "\n".join(lines) + "\n"
-
-
-README_BEGIN, README_END = "<!-- config-tables:begin -->\n", "<!-- config-tables:end -->"
-
-
-def readme_config_block():
-    """The README's generated configuration reference (between README_BEGIN and README_END)."""
-    return ("### Model configs (MobileFaceNet.yaml, ResNet50_face.yaml)\n\n" + config_tables_markdown(ModelConfig)
-            + "\n### Pipeline config (pipeline.yaml)\n\n" + config_tables_markdown(PipelineConfig))
-
-
-def update_readme(path):
-    """Rewrite the generated block of the README at `path` from the schema."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    start, end = text.index(README_BEGIN) + len(README_BEGIN), text.index(README_END)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text[:start] + readme_config_block() + text[end:])
-
-
-if __name__ == "__main__":  # python -m engine.config.schema README.md
-    import sys
-
-    update_readme(sys.argv[1] if len(sys.argv) > 1 else "README.md")

@@ -18,10 +18,9 @@ from engine.evaluation import metrics as M
 from foundation.errors import DatasetError
 from foundation.progress import Progress
 
-# paddle.inference runs a PIR (inference.json) MobileFaceNet about 2x slower per image at batch 64
-# than at batch 16 on CPU with oneDNN (measured here: 7.8 vs 3.7 CPU ms/img, 1 thread; the old
-# .pdmodel format is flat at ~3.7-3.9), so Evaluate.batch_size images are decoded together but
-# forwarded in slices of at most this many.
+# Paddle's PIR executor runs MobileFaceNet about 2x slower per image at batch 64 than at batch 16 on
+# the CPU (the old format is flat), so Evaluate.batch_size images are decoded together but forwarded
+# in slices of at most this many.
 FORWARD_CHUNK = 16
 
 

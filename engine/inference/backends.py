@@ -30,13 +30,11 @@ HPI_INSTALL = 'pip install ".[cpu,hpi]"'
 PACKAGES = {"openvino": "openvino", "onnxruntime": "onnxruntime", "paddle2onnx": "paddle2onnx", "nncf": "nncf"}
 INT8_INSTALL = 'pip install ".[cpu,hpi,int8]"'
 
-# Prior measurements (benchmarks/infer_speed.py; 2 threads; the same exported models on every
-# engine, fp32 outputs equal to Paddle's within 4e-5): batch-1 latency in ms and batch-64
-# throughput in images/s per (model, backend, precision). Paddle's row is its faster format
-# (.pdmodel). "avx512_bf16": AMD EPYC with AVX-512 BF16 and no AMX, idle (issue 15). "amx":
-# Intel Xeon with AMX-BF16 (2 KVM cores), 2026-12-02, load average 1.3-1.7 (no other jobs; each
-# engine timed in a process of its own). A CPU without native bf16 uses the fp32 rows of the
-# avx512_bf16 table (no bf16 row applies to it): OpenVINO fp32 is the fastest there too.
+# What `auto` chooses from, per CPU class: batch-1 latency in ms and batch-64 throughput in images/s
+# per (model, backend, precision), measured idle with benchmarks/infer_speed.py at 2 threads on the
+# same exported models (docs/speed.md has the runs). "avx512_bf16": AMD EPYC with AVX-512 BF16, no
+# AMX; "amx": Intel Xeon with AMX-BF16. A CPU without native bf16 uses the avx512_bf16 table's fp32
+# rows, where OpenVINO fp32 is the fastest too.
 PRIOR_MEASUREMENTS = {
     "avx512_bf16": {
         "MobileFaceNet": {("paddle", "fp32"): (6.8, 254), ("paddle", "bf16"): (5.3, 345),

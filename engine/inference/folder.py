@@ -36,8 +36,8 @@ def find_model_files(model_dir, prefer=None):
     """(model_file, params_file, format) for an inference folder; UserError naming what is missing.
 
     When a folder has both formats (engine.runners.export writes both by default) the old ProgramDesc is
-    chosen: on this 2-core CPU its executor ran MobileFaceNet about 1.8x faster than the PIR one
-    (61 -> 106 img/s, batch 64, oneDNN, 2 threads) and it can keep PReLU out of bf16.
+    chosen: its executor runs MobileFaceNet about 2x faster than the PIR one on the CPU
+    (docs/speed.md) and it can keep PReLU out of bf16.
     `prefer="pir"` or `"program"` overrides that choice.
     """
     model_dir = str(model_dir)
@@ -226,9 +226,9 @@ def _add_program_format(backbone_name, embedding_size, image_size, state, tmp_di
     """Also write inference.pdmodel (old ProgramDesc) next to inference.json, sharing
     inference.pdiparams. Returns None on success, else why it was left out (export still succeeds).
 
-    Why both: on this CPU the old executor runs MobileFaceNet about 2x faster than the PIR
-    executor (batch 64, 2 threads; README, inference speed), and only it can keep PReLU out of
-    oneDNN bf16 (see engine/inference/model.py). The parameter files of both formats are
+    Why both: the old executor runs MobileFaceNet about 2x faster than the PIR executor on the
+    CPU (docs/speed.md), and only it can keep PReLU out of oneDNN bf16
+    (engine.inference.executors.PaddleExecutor). The parameter files of both formats are
     byte-identical when the parameter names are (fresh unique-name scope on both sides); that is
     checked, not assumed.
     """

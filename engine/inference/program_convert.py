@@ -4,9 +4,9 @@
         -> (path of an inference.pdmodel that runs the folder's own inference.pdiparams, None)
         or (None, why not)
 
-Why: Paddle 3.3.1's PIR executor runs MobileFaceNet and ResNet50_face at 0.45-0.6x the old
-executor's throughput on the CPU (each oneDNN convolution and PReLU takes 1.7-2x as long; README,
-inference speed), and official PaddleX models ship only inference.json. When the folder's
+Why: Paddle 3.3's PIR executor runs MobileFaceNet and ResNet50_face at about half the old
+executor's throughput on the CPU (docs/speed.md), and official PaddleX models ship only
+inference.json. When the folder's
 inference.yml names one of our backbones (Global.model_name, the name models.build_backbone
 knows), a child process writes that architecture's old-format program (FLAGS_enable_pir_api=0,
 parameter names from a fresh scope, as export does). A combined parameter file holds bare tensors

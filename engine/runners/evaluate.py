@@ -59,8 +59,8 @@ def load_inference_model(cfg, source, tmp_dir):
     threads = num_threads_from(cfg.Global.num_threads)
     use_hpip, hpi_config = hpi_settings(cfg.Predict)  # Predict.use_hpip / hpi_config: every forward pass
     if use_hpip and "precision" not in hpi_config:
-        # The accuracy measured should not depend on this CPU's flags: bf16 moved pair cosines by up
-        # to 0.012 and a weak model's LFW accuracy by 0.17 point (README), so only when asked for.
+        # The accuracy measured should not depend on this CPU's flags: bf16 moves pair cosines by up
+        # to 0.012 (docs/accuracy.md), so it is used only when asked for.
         hpi_config = dict(hpi_config, precision="fp32")
         logger.info("evaluate: high-performance inference in fp32 (-o Predict.hpi_config.precision=bf16 to score bf16)")
     model = InferenceModel(model_dir, device=cfg.Global.device, num_threads=threads, run_mode="paddle",
