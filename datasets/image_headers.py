@@ -138,3 +138,43 @@ def stream_header(f):
                 raise HeaderError("PGM/PPM is shorter than its header says (truncated file)")
         return "pnm", w, h, None
     return None, 0, 0, None
+
+
+EXIF_ORIENTATION_TAG = 0x0112
+
+
+def jpeg_orientation(data):
+    """The EXIF Orientation (1-8) of a JPEG file's bytes; 1 (as stored) when it has none or is not
+    a JPEG. Phone cameras store the sensor's pixels and record the rotation here."""
+    if data[:2] != b"\xff\xd8":
+        return 1
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker, length = data[pos + 1], struct.unpack(">H", data[pos + 2:pos + 4])[0]
+        if marker == 0xDA or length < 2:  # start of scan: no more metadata segments
+            return 1
+        segment = data[pos + 4:pos + 2 + length]
+        if marker == 0xE1 and segment[:6] == b"Exif\x00\x00":
+            return _tiff_orientation(segment[6:])
+        pos += 2 + length
+    return 1
+
+
+def _tiff_orientation(tiff):
+    """Orientation from IFD0 of a TIFF block (EXIF's layout); 1 when missing or malformed."""
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return 1
+    ifd = struct.unpack(order + "I", tiff[4:8])[0]
+    if ifd + 2 > len(tiff):
+        return 1
+    count = struct.unpack(order + "H", tiff[ifd:ifd + 2])[0]
+    for k in range(count):
+        entry = tiff[ifd + 2 + 12 * k:ifd + 14 + 12 * k]
+        if len(entry) < 12:
+            break
+        tag, kind = struct.unpack(order + "HH", entry[:4])
+        if tag == EXIF_ORIENTATION_TAG and kind == 3:  # SHORT
+            value = struct.unpack(order + "H", entry[8:10])[0]
+            return value if 1 <= value <= 8 else 1
+    return 1

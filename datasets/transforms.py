@@ -9,7 +9,7 @@ import os
 import cv2
 import numpy as np
 
-from datasets.image_headers import HeaderError, image_header, stream_header
+from datasets.image_headers import HeaderError, image_header, jpeg_orientation, stream_header
 
 IMAGE_SIZE = 112
 # Largest image decoded by default, in pixels (Global.max_image_pixels). Decoding needs ~3 bytes a
@@ -63,6 +63,21 @@ def check_pixel_limit(path, width, height, limit=DEFAULT_MAX_PIXELS):
                              f"{width * height * 3 / 2**30:.1f} GB to decode. Resize it, or raise the limit")
 
 
+def upright(img, orientation):
+    """A decoded image turned the way its EXIF Orientation (1-8) says it is seen: OpenCV's
+    IMREAD_UNCHANGED, which keeps 16-bit and alpha, leaves the stored pixels as they are."""
+    if orientation in (5, 6, 7, 8):  # the stored image is lying on its side
+        img = np.ascontiguousarray(np.swapaxes(img, 0, 1))
+        orientation = {5: 1, 6: 2, 7: 3, 8: 4}[orientation]  # what remains after the transpose
+    if orientation == 2:
+        return np.ascontiguousarray(img[:, ::-1])
+    if orientation == 3:
+        return np.ascontiguousarray(img[::-1, ::-1])
+    if orientation == 4:
+        return np.ascontiguousarray(img[::-1])
+    return img
+
+
 def read_image(path, max_pixels=DEFAULT_MAX_PIXELS):
     """Decode `path` as 3-channel BGR uint8; raises ImageReadError naming the path. The header is
     read first: an image above `max_pixels` is refused without decoding it."""
@@ -78,7 +93,7 @@ def read_image(path, max_pixels=DEFAULT_MAX_PIXELS):
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if img is None:
         raise ImageReadError(f"cannot decode image: {path} (not an image, or a truncated/corrupt file)")
-    return to_bgr(img)
+    return to_bgr(upright(img, jpeg_orientation(data[:65536].tobytes())))
 
 
 def decode_image_bytes(data, name="image", max_pixels=DEFAULT_MAX_PIXELS):
@@ -97,7 +112,7 @@ def decode_image_bytes(data, name="image", max_pixels=DEFAULT_MAX_PIXELS):
     img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageReadError(f"{name} is not an image (cv2 cannot decode it: not JPEG/PNG/BMP/..., or corrupt)")
-    return to_bgr(img)
+    return to_bgr(upright(img, jpeg_orientation(data[:65536])))
 
 
 def preprocess(img_bgr, size=IMAGE_SIZE):

@@ -14,8 +14,10 @@ def create_model(model_name=None, model_dir=None, **kwargs):
     return _create_model(model_name, model_dir=model_dir, **kwargs)
 
 
-def create_pipeline(pipeline="face_recognition", device=None, config=None, use_hpip=None, hpi_config=None):
+def create_pipeline(pipeline="face_recognition", device=None, config=None, use_hpip=None, hpi_config=None,
+                    pp_option=None):
     """The face recognition pipeline, PaddleX's `create_pipeline` (see engine.recognition.pipeline)."""
     from engine.recognition.pipeline import create_pipeline as _create_pipeline
 
-    return _create_pipeline(pipeline, device=device, config=config, use_hpip=use_hpip, hpi_config=hpi_config)
+    return _create_pipeline(pipeline, device=device, config=config, use_hpip=use_hpip, hpi_config=hpi_config,
+                            pp_option=pp_option)

@@ -54,8 +54,8 @@ def atomic_write_text(path, text):
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path, obj):
-    atomic_write_text(path, json.dumps(obj, indent=4, ensure_ascii=False) + "\n")
+def atomic_write_json(path, obj, indent=4, ensure_ascii=False):
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=ensure_ascii) + "\n")
 
 
 def atomic_save(save_fn, path):

@@ -21,9 +21,11 @@ from foundation.errors import UserError
 try:  # numpy >= 2 moved the pickling helpers to numpy._core
     from numpy._core.multiarray import _reconstruct as _np_reconstruct
     from numpy._core.multiarray import scalar as _np_scalar
+    from numpy._core.numeric import _frombuffer as _np_frombuffer
 except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core.multiarray import _reconstruct as _np_reconstruct
     from numpy.core.multiarray import scalar as _np_scalar
+    from numpy.core.numeric import _frombuffer as _np_frombuffer
 
 
 class UnsafePickleError(UserError):
@@ -47,6 +49,13 @@ def _safe_reconstruct(cls, *args):
     return _np_reconstruct(cls, *args)
 
 
+def _safe_frombuffer(buffer, dtype, *args):
+    # how an array pickles with protocol 5 (the default from Python 3.14): its bytes, dtype, shape, order
+    if not isinstance(buffer, (bytes, bytearray)) or not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise RefusedGlobal(f"numpy array from buffer of dtype {dtype!r}")
+    return _np_frombuffer(buffer, dtype, *args)
+
+
 def _safe_scalar(dtype, *args):
     if not isinstance(dtype, np.dtype) or dtype.hasobject:
         raise RefusedGlobal(f"numpy scalar of dtype {dtype!r}")
@@ -65,6 +74,8 @@ ALLOWED_GLOBALS = {
     ("numpy", "dtype"): _safe_dtype,
     ("numpy.core.multiarray", "_reconstruct"): _safe_reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _safe_reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _safe_frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _safe_frombuffer,
     ("numpy.core.multiarray", "scalar"): _safe_scalar,
     ("numpy._core.multiarray", "scalar"): _safe_scalar,
     ("_codecs", "encode"): _latin1_encode,

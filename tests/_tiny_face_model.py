@@ -4,9 +4,14 @@ A random-init MobileFaceNet (fixed paddle.seed) is enough to check plumbing and 
 must agree between code paths; nothing here trains.
 """
 import atexit
+import contextlib
+import functools
+import http.server
 import os
 import shutil
+import tarfile
 import tempfile
+import threading
 
 import cv2
 import numpy as np
@@ -90,3 +95,24 @@ def export_random_model(folder, seed=0):
 
 
 _EXPORTED = {}  # seed -> the session's export
+
+
+@contextlib.contextmanager
+def official_model_mirror(model_dir, root, monkeypatch):
+    """`model_dir` served on loopback as PaddleX's official MobileFaceNet (its URL layout and tar),
+    with FACEFEAT_OFFICIAL_MODELS_URL pointing at it and an empty cache under `root`: what
+    create_model("MobileFaceNet") and a pipeline without model_dir download, with no network."""
+    www = os.path.join(str(root), "www", "official_inference_model", "paddle3.0.0")
+    os.makedirs(www)
+    with tarfile.open(os.path.join(www, "MobileFaceNet_infer.tar"), "w") as tar:
+        tar.add(model_dir, arcname="MobileFaceNet_infer")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=os.path.join(str(root), "www"))
+    handler.log_message = lambda *a: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setenv("FACEFEAT_OFFICIAL_MODELS_URL", f"http://127.0.0.1:{httpd.server_address[1]}")
+    monkeypatch.setenv("XDG_CACHE_HOME", os.path.join(str(root), "cache"))
+    try:
+        yield httpd
+    finally:
+        httpd.shutdown()

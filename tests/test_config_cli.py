@@ -71,6 +71,28 @@ def test_override_without_equals():
         load_config(CONFIG, ["Global.mode"])
 
 
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
+    """Nine levels of nested aliases (a "billion laughs") would expand to 10^9 items: refused at the
+    first alias, in well under a second, naming the file and line."""
+    import time
+
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines + ["Global: {mode: train}"]) + "\n")
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"bomb.yaml:2: YAML alias '\*a0' is not allowed"):
+        load_config(str(path))
+    assert time.perf_counter() - start < 1.0
+
+
+def test_thread_counts_are_bounded_by_the_cores():
+    cores = os.cpu_count() or 1
+    with pytest.raises(ConfigError, match=rf"Global.num_threads.*at most {4 * cores} \(4 per core"):
+        load_config(CONFIG, [f"Global.num_threads={4 * cores + 1}"])
+    assert load_config(CONFIG, [f"Global.num_threads={4 * cores}"]).Global.num_threads == 4 * cores
+
+
 def test_section_cannot_be_replaced_by_a_scalar():
     with pytest.raises(ConfigError, match="is a section"):
         load_config(CONFIG, ["Train=3"])

@@ -2,6 +2,7 @@
 import json
 import os
 
+import faiss
 import numpy as np
 import pytest
 import yaml
@@ -75,7 +76,7 @@ def test_build_search_remove_save_load(index_type, tmp_path):
     assert meta["sources"]["2"] == "/g/2.jpg" and "0" not in meta["sources"]
     info = yaml.safe_load((tmp_path / "ix" / "id_map.yaml").read_text())
     assert info["id_map"][2] == "person_00" and 0 not in info["id_map"]
-    assert info["metric_type"] == "IP" and info["index_type"] == {"HNSW": "HNSW32"}.get(index_type, index_type)
+    assert info["metric_type"] == "IP" and info["index_type"] == index_type
     loaded = GalleryIndex.load(str(tmp_path / "ix"))
     assert len(loaded) == len(index) and loaded.index_type == index_type
     a = index.search(centres, top_k=4)
@@ -149,7 +150,7 @@ def faiss_type(index):
 
 def test_hnsw_removal_rebuilds_and_keeps_the_rest_searchable():
     feats, labels, centres = _people(n_people=30, per_person=4, seed=1)
-    index = GalleryIndex(DIM, "m", "HNSW")
+    index = GalleryIndex(DIM, "m", "HNSW32")
     index.add(feats, labels)
     index.remove_ids(list(range(0, 120, 2)))  # every second vector
     assert len(index) == 60
@@ -225,7 +226,7 @@ def test_load_errors_name_the_folder(tmp_path):
         GalleryIndex.load(str(tmp_path / "ix"))
     with pytest.raises(UserError, match="index_type"):
         normalize_index_type("LSH")
-    assert normalize_index_type("hnsw32") == "HNSW" and normalize_index_type("ivf") == "IVF"
+    assert normalize_index_type("hnsw") == "HNSW32" and normalize_index_type("ivf") == "IVF"
 
 
 def test_list_gallery_folders_and_list_file(tmp_path):
@@ -247,6 +248,17 @@ def test_list_gallery_folders_and_list_file(tmp_path):
         list_gallery(str(tmp_path / "g"), str(lst))
     with pytest.raises(UserError, match="does not exist"):
         list_gallery(str(tmp_path / "nope"))
+
+
+def test_gallery_txt_with_a_bom_crlf_and_spaces_in_paths(tmp_path):
+    """A gallery.txt saved by a Windows editor (UTF-8 BOM, CRLF) keeps its first line, and a path may
+    hold spaces: it runs up to its image extension, the label is the rest."""
+    (tmp_path / "g" / "Mary Ann").mkdir(parents=True)
+    lst = tmp_path / "gallery.txt"
+    lst.write_bytes("\ufeffMary Ann/1.jpg Mary Ann\r\nMary Ann/2.PNG mary\r\nbob/x.jpg bob\r\n".encode("utf-8"))
+    items = list_gallery(str(tmp_path / "g"), str(lst))
+    assert [(os.path.relpath(p, tmp_path / "g"), lbl) for p, lbl in items] == [
+        ("Mary Ann/1.jpg", "Mary Ann"), ("Mary Ann/2.PNG", "mary"), ("bob/x.jpg", "bob")]
 
 
 def test_orl_identification_protocol_counts_rank1_per_enrolment_choice():
@@ -297,13 +309,13 @@ def test_our_saved_index_reads_and_searches_the_way_paddlex_reads_it(index_type,
     ours.add(feats, labels)
     ours.save(str(tmp_path / "ix"))
     index, id_map, info = _read_like_paddlex(str(tmp_path / "ix"))
-    assert info["index_type"] == {"HNSW": "HNSW32"}.get(index_type, index_type) and info["metric_type"] == "IP"
+    assert info["index_type"] == index_type and info["metric_type"] == "IP"
     if index_type == "IVF":
         index.nprobe = 64
     found = _paddlex_search(index, id_map, l2_normalize_rows(centres), threshold=0.5)
     assert [p[0] for p in found] == [f"person_{p:02d}" for p in range(40)]
     assert _paddlex_search(index, id_map, -l2_normalize_rows(centres[:2]), threshold=0.5) == [None, None]
-    if index_type != "HNSW":  # PaddleX's remove: faiss remove_ids, then drop the ids from the map
+    if index_type != "HNSW32":  # PaddleX's remove: faiss remove_ids, then drop the ids from the map
         drop = np.asarray(ours.ids_of_label("person_07"), dtype=np.int64)
         assert index.remove_ids(drop) == 3
         id_map = {k: v for k, v in id_map.items() if k not in drop}
@@ -375,6 +387,16 @@ def test_paddlex_index_bytes_round_trip_and_a_code_carrying_pickle_is_refused():
     index.add(feats, labels)
     back = GalleryIndex.from_bytes(index.to_bytes())
     assert back.id_map == index.id_map and back.search(feats, 1)[0] == index.search(feats, 1)[0]
+    # PaddleX's IndexData: index_info and index_bytes are properties, and its from_bytes reads ours
+    assert index.index_info == {"index_type": "Flat", "metric_type": "IP", "id_map": index.id_map}
+    raw, info = pickle.loads(index.to_bytes())  # what PaddleX's IndexData.from_bytes does
+    assert isinstance(raw, np.ndarray) and raw.dtype == np.uint8 and info == index.index_info
+    assert faiss.deserialize_index(raw).ntotal == len(index)
+    assert np.array_equal(index.index_bytes, raw)
+    # ... and ours reads PaddleX's, whichever pickle protocol its Python wrote (5 from Python 3.14)
+    for protocol in (2, 4, 5):
+        theirs = pickle.dumps((faiss.serialize_index(index.index), dict(info)), protocol=protocol)
+        assert GalleryIndex.from_bytes(theirs).id_map == index.id_map
 
     class Payload:
         def __reduce__(self):
@@ -416,3 +438,28 @@ def test_old_layout_still_loads(tmp_path):
     assert loaded.entries[3] == {"label": labels[3], "path": "/g/3.jpg"} and loaded.model_name == "m"
     loaded.save(str(tmp_path / "new"))
     assert sorted(os.listdir(tmp_path / "new")) == ["id_map.yaml", "meta.json", "vector.index"]
+
+
+def test_the_service_store_never_follows_a_current_file_out_of_its_key(tmp_path):
+    """A CURRENT edited to point outside its key's folder is refused (not served, not pruned from)."""
+    from engine.gallery.backend import GallerySettings
+
+    feats, labels, _ = _people(n_people=3, per_person=2, seed=9)
+    index = GalleryIndex(DIM, "m", "Flat")
+    index.add(feats, labels)
+    store = GallerySettings().store(str(tmp_path / "keys"))
+    key = store.create(index)
+    store.update(key, lambda ix: ix.remove_ids([0]))
+    elsewhere = tmp_path / "gal" / "idx3"
+    index.save(str(elsewhere))
+    folder = tmp_path / "keys" / key
+    before = sorted(os.listdir(folder))
+    (folder / "CURRENT").write_text("../../gal/idx3\n")
+    store._cache.clear()
+    with pytest.raises(UserError, match="damaged on the server") as e:
+        store.get(key)
+    assert str(tmp_path) not in str(e.value)  # no server path for the client
+    with pytest.raises(UserError, match="damaged on the server"):
+        store.update(key, lambda ix: ix.remove_ids([1]))
+    assert sorted(os.listdir(folder)) == before and sorted(os.listdir(elsewhere)) == ["id_map.yaml", "meta.json",
+                                                                                        "vector.index"]

@@ -116,7 +116,7 @@ def test_the_table_is_what_the_choice_reads():
 def test_hpi_config_is_checked():
     with pytest.raises(ConfigError, match="unknown key.*backends"):
         B.check_hpi_config({"backends": "openvino"})
-    with pytest.raises(ConfigError, match="tensorrt.*not one of paddle, openvino, onnxruntime"):
+    with pytest.raises(ConfigError, match="tensorrt runs on NVIDIA GPUs.*use one of paddle, openvino, onnxruntime"):
         B.check_hpi_config({"backend": "tensorrt"})
     with pytest.raises(ConfigError, match="precision 'fp16' is not one of fp32, bf16, int8"):
         B.check_hpi_config({"precision": "fp16"})  # int8: tests/test_int8.py

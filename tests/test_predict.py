@@ -83,11 +83,24 @@ def test_results_print_and_save(model, folder, tmp_path, capsys):
     assert path == str(tmp_path / "out" / "a_res.json")
     data = json.load(open(path))
     assert data["input_path"] == str(folder / "a.jpg") and len(data["feature"]) == 128
+    assert data["page_index"] is None and list(data) == ["input_path", "page_index", "feature"]  # PaddleX's fields
     assert isinstance(data["feature"][0], float) and abs(np.linalg.norm(data["feature"]) - 1) < 1e-5
     assert r.save_to_json(str(tmp_path / "x" / "named.json")) == str(tmp_path / "x" / "named.json")
     arr = next(iter(model.predict(np.zeros((50, 50, 3), np.uint8))))
     assert os.path.basename(arr.save_to_json(str(tmp_path / "out"))) == "array_0_res.json"
     assert json.load(open(tmp_path / "out" / "array_0_res.json"))["input_path"] is None
+
+
+def test_paddlex_arguments_flip_and_input(model_dir, folder):
+    """PaddleX's create_model(..., flip=True): each feature sums the image's and its mirror's, so an
+    image and its mirror get one feature; predict(input=..., batch_size=...) as PaddleX calls it."""
+    img = cv2.imread(str(folder / "a.jpg"))
+    flipping = create_model(model_dir=model_dir, flip=True)
+    (a,) = [r["feature"] for r in flipping.predict(input=img, batch_size=1)]
+    (b,) = [r["feature"] for r in flipping.predict(input=np.ascontiguousarray(img[:, ::-1]), batch_size=1)]
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    (plain,) = [r["feature"] for r in create_model(model_dir=model_dir).predict(input=img)]
+    assert float(np.dot(a, plain)) < 0.99999 and abs(np.linalg.norm(a) - 1) < 1e-5
 
 
 def test_compare(model, folder):
@@ -144,7 +157,8 @@ def test_cli_writes_the_good_results_and_exits_1_on_a_bad_file(model_dir, folder
     assert last and "1 of 7 images failed" in last[0] and "broken.jpg" in last[0]
     saved = sorted(f for f in os.listdir(out / "predict") if f.endswith("_res.json"))
     assert not any(f.endswith("_res.json") for f in os.listdir(out))  # results live in a folder of their own
-    assert saved == ["a_res.json", "b_res.json", "d_res.json", "e_res.json", "sub_a_res.json", "sub_c_res.json"]
+    # named by stem as PaddleX names them; the two a.jpg of the run by their path inside the folder
+    assert saved == ["a_res.json", "b_res.json", "c_res.json", "d_res.json", "e_res.json", "sub_a_res.json"]
     assert proc.stdout.count("'feature': [") == 6
     # Paddle's import-time banner and library warnings go to the log file, not the console
     assert "OMP_NUM_THREADS" not in proc.stderr and "UserWarning" not in proc.stderr + proc.stdout, proc.stderr

@@ -143,7 +143,7 @@ def tool_commands(block):
     """(line, config, overrides) for every command of a bash block that runs the tool."""
     variables, commands = {}, []
     for line in block.replace("\\\n", " ").splitlines():
-        assignment = re.match(r"^\s*(\w+)=(\"[^\"]*\"|'[^']*'|\S*)\s*$", line)
+        assignment = re.match(r"^\s*(\w+)=(\"[^\"]*\"|'[^']*'|\S*)\s*(#.*)?$", line)
         if assignment:
             variables[assignment.group(1)] = shlex.split(assignment.group(2))[0] if assignment.group(2) else ""
             continue

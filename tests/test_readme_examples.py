@@ -4,17 +4,13 @@ example, the pipeline example of docs/pipeline.md and the high-performance infer
 docs/inference.md. A page that gains a python block fails test_every_python_block_is_run_here until
 a test here runs it. The official model the predict example asks for by name is served on loopback
 in PaddleX's layout; faces are demo faces YuNet detects."""
-import functools
-import http.server
 import os
 import re
 import shutil
-import tarfile
-import threading
 
 import cv2
 import pytest
-from _tiny_face_model import demo_face_photo, export_random_model
+from _tiny_face_model import demo_face_photo, export_random_model, official_model_mirror
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGES = ["README.md"] + sorted(f"docs/{n}" for n in os.listdir(os.path.join(REPO_ROOT, "docs")) if n.endswith(".md"))
@@ -49,18 +45,14 @@ def random_model(tmp_path_factory):
     return export_random_model(tmp_path_factory.mktemp("m"))
 
 
-def test_predict_example(random_model, tmp_path, monkeypatch):
-    www = tmp_path / "www" / "official_inference_model" / "paddle3.0.0"
-    www.mkdir(parents=True)
-    with tarfile.open(www / "MobileFaceNet_infer.tar", "w") as tar:
-        tar.add(random_model, arcname="MobileFaceNet_infer")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
-    handler.log_message = lambda *a: None
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    # the mirror variable as docs/inference.md names it
-    monkeypatch.setenv("FACEFEAT_OFFICIAL_MODELS_URL", f"http://127.0.0.1:{httpd.server_address[1]}")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+@pytest.fixture
+def official_mirror(random_model, tmp_path, monkeypatch):
+    """The official MobileFaceNet (here a random-init one) served on loopback in PaddleX's layout."""
+    with official_model_mirror(random_model, tmp_path, monkeypatch):
+        yield
+
+
+def test_predict_example(random_model, official_mirror, tmp_path, monkeypatch):
     work = tmp_path / "work"
     shutil.copytree(random_model, work / "output" / "best_model" / "inference")
     (work / "faces").mkdir(parents=True)
@@ -68,17 +60,13 @@ def test_predict_example(random_model, tmp_path, monkeypatch):
         cv2.imwrite(str(work / name), cv2.resize(demo_face_photo(photo), (112, 112)))
     monkeypatch.chdir(work)
     scope = {}
-    try:
-        exec(block_with("README.md", "model.predict("), scope)
-    finally:
-        httpd.shutdown()
+    exec(block_with("README.md", "model.predict("), scope)
     assert sorted(os.listdir(work / "output")) == ["a_res.json", "best_model", "c_res.json"]
     assert -1.0 <= float(scope["sim"]) <= 1.0 and scope["sim"].is_same in (True, False)
 
 
-def test_pipeline_example(random_model, tmp_path, monkeypatch):
-    work = tmp_path / "work"
-    shutil.copytree(random_model, work / "output" / "best_model" / "inference")  # the config's model_dir
+def test_pipeline_example(official_mirror, tmp_path, monkeypatch):
+    work = tmp_path / "work"  # the pipeline's default model is the official one (the mirror's)
     shutil.copytree(os.path.join(REPO_ROOT, "configs"), work / "configs")
     for root, people in (("gallery", ("alice", "bob")), ("new", ("carol",))):
         lines = []
@@ -95,7 +83,7 @@ def test_pipeline_example(random_model, tmp_path, monkeypatch):
     exec(block_with("docs/pipeline.md", "create_pipeline("), scope)
     assert sorted(os.listdir(work / "face_index")) == ["id_map.yaml", "meta.json", "vector.index"]
     assert len(scope["index"]) == 3 and scope["index"].labels == ["alice", "bob"]  # 3, carol (id 3) added, ids 3 and 7 removed
-    assert sorted(os.listdir(work / "out")) == ["bob_again_res.jpg", "bob_again_res.json"]
+    assert sorted(os.listdir(work / "out")) == ["bob_again_res.jpg", "bob_again_res.json"]  # PaddleX's names
     assert scope["res"]["boxes"][0]["label"] == "bob"
 
 

@@ -77,17 +77,22 @@ def test_pipeline_python_api_build_predict_append_remove(model_dir, gallery, tmp
         (box,) = res["boxes"]
         assert box["label"] == f"person_{p}" and box["labels"][0] == f"person_{p}"
         assert box["score"] >= 0.4 and box["rec_scores"] == sorted(box["rec_scores"], reverse=True)
-        assert min(box["rec_scores"]) >= 0.4 and len(box["labels"]) == len(box["rec_scores"]) <= 3
+        # PaddleX's semantics: every one of the rec_topk nearest once the nearest matches
+        assert box["rec_scores"][0] >= 0.4 and len(box["labels"]) == len(box["rec_scores"]) == len(box["ids"]) == 3
         assert box["coordinate"] == [0.0, 0.0, 112.0, 112.0] and box["det_score"] == 1.0
-    # a threshold above every score: the explicit "unknown", no matches, the nearest score still given
+    # a threshold above every score: PaddleX's None, our explicit "unknown", the nearest score still given
     (box,) = next(iter(pipe.predict(str(gallery / "queries" / "q0.png"), index=index, rec_threshold=1.01)))["boxes"]
-    assert box["label"] == "unknown" and box["labels"] == [] and box["rec_scores"] == [] and box["score"] > 0.4
+    assert box["label"] == "unknown" and box["labels"] is None and box["rec_scores"] is None and box["ids"] is None
+    assert box["score"] > 0.4
+    # PaddleX's keyword for the number of matches
+    (box,) = next(iter(pipe.predict(str(gallery / "queries" / "q0.png"), index=index, rec_topk=2)))["boxes"]
+    assert len(box["labels"]) == 2
     # remove a person: a copy without them; the index given is unchanged
     ids = index.ids_of_label("person_1")
     smaller = pipe.remove_index(ids + [999], index=index)
     assert len(smaller) == 6 and len(index) == 8 and pipe.last_missing_ids == [999]
     (box,) = next(iter(pipe.predict(str(gallery / "queries" / "q1.png"), index=smaller)))["boxes"]
-    assert "person_1" not in box["labels"]
+    assert "person_1" not in (box["labels"] or [])
     # remove ids from PaddleX's id file, append from a gallery.txt, predict from the saved folder
     id_file = tmp_path / "remove.txt"
     id_file.write_text(f"{ids[0]}\n\n{ids[1]} person_1\n")
@@ -102,13 +107,14 @@ def test_pipeline_python_api_build_predict_append_remove(model_dir, gallery, tmp
     assert res["input_path"] is None and res["boxes"][0]["label"] == "person_1"
     assert res.json == {"res": dict(res)}
     out = res.save_to_json(str(tmp_path / "res"))
-    assert json.loads(open(out).read())["res"]["boxes"][0]["label"] == "person_1"
-    assert cv2.imread(res.save_to_img(str(tmp_path / "res"))).shape == (112, 112, 3) == res.img.shape
+    assert json.loads(open(out).read())["boxes"][0]["label"] == "person_1"  # the inner dict, as PaddleX saves it
+    assert cv2.imread(res.save_to_img(str(tmp_path / "res"))).shape == (112, 112, 3)
+    assert res.img["res"].size == (112, 112)  # PaddleX's {"res": PIL image}
     assert isinstance(GalleryIndex.load(str(tmp_path / "ix")), GalleryIndex)
     # lists of numpy images and labels, as PaddleX's build_index takes them
     crops = [cv2.imread(str(gallery / "gallery" / f"person_{p}" / "0.png")) for p in range(4)]
     from_arrays = pipe.build_index(crops, [f"p{p}" for p in range(4)], index_type="HNSW32", metric_type="L2")
-    assert from_arrays.labels == ["p0", "p1", "p2", "p3"] and from_arrays.index_type == "HNSW"
+    assert from_arrays.labels == ["p0", "p1", "p2", "p3"] and from_arrays.index_type == "HNSW32"
     assert next(iter(pipe.predict(crops[2], index=from_arrays)))["boxes"][0]["label"] == "p2"
     # an empty gallery folder is a clear error
     (tmp_path / "empty").mkdir()
@@ -170,14 +176,17 @@ def test_cli_build_recognize_remove_and_reload(model_dir, gallery, tmp_path, cap
     assert "8 of 8 gallery image(s) enrolled" in capsys.readouterr().out
     assert _cli("Global.mode=recognize", f"Predict.input={gallery / 'queries'}", *common) == 0
     res = json.loads(open(os.path.join(out, "q2_res.json")).read())
-    assert res["res"]["input_path"].endswith("q2.png") and res["res"]["boxes"][0]["label"] == "person_2"
-    assert os.path.isfile(os.path.join(out, "q2_res.jpg"))
+    assert res["input_path"].endswith("q2.png") and res["boxes"][0]["label"] == "person_2"
+    assert os.path.isfile(os.path.join(out, "q2_res.png"))
     assert _cli("Global.mode=remove_index", "Index.remove_labels=[person_2]", *common) == 0
     assert _cli("Global.mode=recognize", f"Predict.input={gallery / 'queries' / 'q2.png'}", *common) == 0
     res = json.loads(open(os.path.join(out, "q2_res.json")).read())
-    assert "person_2" not in res["res"]["boxes"][0]["labels"]
+    assert "person_2" not in (res["boxes"][0]["labels"] or [])
     assert _cli("Global.mode=append_index", f"Index.gallery={gallery / 'gallery'}", *common) == 0
     assert json.loads(open(os.path.join(ix, "meta.json")).read())["num_vectors"] == 14
+    # the index folder holds the index alone; each command's log is under Global.output
+    assert sorted(os.listdir(ix)) == ["id_map.yaml", "meta.json", "vector.index"]
+    assert {"build_index.log", "remove_index.log", "append_index.log"} <= set(os.listdir(out))
     capsys.readouterr()
     # removing a label that is not there: exit 1 and a message
     assert _cli("Global.mode=remove_index", "Index.remove_labels=[nobody]", *common) == 1
@@ -201,7 +210,7 @@ def test_cli_refuses_missing_index_and_index_of_another_model(model_dir, gallery
     capsys.readouterr()
     assert _cli("Global.mode=recognize", f"Predict.input={q}", *common) == 1
     assert "1 image(s) could not be read" in capsys.readouterr().err
-    assert json.loads((tmp_path / "out" / "good_res.json").read_text())["res"]["boxes"][0]["label"] == "person_0"
+    assert json.loads((tmp_path / "out" / "good_res.json").read_text())["boxes"][0]["label"] == "person_0"
     meta = json.loads((ix / "meta.json").read_text())
     meta["model_fingerprint"] = "0" * 40  # as if another training run had built it
     (ix / "meta.json").write_text(json.dumps(meta))
@@ -210,18 +219,62 @@ def test_cli_refuses_missing_index_and_index_of_another_model(model_dir, gallery
     assert "different model than the gallery index" in capsys.readouterr().err
 
 
-def test_cli_gallery_without_faces_is_reported_and_counted(model_dir, gallery, tmp_path, capsys):
-    """YuNet detection on: a flat grey gallery image has no face and is skipped with a count, so
-    nothing is enrolled -> exit 1 and no index written."""
-    g = tmp_path / "g" / "nobody"
-    g.mkdir(parents=True)
-    cv2.imwrite(str(g / "grey.png"), np.full((120, 120, 3), 128, np.uint8))
+def test_cli_gallery_of_face_crops_with_detection_on(model_dir, gallery, tmp_path, capsys):
+    """YuNet detection on (the default) and a gallery of face crops: an image in which no face is
+    found is embedded whole, as PaddleX embeds gallery images, and counted; one that is not an
+    image at all is skipped; nothing readable at all -> exit 1 and no index written."""
     ix = tmp_path / "ix"
     common = [f"SubModules.Recognition.model_dir={model_dir}", f"index={ix}", f"Global.output={tmp_path / 'out'}"]
-    assert _cli("Global.mode=build_index", f"Index.gallery={tmp_path / 'g'}", *common) == 1
-    err = capsys.readouterr().err
-    assert "no face found in any of the 1 gallery images" in err and "SubModules.Detection.enable=False" in err
-    assert not ix.exists()
+    g = tmp_path / "g"
+    shutil.copytree(gallery / "gallery", g)
+    (g / "person_0" / "broken.png").write_bytes(b"not an image")
+    assert _cli("Global.mode=build_index", f"Index.gallery={g}", *common) == 0
+    out = capsys.readouterr().out
+    assert "8 of 9 gallery image(s) enrolled (8 of them whole: no face detected), 1 skipped" in out
+    assert _cli("Global.mode=recognize", f"Predict.input={gallery / 'queries' / 'q1.png'}", "det_threshold=0.99",
+                *common) == 0
+    bad = tmp_path / "bad" / "nobody"
+    bad.mkdir(parents=True)
+    (bad / "x.png").write_bytes(b"not an image either")
+    assert _cli("Global.mode=build_index", f"Index.gallery={tmp_path / 'bad'}", f"index={tmp_path / 'ix2'}",
+                common[0], common[2]) == 1
+    assert "none of the 1 gallery images could be read" in capsys.readouterr().err
+    assert not (tmp_path / "ix2").exists()
+
+
+def test_cli_index_commands_never_replace_what_they_did_not_write(model_dir, gallery, tmp_path, capsys):
+    """build_index into a folder holding other files (a thesis, the gallery's own photos) is refused
+    and they stay; rebuilding an index needs Index.overwrite=True; a second writer while one holds
+    the index's lock is refused naming its pid, and a dead holder's lock is taken over."""
+    import subprocess
+
+    common = [f"SubModules.Recognition.model_dir={model_dir}", f"Global.output={tmp_path / 'out'}",
+              "SubModules.Detection.enable=False", f"Index.gallery={gallery / 'gallery'}"]
+    notes = tmp_path / "notidx"
+    notes.mkdir()
+    (notes / "my_thesis.txt").write_text("years of work")
+    assert _cli("Global.mode=build_index", f"index={notes}", *common) == 1
+    assert "my_thesis.txt, which is not a gallery index" in capsys.readouterr().err
+    assert (notes / "my_thesis.txt").read_text() == "years of work"
+    photos = sorted(os.listdir(gallery / "gallery"))
+    assert _cli("Global.mode=build_index", f"index={gallery / 'gallery'}", *common) == 1
+    assert sorted(os.listdir(gallery / "gallery")) == photos
+    capsys.readouterr()
+    ix = tmp_path / "ix"
+    assert _cli("Global.mode=build_index", f"index={ix}", *common) == 0
+    assert _cli("Global.mode=build_index", f"index={ix}", *common) == 1
+    assert "holds a gallery index already: -o Index.overwrite=True" in capsys.readouterr().err
+    assert _cli("Global.mode=build_index", f"index={ix}", "Index.overwrite=True", *common) == 0
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / "ix.lock").write_text(f"{holder.pid}\nappend_index\n")
+        assert _cli("Global.mode=append_index", f"index={ix}", *common) == 1
+        assert f"gallery index {ix} is in use by another run (pid {holder.pid}" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert _cli("Global.mode=append_index", f"index={ix}", *common) == 0  # the dead holder's lock is taken over
+    assert json.loads((ix / "meta.json").read_text())["num_vectors"] == 16 and not (tmp_path / "ix.lock").exists()
 
 
 @needs_lfw
@@ -238,9 +291,9 @@ def test_cli_yunet_gallery_on_lfw_photos_and_query_without_face(model_dir, tmp_p
     ix, out = tmp_path / "ix", tmp_path / "out"
     common = [f"SubModules.Recognition.model_dir={model_dir}", f"index={ix}", f"Global.output={out}"]
     assert _cli("Global.mode=build_index", f"Index.gallery={g}", *common) == 0
-    assert "4 of 5 gallery image(s) enrolled, 1 skipped" in capsys.readouterr().out
+    assert "5 of 5 gallery image(s) enrolled (1 of them whole: no face detected), 0 skipped" in capsys.readouterr().out
     assert _cli("Global.mode=recognize", f"Predict.input={q}", *common) == 0
-    assert json.loads((out / "blank_res.json").read_text())["res"]["boxes"] == []
+    assert json.loads((out / "blank_res.json").read_text())["boxes"] == []
 
 
 def _export_fake_face_detector(folder):
@@ -376,7 +429,7 @@ def test_cli_build_streams_in_steps_and_resumes_an_interrupted_build(model_dir, 
     pipe.build_index(items[:3]).save(str(ix) + ".partial")
     assert _cli("Global.mode=build_index", f"Index.gallery={gallery / 'gallery'}", *common) == 0
     assert "8 of 8 gallery image(s) enrolled" in capsys.readouterr().out
-    log = (tmp_path / "build_index.log").read_text()
+    log = (out / "build_index.log").read_text()  # under Global.output, never in the index folder
     assert "resuming, 3 of 8 image(s) are already in the index" in log
     assert "build index: 3 / 5 image(s) (60 %)" in log and "build index: 5 / 5 image(s) (100 %)" in log
     meta = json.loads((ix / "meta.json").read_text())
@@ -384,7 +437,7 @@ def test_cli_build_streams_in_steps_and_resumes_an_interrupted_build(model_dir, 
     assert not os.path.exists(str(ix) + ".partial")
     # resume off: a leftover checkpoint is thrown away and the build starts again
     pipe.build_index(items[:2]).save(str(ix) + ".partial")
-    assert _cli("Global.mode=build_index", f"Index.gallery={gallery / 'gallery'}", "Index.resume=False",
+    assert _cli("Global.mode=build_index", f"Index.gallery={gallery / 'gallery'}", "Index.resume=False", "Index.overwrite=True",
                 *common) == 0
     assert json.loads((ix / "meta.json").read_text())["num_vectors"] == 8
 
@@ -400,7 +453,7 @@ def test_cli_on_a_milvus_lite_collection(model_dir, gallery, tmp_path, capsys):
     assert "index staff holds 8 face(s) of 4 people" in capsys.readouterr().out
     assert _cli("Global.mode=recognize", f"Predict.input={gallery / 'queries'}", *common) == 0
     res = json.loads(open(os.path.join(out, "q2_res.json")).read())
-    assert res["res"]["boxes"][0]["label"] == "person_2"
+    assert res["boxes"][0]["label"] == "person_2"
     assert _cli("Global.mode=remove_index", "Index.remove_labels=[person_2]", "Index.remove_ids=[5]", *common) == 0
     assert "removed 2 face(s); index staff holds 6 (was 8)" in capsys.readouterr().out
     assert _cli("Global.mode=append_index", f"Index.gallery={gallery / 'gallery'}", *common) == 0

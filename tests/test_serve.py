@@ -74,6 +74,10 @@ def test_paddlex_client_flow_and_restart_keeps_the_index(model_dir, photos, tmp_
         versions = sorted(os.listdir(tmp_path / "indexes" / key))
         status, r = again.post("/face-recognition-index-remove", {"ids": [77], "indexKey": key})
         assert r["result"]["missingIds"] == [77] and sorted(os.listdir(tmp_path / "indexes" / key)) == versions
+        # a face crop, in which the detector finds no face: embedded whole, as PaddleX's service does
+        crop = jpeg(np.full((112, 112, 3), 120, np.uint8))
+        status, r = again.post("/face-recognition-index-build", {"imageLabelPairs": [{"image": b64(crop), "label": "c"}]})
+        assert status == 200 and r["result"]["imageCount"] == 1
     finally:
         again.stop()
     assert "POST /face-recognition-infer 200" in (tmp_path / "out" / "serve.log").read_text()
@@ -105,15 +109,32 @@ def test_errors_come_in_the_envelope_with_what_to_fix(model_dir, photos, tmp_pat
         assert status == 413 and "above the limit of 2" in msg
         status, msg = error("/face-recognition-index-build", raw=b"x" * 300_000)
         assert status == 413 and "Serve.max_request_mb" in msg
-        blank = cv2.imencode(".jpg", np.full((200, 200, 3), 90, np.uint8))[1].tobytes()
+        # the same body sent chunked (no Content-Length): the same 413, not a body-parsing error
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        conn.request("POST", "/face-recognition-index-build", body=iter([b"x" * 100_000] * 3),
+                     headers={"Content-Type": "application/json"}, encode_chunked=True)
+        answer = conn.getresponse()
+        r = json.loads(answer.read())
+        conn.close()
+        assert answer.status == 413 and r["errorCode"] == 413 and "Serve.max_request_mb" in r["errorMsg"]
+        body = json.dumps({"image": b64(photos["p00000/00"]), "visualize": False}).encode()
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        conn.request("POST", "/face-recognition-infer", body=iter([body[:100], body[100:]]),
+                     headers={"Content-Type": "application/json"}, encode_chunked=True)
+        answer = conn.getresponse()
+        assert answer.status == 200 and json.loads(answer.read())["errorCode"] == 0  # under the limit: handed on whole
+        conn.close()
+        not_an_image = b"\x89PNG\r\n\x1a\n but nothing after"
         status, msg = error("/face-recognition-index-build", {"imageLabelPairs": [
-            {"image": b64(photos["p00000/00"]), "label": "a"}, {"image": b64(blank), "label": "wall"}]})
-        assert status == 422 and "no face found in imageLabelPairs[1] (label 'wall'); nothing was added" in msg
+            {"image": b64(photos["p00000/00"]), "label": "a"}, {"image": b64(not_an_image), "label": "junk"}]})
+        assert status == 422 and "imageLabelPairs[1].image" in msg
         assert os.listdir(tmp_path / "indexes") == []  # nothing half-built
         huge = cv2.imencode(".png", np.zeros((1, 1, 3), np.uint8))[1].tobytes()
         huge = huge[:16] + (60000).to_bytes(4, "big") + (60000).to_bytes(4, "big") + huge[24:]  # a 3.6 GP header
         status, msg = error("/face-recognition-infer", {"image": b64(huge)})
-        assert status == 422 and "megapixels, above the limit" in msg
+        assert status == 413 and "megapixels, above the limit" in msg and "Global.max_image_pixels" in msg
         status, msg = error("/face-recognition-infer", {"image": b64(photos["p00000/00"]), "detThreshold": 3})
         assert status == 422 and "detThreshold 3.0 is outside 0 to 1" in msg
         status, msg = error("/no-such-endpoint", {})
@@ -224,7 +245,23 @@ def test_image_urls_are_fetched_and_can_be_turned_off(model_dir, photos, tmp_pat
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    # by default a URL leading to this machine (or any private address) is never fetched, and every
+    # failure reads the same: an open port, a closed one and a missing file cannot be told apart
     server = Server(model_dir, tmp_path / "indexes", tmp_path / "out")
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            closed_port = s.getsockname()[1]
+        answers = [server.post("/face-recognition-infer", {"image": u}) for u in (
+            url + "/face.jpg", f"http://127.0.0.1:{closed_port}/x.jpg", "http://169.254.169.254/latest/meta-data",
+            "http://localhost:1/x.jpg", "http://[::1]:1/x.jpg", "http://no-such-host.invalid/x.jpg")]
+        assert {status for status, _ in answers} == {422}
+        assert {r["errorMsg"] for _, r in answers} == {"image: could not fetch an image from that URL (only public "
+                                                        "http(s) addresses are fetched; send the file content as "
+                                                        "base64 instead)"}
+    finally:
+        server.stop()
+    server = Server(model_dir, tmp_path / "indexes", tmp_path / "out", "Serve.url_allow_private=True")
     try:
         status, r = server.post("/face-recognition-index-build", {"imageLabelPairs": [
             {"image": url + "/face.jpg", "label": "bob"}]})
@@ -232,7 +269,7 @@ def test_image_urls_are_fetched_and_can_be_turned_off(model_dir, photos, tmp_pat
         status, r = server.post("/face-recognition-infer", {"image": url + "/face.jpg", "indexKey": r["result"]["indexKey"]})
         assert status == 200 and r["result"]["faces"][0]["label"] == "bob"
         status, r = server.post("/face-recognition-infer", {"image": url + "/missing.jpg"})
-        assert status == 422 and "cannot fetch" in r["errorMsg"] and "missing.jpg" in r["errorMsg"]
+        assert status == 422 and "could not fetch an image from that URL" in r["errorMsg"]
     finally:
         server.stop()
     closed = Server(model_dir, tmp_path / "indexes", tmp_path / "out", "Serve.url_images=False")
@@ -432,3 +469,118 @@ def test_a_wrong_milvus_uri_fails_fast_with_the_uri_named(model_dir, tmp_path):
     assert out.returncode == 1 and f"cannot reach the Milvus server at {uri} after 2 attempts" in out.stderr
     assert time.perf_counter() - start < 60
     assert "Traceback" not in out.stderr
+
+
+def _peak_rss_mb(pid):
+    with open(f"/proc/{pid}/status", encoding="utf-8") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
+def test_large_images_are_bounded_before_and_while_decoding(model_dir, tmp_path):
+    """32 images of 49 MP in one request (a 6 MB body of flat PNGs) are refused from their headers,
+    413 naming Serve.max_request_pixels; 4 of them are taken, decoded one at a time; the service
+    stays under 1.5 GB peak RSS throughout."""
+    big = cv2.imencode(".png", np.full((7000, 7000, 3), 127, np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9])[1]
+    big = b64(big.tobytes())
+    server = Server(model_dir, tmp_path / "indexes", tmp_path / "out", "Serve.max_images_per_request=64",
+                    "Serve.max_request_mb=64")
+    try:
+        many = [{"image": big, "label": f"p{i}"} for i in range(32)]
+        status, r = server.post("/face-recognition-index-build", {"imageLabelPairs": many})
+        assert status == 413 and "Serve.max_request_pixels" in r["errorMsg"]
+        status, r = server.post("/face-recognition-index-build", {"imageLabelPairs": many[:4]})
+        assert status == 200 and r["result"]["imageCount"] == 4  # no face in them: embedded whole
+        assert _peak_rss_mb(server.proc.pid) < 1536
+    finally:
+        server.stop()
+
+
+def test_slow_image_urls_never_hold_up_health_or_base64_requests(model_dir, photos, tmp_path):
+    """45 requests for a URL that never answers: a few are fetched at a time, the rest wait or are
+    refused (503), and /health and a base64 infer still answer at once."""
+    import http.server
+
+    release = threading.Event()
+
+    class Stall(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            release.wait(30)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stall)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    stalled = f"http://127.0.0.1:{httpd.server_address[1]}/slow.jpg"
+    server = Server(model_dir, tmp_path / "indexes", tmp_path / "out", "Serve.url_allow_private=True",
+                    "Serve.url_timeout=8", "Serve.shutdown_timeout=1")
+    answers = []
+    try:
+        def ask():
+            try:
+                answers.append(server.post("/face-recognition-infer", {"image": stalled}, timeout=30)[0])
+            except OSError:
+                answers.append(None)
+
+        clients = [threading.Thread(target=ask, daemon=True) for _ in range(45)]
+        for c in clients:
+            c.start()
+        time.sleep(2)  # every request is in: fetching, waiting, or refused
+        start = time.perf_counter()
+        with urllib.request.urlopen(server.url + "/health", timeout=10) as h:
+            assert h.status == 200
+        assert time.perf_counter() - start < 0.5
+        start = time.perf_counter()
+        status, _ = server.post("/face-recognition-infer", {"image": b64(photos["p00000/00"]), "visualize": False})
+        assert status == 200 and time.perf_counter() - start < 5
+        assert answers.count(503) >= 45 - 32 - 4  # beyond the fetchers and the queue: refused at once
+    finally:
+        release.set()
+        server.stop()
+        httpd.shutdown()
+
+
+def test_api_keys_and_trusted_hosts(model_dir, photos, tmp_path):
+    """With Serve.api_key_file every API call needs a key (Bearer or X-API-Key; /health and the page
+    do not); a Host header the service does not answer to is refused; a service that listens beyond
+    loopback will not start without keys."""
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# one key a line\nk-0123456789abcdef-first\nk-0123456789abcdef-second\n")
+    keys.chmod(0o600)
+    server = Server(model_dir, tmp_path / "indexes", tmp_path / "out", f"Serve.api_key_file={keys}")
+    try:
+        body = json.dumps({"image": b64(photos["p00000/00"]), "visualize": False}).encode()
+
+        def infer(headers):
+            req = urllib.request.Request(server.url + "/face-recognition-infer", data=body,
+                                         headers={"Content-Type": "application/json", **headers})
+            try:
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    return r.status, json.loads(r.read())
+            except urllib.error.HTTPError as e:
+                return e.code, json.loads(e.read())
+
+        status, r = infer({})
+        assert status == 401 and r["errorCode"] == 401 and "API key" in r["errorMsg"]
+        assert infer({"X-API-Key": "k-0123456789abcdef-wrong"})[0] == 401
+        assert infer({"Authorization": "Bearer k-0123456789abcdef-second"})[0] == 200
+        assert infer({"X-API-Key": "k-0123456789abcdef-first"})[0] == 200
+        with urllib.request.urlopen(server.url + "/health", timeout=10) as h:
+            assert h.status == 200
+        with urllib.request.urlopen(server.url + "/", timeout=10) as page:
+            assert page.status == 200
+        status, r = infer({"Host": "attacker.example", "X-API-Key": "k-0123456789abcdef-first"})
+        assert status == 400 and "Serve.allowed_hosts" in r["errorMsg"]
+    finally:
+        server.stop()
+    out = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "main.py"), "-c", PIPELINE, "-o", "Global.mode=serve",
+                          "-o", "Serve.host=0.0.0.0", "-o", f"Serve.port={free_port()}",
+                          "-o", f"SubModules.Recognition.model_dir={model_dir}", "-o", f"Global.output={tmp_path / 'o2'}"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "set Serve.api_key_file" in out.stderr
+    keys.chmod(0o644)
+    out = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "main.py"), "-c", PIPELINE, "-o", "Global.mode=serve",
+                          "-o", f"Serve.port={free_port()}", "-o", f"Serve.api_key_file={keys}",
+                          "-o", f"SubModules.Recognition.model_dir={model_dir}", "-o", f"Global.output={tmp_path / 'o3'}"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "chmod 600" in out.stderr

@@ -39,7 +39,7 @@ def hnsw_ef(monkeypatch):
 
     def spy(self, *args, **kwargs):
         out = search(self, *args, **kwargs)
-        if self.index_type == "HNSW":
+        if self.index_type == "HNSW32":
             seen.append(faiss.downcast_index(self.index.index).hnsw.efSearch)
         return out
 
@@ -86,7 +86,7 @@ def test_ef_search_reaches_the_service(model_dir, faces, tmp_path, hnsw_ef):
                                                                       "Serve.index_root": tmp_path / "keys"}))
     app, pipeline, store = app_from_config(cfg)
     photo = base64.b64encode((faces / "person_2" / "2.png").read_bytes()).decode()
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         answer = client.post("/face-recognition-infer", json={"image": photo, "visualize": False}).json()
         assert answer["errorCode"] == 0, answer
         assert answer["result"]["faces"][0]["label"] == "person_2"

@@ -106,6 +106,16 @@ def _key_lines(node, prefix=""):
     return lines
 
 
+def _refuse_aliases(path, text):
+    """ConfigError at the first YAML alias (*name): a config needs none, and nested aliases expand
+    exponentially ("billion laughs"). The event stream is read without building anything, so this
+    takes time in proportion to the file, whatever it would expand to."""
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.AliasEvent):
+            raise ConfigError(f"{path}:{event.start_mark.line + 1}: YAML alias '*{event.anchor}' is not allowed in a "
+                              "config (write the value out instead of referring to an anchor)")
+
+
 def read_yaml(path):
     """(mapping, {dotted key: line}) of a config file; ConfigError when it cannot be used."""
     if not path:
@@ -118,6 +128,7 @@ def read_yaml(path):
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
+        _refuse_aliases(path, text)  # before anything expands them
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
         lines = _key_lines(yaml.compose(text, Loader=_Loader))
     except UnicodeDecodeError as e:
@@ -178,6 +189,10 @@ def _check_limits(value, meta):
     if choices is not None and value not in choices:
         return "one of " + ", ".join(str(c) for c in choices)
     lo, hi, gt = meta.get("min"), meta.get("max"), meta.get("greater_than")
+    if meta.get("per_core"):
+        cores = os.cpu_count() or 1
+        if isinstance(value, int) and not isinstance(value, bool) and value > meta["per_core"] * cores:
+            return f"at most {meta['per_core'] * cores} ({meta['per_core']} per core on this machine's {cores} cores)"
     numbers = value if isinstance(value, list) else [value]
     for v in numbers:
         if not isinstance(v, (int, float)) or isinstance(v, bool):

@@ -95,9 +95,11 @@ def _pid_alive(pid):
 class OutputLock:
     """An exclusive lock on an output folder for the life of a run (a context manager)."""
 
-    def __init__(self, folder, what="training"):
-        self.path = os.path.join(folder, LOCK)
+    def __init__(self, folder, what="training", lock_file=None, subject=None, fix=None):
+        self.path = lock_file or os.path.join(folder, LOCK)
         self.what = what
+        self.subject = subject or f"output folder {folder}"
+        self.fix = fix or "wait for it to finish, or write elsewhere with -o Global.output=DIR"
         self.held = False
 
     def acquire(self):
@@ -107,8 +109,7 @@ class OutputLock:
             except FileExistsError:
                 pid = self._holder()
                 if pid and pid != os.getpid() and _pid_alive(pid):
-                    raise UserError(f"output folder {os.path.dirname(self.path)} is in use by another run (pid {pid}, "
-                                    f"lock {self.path}): wait for it to finish, or write elsewhere with -o Global.output=DIR")
+                    raise UserError(f"{self.subject} is in use by another run (pid {pid}, lock {self.path}): {self.fix}")
                 get_logger().warning(f"taking over the lock {self.path} left by a run that is gone (pid {pid})")
                 try:
                     os.remove(self.path)

@@ -21,10 +21,17 @@ HPI_PRECISIONS = ("fp32", "bf16", "int8")  # int8: only a folder whose export pa
 EXPORT_FORMATS = ("paddle", "onnx")
 
 
-def setting(default, help, *, min=None, max=None, greater_than=None, choices=None):
+# Thread counts above this many per core only queue work on the same cores (and make every
+# parallel section slower), so a larger value is a typo or a misunderstanding.
+THREADS_PER_CORE = 4
+
+
+def setting(default, help, *, min=None, max=None, greater_than=None, choices=None, per_core=None):
     """A config field: `default` (a list or a dataclass type is copied per instance), a one-line
-    `help`, and the limits checked at load (min/max inclusive, greater_than exclusive, choices)."""
-    meta = {"help": help, "min": min, "max": max, "greater_than": greater_than, "choices": choices}
+    `help`, and the limits checked at load (min/max inclusive, greater_than exclusive, choices;
+    per_core: at most this many times the machine's cores)."""
+    meta = {"help": help, "min": min, "max": max, "greater_than": greater_than, "choices": choices,
+            "per_core": per_core}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     if isinstance(default, type) and is_dataclass(default):
@@ -42,7 +49,8 @@ class ModelGlobal:
     device: str = setting("cpu", "cpu, gpu, gpu:0 or gpu:0,1,2,3 (several GPUs: data-parallel training)")
     output: str = setting("output", "folder for results, logs and checkpoints")
     seed: int = setting(42, "random seed (shuffle, flip, initial weights)", min=0)
-    num_threads: int = setting(2, "CPU threads for Paddle, OpenCV and faiss; 0 = every core", min=0)
+    num_threads: int = setting(2, "CPU threads for Paddle, OpenCV and faiss; 0 = every core", min=0,
+                               per_core=THREADS_PER_CORE)
     cpu_speedup: bool = setting(True, "CPU training speed-ups (fused PReLU/depthwise kernels, allocator setting)")
     max_image_pixels: int = setting(50_000_000, "largest image decoded (width x height, read from its header first)",
                                     min=1)
@@ -174,7 +182,10 @@ class HpiConfig:
                                        "whose export passed Export.int8's accuracy gate); null = the backend's "
                                        "choice (automatic: bf16 where the CPU has it; never int8)",
                                        choices=HPI_PRECISIONS)
-    num_threads: Optional[int] = setting(None, "threads of the backend; null = Global.num_threads", min=1)
+    num_threads: Optional[int] = setting(None, "threads of the backend; null = Global.num_threads", min=1,
+                                         per_core=THREADS_PER_CORE)
+    auto_paddle2onnx: bool = setting(True, "OpenVINO / ONNX Runtime on a folder without inference.onnx: convert it "
+                                     "(PaddleX's auto_paddle2onnx); False = only a folder's own inference.onnx")
 
 
 @dataclass
@@ -228,8 +239,8 @@ class RecognitionModule:
     module_name: str = setting("face_feature", "PaddleX's module name", choices=("face_feature",))
     model_name: str = setting("MobileFaceNet", "the feature model; with model_dir null, the official one "
                               "(downloaded once into ~/.cache/facefeat)", choices=BACKBONES)
-    model_dir: Optional[str] = setting("output/best_model/inference", "exported face feature model "
-                                       "(Global.mode=export); null = the official model_name")
+    model_dir: Optional[str] = setting(None, "exported face feature model (e.g. output/best_model/inference, what "
+                                       "train and export write); null = the official model_name, as PaddleX")
     batch_size: int = setting(16, "faces embedded per forward pass", min=1)
     run_mode: str = setting("paddle", "paddle (fp32) or mkldnn_bf16", choices=RUN_MODES)
     use_hpip: bool = setting(False, "high-performance inference: OpenVINO / ONNX Runtime on an ONNX model (needs "
@@ -247,8 +258,9 @@ class SubModulesSection:
 class PipelineGlobal:
     mode: str = setting("recognize", "what to run", choices=PIPELINE_MODES)
     device: str = setting("cpu", "cpu or gpu:0")
-    output: str = setting("output/recognition", "recognize writes <name>_res.json (+ .jpg) here")
-    num_threads: int = setting(2, "CPU threads for Paddle, OpenCV and faiss; 0 = every core", min=0)
+    output: str = setting("output/recognition", "recognize writes <name>_res.json (+ the drawn image) here")
+    num_threads: int = setting(2, "CPU threads for Paddle, OpenCV and faiss; 0 = every core", min=0,
+                               per_core=THREADS_PER_CORE)
     max_image_pixels: int = setting(50_000_000, "largest image decoded (width x height, read from its header first)",
                                     min=1)
 
@@ -281,6 +293,8 @@ class IndexSection:
                                "checkpoint is written after each)", min=1)
     resume: bool = setting(True, "build_index: continue an interrupted build from its checkpoint "
                            "(<index>.partial) instead of starting again")
+    overwrite: bool = setting(False, "build_index: replace the index that `index` holds (the old one stays until "
+                              "the new one is complete); a folder holding anything else is never replaced")
     remove_labels: List[str] = setting([], "remove_index: labels to remove")
     remove_ids: List[int] = setting([], "remove_index: ids (from id_map.yaml) to remove")
 
@@ -288,8 +302,8 @@ class IndexSection:
 @dataclass
 class PipelinePredict:
     input: Any = setting("dataset/face_demo/val/images/p00000", "image, folder (recursive) or a list")
-    save_to_img: bool = setting(True, "also save <name>_res.jpg with boxes, labels and scores")
-    draw_landmarks: bool = setting(False, "also draw each face's 5 landmarks on <name>_res.jpg")
+    save_to_img: bool = setting(True, "also save <name>_res.<input suffix> with boxes, labels and scores")
+    draw_landmarks: bool = setting(False, "also draw each face's 5 landmarks on that image")
 
 
 @dataclass
@@ -299,10 +313,29 @@ class ServeSection:
     index_root: str = setting("output/indexes", "one index folder per indexKey, kept across restarts")
     max_request_mb: float = setting(32.0, "largest request body in MB (413 beyond)", greater_than=0.0)
     max_images_per_request: int = setting(64, "imageLabelPairs per build/add request", min=1)
+    max_request_pixels: int = setting(400_000_000, "pixels of all of a request's images together, read from their "
+                                      "headers before any is decoded (413 beyond)", min=1)
     url_images: bool = setting(True, "accept http(s) URLs as images (fetched by the server)")
-    url_timeout: float = setting(10.0, "seconds to fetch one image URL", greater_than=0.0)
+    url_timeout: float = setting(10.0, "seconds to fetch one image URL, redirects included", greater_than=0.0)
+    api_key_file: Optional[str] = setting(None, "file of API keys, one a line (chmod 600): every /face-recognition-* "
+                                          "call must send one (Authorization: Bearer KEY or X-API-Key: KEY); needed "
+                                          "when host is not a loopback address")
+    allowed_hosts: Optional[List[str]] = setting(None, "Host header values the service answers to; null = the "
+                                                 "loopback names (localhost, 127.0.0.1, ::1) when host is loopback, "
+                                                 "else any")
+    url_allow_private: bool = setting(False, "also fetch image URLs that lead to loopback, private or link-local "
+                                      "addresses (off: only public ones, so clients cannot reach the server's "
+                                      "own network)")
     shutdown_timeout: float = setting(30.0, "seconds in-flight requests get to finish on Ctrl-C / SIGTERM",
                                       min=0.0)
+
+
+@dataclass
+class ServingSection:
+    visualize: bool = setting(True, "PaddleX's Serving.visualize: /face-recognition-infer returns the drawn image "
+                              "unless the request says visualize=false")
+    return_urls: Optional[bool] = setting(None, "PaddleX's Serving.return_urls: accepted; images are always returned "
+                                          "inline (base64), never as URLs")
 
 
 @dataclass
@@ -321,6 +354,7 @@ class PipelineConfig:
     Index: IndexSection = setting(IndexSection, "")
     Predict: PipelinePredict = setting(PipelinePredict, "")
     Serve: ServeSection = setting(ServeSection, "")
+    Serving: ServingSection = setting(ServingSection, "")
 
 
 PIPELINE_MARKERS = ("pipeline_name", "SubModules", "Det", "Rec", "Index", "Serve")
@@ -397,6 +431,8 @@ def allowed_text(f):
     if m.get("choices") is not None:
         return "one of " + ", ".join(str(c) for c in m["choices"])
     lo, hi, gt = m.get("min"), m.get("max"), m.get("greater_than")
+    if m.get("per_core"):
+        return f"{lo:g} to {m['per_core']} x cores" if lo is not None else f"<= {m['per_core']} x cores"
     if gt is not None:
         return f"> {gt:g}" if hi is None else f"> {gt:g} and <= {hi:g}"
     if lo is not None and hi is not None:

@@ -60,12 +60,10 @@ from foundation.safe_pickle import RefusedGlobal, safe_loads
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # no INFO lines about CPU features
 import faiss  # noqa: E402 - after quieting its loader
 
-INDEX_TYPES = ("Flat", "IVF", "HNSW")  # PaddleX's types (PaddleX reads and writes them too)
+INDEX_TYPES = ("Flat", "IVF", "HNSW32")  # PaddleX's types and names (PaddleX reads and writes them too)
 COMPRESSED_TYPES = ("IVFPQ", "HNSWSQ")
 ALL_INDEX_TYPES = INDEX_TYPES + COMPRESSED_TYPES
 METRIC_TYPES = ("IP", "L2")
-PADDLEX_INDEX_TYPE = {"Flat": "Flat", "IVF": "IVF", "HNSW": "HNSW32", "IVFPQ": "IVFPQ",
-                      "HNSWSQ": "HNSWSQ"}  # our name -> id_map.yaml's
 UNKNOWN_LABEL = "unknown"
 INDEX_FILE = "vector.index"
 EXACT_FILE = "exact.index"  # the exact features of a compressed index with rerank
@@ -89,9 +87,10 @@ def set_search_threads(n):
 
 
 def normalize_index_type(name):
-    """'flat' / 'IVF' / 'hnsw32' -> 'Flat' | 'IVF' | 'HNSW'; anything else is a UserError."""
+    """'flat' / 'IVF' / 'hnsw' -> PaddleX's 'Flat' | 'IVF' | 'HNSW32' (or ours: 'IVFPQ', 'HNSWSQ');
+    anything else is a UserError."""
     key = str(name or "Flat").strip().lower()
-    table = {"flat": "Flat", "ivf": "IVF", "ivfflat": "IVF", "hnsw": "HNSW", "hnsw32": "HNSW", "ivfpq": "IVFPQ",
+    table = {"flat": "Flat", "ivf": "IVF", "ivfflat": "IVF", "hnsw": "HNSW32", "hnsw32": "HNSW32", "ivfpq": "IVFPQ",
              "ivf_pq": "IVFPQ", "hnswsq": "HNSWSQ", "hnsw_sq": "HNSWSQ", "hnswsq8": "HNSWSQ"}
     if key not in table:
         raise UserError(f"index_type '{name}' is not one of Flat, IVF, HNSW32 (PaddleX's) or IVFPQ, HNSWSQ "
@@ -280,7 +279,7 @@ class GalleryIndex:
         if self.index_type == "Flat":
             flat = faiss.IndexFlatIP(d) if self.metric_type == "IP" else faiss.IndexFlatL2(d)
             return faiss.IndexIDMap2(flat)
-        if self.index_type == "HNSW":
+        if self.index_type == "HNSW32":
             return faiss.IndexIDMap2(faiss.IndexHNSWFlat(d, HNSW_M, metric))
         if self.index_type == "HNSWSQ":
             hnsw = faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_8bit, HNSW_M, metric)
@@ -359,7 +358,7 @@ class GalleryIndex:
         id_array = np.asarray(ids, dtype=np.int64)
         if self.exact is not None:
             self._writable_exact().remove_ids(faiss.IDSelectorBatch(id_array))
-        if self.index_type in ("HNSW", "HNSWSQ"):
+        if self.index_type in ("HNSW32", "HNSWSQ"):
             self._rebuild_hnsw_without(set(ids))
         else:
             removed = self.index.remove_ids(faiss.IDSelectorBatch(id_array))
@@ -417,7 +416,7 @@ class GalleryIndex:
         fetch = min(len(self), k * self.rerank) if self.exact is not None else k
         if self.index_type in ("IVF", "IVFPQ"):
             self.index.nprobe = max(1, min(self.nprobe, self.nlist or 1))
-        elif self.index_type in ("HNSW", "HNSWSQ"):
+        elif self.index_type in ("HNSW32", "HNSWSQ"):
             faiss.downcast_index(self.index.index).hnsw.efSearch = max(self.ef_search, fetch)
         scores, ids = self.index.search(queries, fetch)
         if self.metric_type == "L2":  # squared distance of unit vectors -> cosine
@@ -436,11 +435,17 @@ class GalleryIndex:
     # ------------------------------------------------------------------ persistence
     def index_info_header(self):
         """PaddleX's index info without its id_map."""
-        return {"index_type": PADDLEX_INDEX_TYPE[self.index_type], "metric_type": self.metric_type}
+        return {"index_type": self.index_type, "metric_type": self.metric_type}
 
+    @property
     def index_info(self):
-        """PaddleX's index info (id_map.yaml; also the second half of its IndexData bytes)."""
+        """PaddleX's IndexData.index_info: {index_type, metric_type, id_map} (what id_map.yaml holds)."""
         return dict(self.index_info_header(), id_map=self.id_map)
+
+    @property
+    def index_bytes(self):
+        """PaddleX's IndexData.index_bytes: the faiss index serialized (a uint8 numpy array)."""
+        return faiss.serialize_index(self.index)
 
     def meta(self):
         return {
@@ -467,9 +472,14 @@ class GalleryIndex:
         }
 
     def save(self, index_dir):
-        """Write the folder atomically: readers see the old index or the new one, never a mix."""
+        """Write the folder atomically: readers see the old index or the new one, never a mix. A
+        folder that holds anything but an index is never replaced (UserError naming what is there)."""
         if self.index is None:
             raise UserError(f"refusing to save an empty gallery index to {index_dir}: add at least one face")
+        foreign = foreign_entries(index_dir)
+        if foreign:
+            raise UserError(f"{index_dir} holds {_named(foreign)}, which is not a gallery index: nothing was written "
+                            "(an index is saved into an empty or new folder, or over an index)")
 
         def build(tmp):
             faiss.write_index(self.index, os.path.join(tmp, INDEX_FILE))
@@ -486,11 +496,12 @@ class GalleryIndex:
         atomic_replace_dir(build, index_dir)
 
     def to_bytes(self):
-        """PaddleX's IndexData.to_bytes: a pickle of (serialized faiss index, index info). Only plain
-        bytes, str, int and dicts, so from_bytes reads it with the restricted unpickler."""
+        """PaddleX's IndexData.to_bytes: a pickle of (serialized faiss index as a uint8 array, index
+        info), which PaddleX's IndexData.from_bytes reads. Our own fields (model, paths) are not in
+        it, as they are not in PaddleX's."""
         import pickle
 
-        return pickle.dumps((faiss.serialize_index(self.index).tobytes(), self.index_info()), protocol=4)
+        return pickle.dumps((self.index_bytes, self.index_info), protocol=4)
 
     @classmethod
     def from_bytes(cls, data, nprobe=32, where="index bytes"):
@@ -502,11 +513,13 @@ class GalleryIndex:
             raise UserError(f"refused to load {where}: it asks for {e}, which an index never holds") from None
         except Exception as e:
             raise UserError(f"{where} is not a PaddleX IndexData pickle ({type(e).__name__}: {e})") from None
-        if not (isinstance(tup, tuple) and len(tup) == 2 and isinstance(tup[0], (bytes, bytearray))
+        # PaddleX pickles the serialized index as a uint8 array; earlier versions of ours as bytes
+        if not (isinstance(tup, tuple) and len(tup) == 2 and isinstance(tup[0], (bytes, bytearray, np.ndarray))
                 and isinstance(tup[1], dict)):
             raise UserError(f"{where}: expected (faiss index bytes, index info), got {type(tup).__name__}")
         try:
-            index = faiss.deserialize_index(np.frombuffer(tup[0], dtype=np.uint8))
+            raw = tup[0] if isinstance(tup[0], np.ndarray) else np.frombuffer(tup[0], dtype=np.uint8)
+            index = faiss.deserialize_index(np.ascontiguousarray(raw, dtype=np.uint8))
         except RuntimeError as e:
             raise UserError(f"{where}: not a serialized faiss index ({str(e).strip().splitlines()[0]})") from None
         return cls._from_parts(index, tup[1], {}, where, nprobe)
@@ -734,11 +747,39 @@ def read_meta(index_dir):
         return json.load(f)
 
 
+INDEX_FILES = (INDEX_FILE, EXACT_FILE, INFO_FILE, META_FILE, OLD_ID_MAP_FILE, "index_info.yaml")
+
+
+def foreign_entries(index_dir):
+    """Sorted names in `index_dir` that are not gallery index files ([] for a missing or empty folder)."""
+    if not os.path.isdir(index_dir):
+        return [] if not os.path.exists(index_dir) else [os.path.basename(index_dir.rstrip(os.sep)) + " (a file)"]
+    return sorted(name for name in os.listdir(index_dir) if name not in INDEX_FILES)
+
+
+def holds_index(index_dir):
+    """Whether `index_dir` holds an index (ours or PaddleX's: a vector.index file)."""
+    return os.path.isfile(os.path.join(index_dir, INDEX_FILE))
+
+
+def _named(names, limit=5):
+    shown = ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+    return f"{len(names)} other entr{'y' if len(names) == 1 else 'ies'} ({shown})"
+
+
+# a gallery.txt line: the path up to its image extension, whitespace, the label
+_GALLERY_LINE = re.compile(r"^(.*?\.(?:%s))\s+(\S.*)$" % "|".join(e.lstrip(".") for e in IMAGE_EXTENSIONS + (".webp", ".tif", ".tiff")),
+                           re.IGNORECASE)
+
+
 def list_gallery(gallery, label_file=None):
     """Gallery images as [(abs_path, label)], sorted.
 
-    With `label_file`: lines `<path> <label>` (path relative to `gallery`, or to the list file's folder
-    when `gallery` is empty; the label may contain spaces); blank lines and `#` comments are skipped.
+    With `label_file` (PaddleX's gallery.txt): lines `<path> <label>`, path relative to `gallery`, or
+    to the list file's folder when `gallery` is empty. The path runs up to its image extension, so
+    both may hold spaces ("images/Mary Ann/1.jpg Mary Ann"); a path without a known extension ends
+    at the first whitespace. Blank lines and `#` comments are skipped; a UTF-8 BOM and CRLF line
+    ends are read as a text editor writes them.
     Without: `gallery` holds one folder per identity, the folder name is the label; images directly in
     `gallery` take their file stem as the label.
     """
@@ -747,12 +788,13 @@ def list_gallery(gallery, label_file=None):
         if not os.path.isfile(label_file):
             raise UserError(f"gallery list file '{label_file}' does not exist (Index.label_file)")
         base = gallery if gallery else os.path.dirname(os.path.abspath(label_file))
-        with open(label_file, encoding="utf-8") as f:
+        with open(label_file, encoding="utf-8-sig") as f:
             for lineno, line in enumerate(f, 1):
                 text = line.strip()
                 if not text or text.startswith("#"):
                     continue
-                parts = text.split(None, 1)
+                found = _GALLERY_LINE.match(text)
+                parts = [found.group(1), found.group(2)] if found else text.split(None, 1)
                 if len(parts) != 2:
                     raise UserError(
                         f"{label_file}:{lineno}: expected '<image path> <label>', got '{text}'; "

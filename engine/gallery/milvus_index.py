@@ -54,7 +54,7 @@ MAX_LABEL = 1024
 MAX_PATH = 4096
 INSERT_BYTES = 2**20  # per insert call: Milvus Lite takes 40x longer per row for a 10 MB call than for 1 MB ones
 QUERY_PAGE = 4096
-MILVUS_INDEX = {"Flat": ("FLAT", {}), "IVF": ("IVF_FLAT", None), "HNSW": ("HNSW", {"M": 32, "efConstruction": 200}),
+MILVUS_INDEX = {"Flat": ("FLAT", {}), "IVF": ("IVF_FLAT", None), "HNSW32": ("HNSW", {"M": 32, "efConstruction": 200}),
                 "IVFPQ": ("IVF_PQ", None)}  # our type -> Milvus' (HNSWSQ has no Milvus 2.4 counterpart)
 LITE_TYPES = ("Flat", "IVF")  # what Milvus Lite indexes
 
@@ -363,7 +363,7 @@ class MilvusGalleryIndex:
         params = {"metric_type": "IP", "params": {}}
         if self.index_type in ("IVF", "IVFPQ"):
             params["params"]["nprobe"] = self.nprobe
-        elif self.index_type == "HNSW":
+        elif self.index_type == "HNSW32":
             params["params"]["ef"] = max(self.ef_search, k)
         with milvus_errors(self.uri):
             hits = self.client.search(self.collection, l2_normalize_rows(feats).tolist(), limit=k,

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from engine.gallery.milvus_index import MilvusUnavailableError, client_for, deadline, milvus_errors
 from foundation.atomic_io import atomic_write_text, fsync_tree
 from foundation.errors import UserError
+from foundation.logger import get_logger
 
 CURRENT_FILE = "CURRENT"
 LOCK_FILE = ".lock"
@@ -62,10 +63,16 @@ class IndexStore:
     def _current_version(self, key):
         try:
             with open(os.path.join(self._folder(key), CURRENT_FILE), encoding="utf-8") as f:
-                return f.read().strip()
+                version = f.read().strip()
         except FileNotFoundError:
             raise UnknownIndexError(f"no index with indexKey '{key}': build one with /face-recognition-index-build "
                                     "(keys are kept in Serve.index_root across restarts)") from None
+        if not VERSION_PATTERN.match(version):  # edited by hand: never follow it out of the key's folder
+            get_logger().error(f"{os.path.join(self._folder(key), CURRENT_FILE)} names {version!r}, not a version "
+                               "folder of this key (v000001, ...): the index is not served until it is fixed")
+            raise UserError(f"index '{key}' is damaged on the server (its CURRENT file was edited); the server log "
+                            "says what to fix")
+        return version
 
     def get(self, key):
         """The index stored under `key` now (a GalleryIndex never changed in place; do not change it)."""

@@ -21,10 +21,16 @@ import importlib.util
 
 from engine.config.schema import HPI_BACKENDS as BACKENDS
 from engine.config.schema import HPI_PRECISIONS as PRECISIONS
+from engine.config.schema import RUN_MODES
 from foundation.errors import ConfigError, UserError
 from foundation.runtime import cpu_flags
 
-HPI_CONFIG_KEYS = ("backend", "precision", "num_threads")
+HPI_CONFIG_KEYS = ("backend", "precision", "num_threads", "auto_paddle2onnx")
+# PaddleX's HPIConfig keys that say nothing a CPU build of ours can act on (its model_name and device
+# come from the model and Global.device; hpi_info is PaddleX's own table)
+PADDLEX_INFO_KEYS = ("model_name", "device_type", "device_id", "hpi_info")
+# PaddleX backends that need hardware or builds this project does not run on
+FOREIGN_BACKENDS = {"tensorrt": "NVIDIA GPUs (Paddle Inference with TensorRT)", "om": "Huawei Ascend NPUs"}
 HPI_INSTALL = 'pip install ".[cpu,hpi]"'
 # the Python module each backend (and the converter) needs
 PACKAGES = {"openvino": "openvino", "onnxruntime": "onnxruntime", "paddle2onnx": "paddle2onnx", "nncf": "nncf"}
@@ -90,19 +96,80 @@ def cpu_bf16_class(flags=None):
     return ""
 
 
+def pp_option_settings(pp_option):
+    """{run_mode, num_threads, device} from PaddleX's PaddlePredictorOption (or a dict of its fields
+    run_mode, cpu_threads, device_type, device_id), for create_model and create_pipeline; a run
+    mode this CPU build has not (TensorRT, ...) is a ConfigError."""
+    if pp_option is None:
+        return {}
+    get = pp_option.get if isinstance(pp_option, dict) else (lambda key: getattr(pp_option, key, None))
+    out = {}
+    run_mode = get("run_mode")
+    if run_mode is not None:
+        if run_mode not in RUN_MODES:
+            raise ConfigError(f"pp_option.run_mode {run_mode!r} is not available on this CPU build: use one of "
+                              f"{', '.join(RUN_MODES)}")
+        out["run_mode"] = run_mode
+    if get("cpu_threads") is not None:
+        out["num_threads"] = int(get("cpu_threads"))
+    device_type, device_id = get("device_type"), get("device_id")
+    if device_type is not None:
+        out["device"] = str(device_type) if device_type == "cpu" or device_id is None else f"{device_type}:{device_id}"
+    return out
+
+
 def hpi_settings(predict_section):
     """(use_hpip, hpi_config dict) of a config's Predict section (what predict and evaluate pass on)."""
     hpi = predict_section.hpi_config
-    return bool(predict_section.use_hpip), {k: hpi[k] for k in HPI_CONFIG_KEYS if hpi[k] is not None}
+    defaults = {"auto_paddle2onnx": True}
+    return bool(predict_section.use_hpip), {k: hpi[k] for k in HPI_CONFIG_KEYS
+                                            if hpi[k] is not None and hpi[k] != defaults.get(k)}
+
+
+def translate_hpi_config(hpi_config):
+    """Our hpi_config keys from PaddleX's HPIConfig ones, which a PaddleX user's code passes:
+    backend_config {"cpu_num_threads", "run_mode", "precision"} -> num_threads / precision,
+    auto_config=False (needs a backend), auto_paddle2onnx; model_name, device_type, device_id and
+    hpi_info are accepted and not needed. Our own keys pass through; anything else is a ConfigError."""
+    cfg = dict(hpi_config or {})
+    backend = cfg.get("backend")
+    if backend in FOREIGN_BACKENDS:
+        raise ConfigError(f"hpi_config.backend {backend} runs on {FOREIGN_BACKENDS[backend]}, which this build does "
+                          f"not support; use one of {', '.join(BACKENDS)} (or leave it out for the automatic choice)")
+    for key in PADDLEX_INFO_KEYS:
+        cfg.pop(key, None)
+    if cfg.pop("auto_config", True) is False and backend is None:
+        raise ConfigError("hpi_config.auto_config=False needs hpi_config.backend (paddle, openvino or onnxruntime)")
+    extra = cfg.pop("backend_config", None) or {}
+    if not isinstance(extra, dict):
+        raise ConfigError(f"hpi_config.backend_config must be a mapping, got {type(extra).__name__}")
+    extra = dict(extra)
+    if "cpu_num_threads" in extra:
+        cfg.setdefault("num_threads", extra.pop("cpu_num_threads"))
+    run_mode = extra.pop("run_mode", None)
+    if run_mode is not None:
+        if run_mode not in ("paddle", "mkldnn", "mkldnn_bf16"):
+            raise ConfigError(f"hpi_config.backend_config.run_mode {run_mode!r} is not available on this CPU build: "
+                              "use paddle, mkldnn or mkldnn_bf16")
+        cfg.setdefault("precision", "bf16" if run_mode == "mkldnn_bf16" else "fp32")
+    if "precision" in extra:
+        cfg.setdefault("precision", extra.pop("precision"))
+    if extra:
+        raise ConfigError(f"hpi_config.backend_config has key(s) {', '.join(sorted(extra))} this project does not "
+                          "act on: it takes cpu_num_threads, run_mode and precision")
+    unknown = sorted(set(cfg) - set(HPI_CONFIG_KEYS))
+    if unknown:
+        raise ConfigError(f"hpi_config has unknown key(s) {', '.join(unknown)}: allowed are {', '.join(HPI_CONFIG_KEYS)} "
+                          "and PaddleX's backend_config, auto_config, model_name, device_type, device_id, hpi_info")
+    return cfg
 
 
 def check_hpi_config(hpi_config):
-    """hpi_config as a dict with every key ({} / None -> all None); ConfigError naming a bad key or value."""
-    cfg = dict(hpi_config or {})
-    unknown = sorted(set(cfg) - set(HPI_CONFIG_KEYS))
-    if unknown:
-        raise ConfigError(f"hpi_config has unknown key(s) {', '.join(unknown)}: allowed are {', '.join(HPI_CONFIG_KEYS)}")
+    """hpi_config (ours or PaddleX's, see translate_hpi_config) as a dict with every key of ours
+    ({} / None -> all None but auto_paddle2onnx True); ConfigError naming a bad key or value."""
+    cfg = translate_hpi_config(hpi_config)
     out = {k: cfg.get(k) for k in HPI_CONFIG_KEYS}
+    out["auto_paddle2onnx"] = out["auto_paddle2onnx"] is not False
     if out["backend"] is not None and out["backend"] not in BACKENDS:
         raise ConfigError(f"hpi_config.backend '{out['backend']}' is not one of {', '.join(BACKENDS)} "
                           "(leave it out for the automatic choice)")
@@ -138,7 +205,7 @@ def choose_backend(model_name, flags=None, installed=None, device_kind="cpu", pr
 
 
 def resolve(hpi_config, model_name, default_threads, device_kind="cpu", default_precision=None):
-    """(backend, precision, threads, why) for a checked hpi_config; see the module docstring."""
+    """(backend, precision, threads, why) for an hpi_config; see the module docstring."""
     cfg = check_hpi_config(hpi_config)
     threads = int(cfg["num_threads"] or default_threads or 1)
     backend, precision = cfg["backend"], cfg["precision"]

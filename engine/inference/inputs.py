@@ -5,6 +5,7 @@ array, or a list of these. Shared by predict, the recognition pipeline and the P
 """
 import os
 import tempfile
+from collections import Counter
 
 import numpy as np
 
@@ -73,6 +74,7 @@ def expand_inputs(inputs):
     if len(inputs) == 0:
         raise UserError("no input given: pass an image path, a folder, a URL or a numpy image")
     items, array_count = [], 0
+    inside = {}  # item position -> its name by the path inside its folder (sub/x.jpg -> sub_x)
     for value in inputs:
         if isinstance(value, np.ndarray):
             if value.ndim not in (2, 3) or value.size == 0:
@@ -90,14 +92,19 @@ def expand_inputs(inputs):
             files = list_images(text)
             if not files:
                 raise UserError(f"input folder {text} holds no images ({', '.join(IMAGE_EXTENSIONS)}, searched recursively)")
-            # named by the path inside the folder (sub/x.jpg -> sub_x), so sub-folders such as one
-            # per person with 00.jpg, 01.jpg ... do not collide; a flat folder gives plain stems
-            items.extend(InputItem(f, os.path.splitext(os.path.relpath(f, text))[0].replace(os.sep, "_"), explicit=False)
-                         for f in files)
+            for f in files:
+                items.append(InputItem(f, os.path.splitext(os.path.basename(f))[0], explicit=False))
+                inside[len(items) - 1] = os.path.splitext(os.path.relpath(f, text))[0].replace(os.sep, "_")
         elif os.path.isfile(text):
             items.append(InputItem(text, os.path.splitext(os.path.basename(text))[0]))
         else:
             raise UserError(f"input {text} does not exist (give an image file, a folder of images or a URL)")
+    # A result is named after its input's stem, as PaddleX names it; stems that repeat in one run
+    # (a folder per person of 00.jpg, 01.jpg ...) take the path inside their folder instead.
+    counts = Counter(item.name for item in items)
+    for position, long_name in inside.items():
+        if counts[items[position].name] > 1:
+            items[position].name = long_name
     return unique_names(items)
 
 

@@ -29,12 +29,13 @@ import os
 import numpy as np
 
 from engine.config.schema import RUN_MODES
+from engine.inference.backends import PACKAGES, check_hpi_config, require
 from engine.inference.backends import resolve as resolve_backend
 from engine.inference.executors import PaddleExecutor, onnx_executor
 from engine.inference.folder import Preprocess, find_model_files, read_inference_yml
 from engine.inference.onnx_convert import cached_onnx, folder_int8, folder_onnx
 from engine.inference.program_convert import cached_program
-from foundation.errors import ConfigError
+from foundation.errors import ConfigError, UserError
 from foundation.logger import get_logger
 from foundation.runtime import parse_device
 
@@ -72,7 +73,8 @@ class InferenceModel:
             self.bf16_note = self._executor.bf16_note
         else:
             self.run_mode, self.bf16_note = run_mode, ""
-            self.onnx_file = self._onnx_model(precision, threads)
+            require(PACKAGES[backend], f"hpi_config.backend {backend}")  # named before any conversion needs paddle2onnx
+            self.onnx_file = self._onnx_model(precision, threads, check_hpi_config(hpi_config)["auto_paddle2onnx"])
             self._executor = onnx_executor(backend, self.onnx_file, precision, threads)
         self.backend, self.precision, self.num_threads = backend, self._executor.precision, threads
         self.embedding_size = int(glob.get("embedding_size") or 0) or self._probe_embedding_size()
@@ -89,17 +91,23 @@ class InferenceModel:
         default = "bf16" if run_mode == "mkldnn_bf16" else "fp32"
         return resolve_backend(hpi_config, self.model_name, threads, device_kind, default_precision=default)
 
-    def _onnx_model(self, precision, threads):
+    def _onnx_model(self, precision, threads, convert=True):
         """The ONNX file an ONNX backend runs: the folder's gated int8 model (UserError saying why
-        not), else the folder's inference.onnx, else one converted once into the cache."""
+        not), else the folder's inference.onnx, else (`convert`: hpi_config.auto_paddle2onnx) one
+        converted once into the cache."""
         if precision == "int8":
             path = folder_int8(self.model_dir, self.params_file, self.info)
             rec = self.info["Int8"]
             self.backend_reason += (f"; its export measured val accuracy {rec.get('int8_acc', 0) * 100:.2f} % "
                                     f"int8 vs {rec.get('fp32_acc', 0) * 100:.2f} % fp32")
             return path
-        return (folder_onnx(self.model_dir, self.params_file, self.info)
-                or cached_onnx(self.model_file, self.params_file, image_size=self.image_size, num_threads=threads))
+        found = folder_onnx(self.model_dir, self.params_file, self.info)
+        if found or not convert:
+            if not found:
+                raise UserError(f"{self.model_dir} has no inference.onnx and hpi_config.auto_paddle2onnx is False: "
+                                "export it with -o Export.formats=[paddle,onnx], or allow the conversion")
+            return found
+        return cached_onnx(self.model_file, self.params_file, image_size=self.image_size, num_threads=threads)
 
     def describe(self):
         """'paddle fp32 (.pdmodel), 2 thread(s)' / 'openvino bf16 (inference.onnx), 2 thread(s)'."""

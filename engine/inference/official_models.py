@@ -69,8 +69,9 @@ def unpack_model_tar(tar_path, target):
                     "inference.pdiparams); delete it to download it again")
 
 
-def official_model_dir(name, cache=None):
-    """The local folder of an official inference model, downloading and unpacking it on first use."""
+def official_model_dir(name, cache=None, setting="model_dir"):
+    """The local folder of an official inference model, downloading and unpacking it on first use.
+    `setting` names where a user would give a local folder instead (for the offline message)."""
     if name not in FEATURE_MODELS:
         raise UserError(f"'{name}' is not an official face feature model; official models: {', '.join(FEATURE_MODELS)}")
     url = official_inference_url(name)
@@ -82,8 +83,9 @@ def official_model_dir(name, cache=None):
     except (OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
         raise UserError(f"cannot download the official {name} model from {url}: {reason}. Without network access, "
-                        "download and unpack it elsewhere, then pass its folder (create_model(model_dir=DIR), "
-                        "-o Predict.model_dir=DIR or -o Evaluate.weight_path=DIR)") from None
+                        f"use a model of your own (-o {setting}=output/best_model/inference after training), or "
+                        f"download and unpack the official one elsewhere and pass its folder (-o {setting}=DIR, "
+                        "create_model(model_dir=DIR))") from None
     target = os.path.join(os.path.dirname(tar_path), f"{name}_infer")
     found = _model_folder(target)
     if found:
@@ -103,7 +105,7 @@ def feature_model_dir(model_dir, model_name, setting):
                             f"{model_name} model")
         return str(model_dir)
     get_logger().info(f"{setting} is not set: using the official {model_name} model")
-    return official_model_dir(model_name)
+    return official_model_dir(model_name, setting=setting)
 
 
 def _model_folder(root):

@@ -23,8 +23,9 @@ import os
 import numpy as np
 
 from datasets.prefetch import prefetch_batches
-from datasets.transforms import DEFAULT_MAX_PIXELS
+from datasets.transforms import DEFAULT_MAX_PIXELS, hflip_chw
 from engine.evaluation.metrics import l2_normalize
+from engine.inference.backends import pp_option_settings
 from engine.inference.inputs import expand_inputs, is_expanded, load_item
 from engine.inference.model import InferenceModel
 from engine.inference.official_models import FEATURE_MODELS, official_model_dir
@@ -40,7 +41,7 @@ class FaceFeaturePredictor:
     """An exported face feature model plus pre-processing; see the module docstring."""
 
     def __init__(self, model_dir, device="cpu", num_threads=None, run_mode="paddle", model_name=None, detect=False,
-                 det=None, use_hpip=False, hpi_config=None, max_image_pixels=DEFAULT_MAX_PIXELS):
+                 det=None, use_hpip=False, hpi_config=None, max_image_pixels=DEFAULT_MAX_PIXELS, flip=False):
         threads = num_threads_from(num_threads or 0)
         set_threads(threads)
         self.model = InferenceModel(model_dir, device=device, num_threads=threads, run_mode=run_mode,
@@ -49,6 +50,7 @@ class FaceFeaturePredictor:
         self.model_name = self.model.model_name
         self.embedding_size = self.model.embedding_size
         self.max_image_pixels = int(max_image_pixels)  # larger images are refused from their header
+        self.flip = bool(flip)  # PaddleX's flip: each feature is the sum of the image's and its mirror's
         self.failures = []  # (input path, message) of images skipped by the last predict()
         # detect: raw photos -> the aligned main face (det: options of models.face_detector.build_detector)
         self.cropper = MainFaceCropper(**(det or {})) if detect else None
@@ -58,15 +60,15 @@ class FaceFeaturePredictor:
     def __repr__(self):
         return f"FaceFeaturePredictor({self.model_name}, {self.embedding_size}-d, {self.model_dir!r})"
 
-    def predict(self, inputs, batch_size=1, num_workers=1):
-        """Yield a FeatureResult per image, in input order.
+    def predict(self, input, batch_size=1, num_workers=1):
+        """Yield a FeatureResult per image, in input order (PaddleX's predict(input, batch_size)).
 
-        `inputs`: see engine.inference.inputs, or a list of InputItem that expand_inputs returned
+        `input`: see engine.inference.inputs, or a list of InputItem that expand_inputs returned
         already. A missing path, an empty folder or an unreadable file named directly raises
         UserError; an unreadable file found inside a folder is logged, recorded in
         `self.failures` and skipped so the rest still come out.
         """
-        items = inputs if is_expanded(inputs) else expand_inputs(inputs)
+        items = input if is_expanded(input) else expand_inputs(input)
         self.failures = []
         log = get_logger()
         faces = {}  # item index -> the embedded face (detect only)
@@ -95,7 +97,10 @@ class FaceFeaturePredictor:
             if batch is None:
                 continue
             # every row on its own (the reference normalised only row 0 of a batch)
-            feats = l2_normalize(self.model.predict(batch)).astype(np.float32)
+            feats = self.model.predict(batch)
+            if self.flip:
+                feats = feats + self.model.predict(hflip_chw(batch))
+            feats = l2_normalize(feats).astype(np.float32)
             for i, feat in zip(indices, feats):
                 yield FeatureResult(items[i].input_path, feat, items[i].name, faces.pop(i, None))
 
@@ -116,14 +121,20 @@ class FaceFeaturePredictor:
 
 
 def create_model(model_name=None, model_dir=None, device="cpu", num_threads=None, run_mode="paddle", detect=False,
-                 use_hpip=False, hpi_config=None, max_image_pixels=DEFAULT_MAX_PIXELS):
+                 use_hpip=False, hpi_config=None, max_image_pixels=DEFAULT_MAX_PIXELS, flip=False, pp_option=None):
     """A FaceFeaturePredictor. `model_name` is an official model ("MobileFaceNet", "ResNet50_face":
     downloaded once into the cache, as PaddleX does) or the path of an inference folder; `model_dir`
     names a local folder explicitly. With detect, inputs are raw photos whose main face is detected
     and aligned first. use_hpip=True is high-performance inference, as in PaddleX: hpi_config
     {"backend": "paddle" | "openvino" | "onnxruntime", "precision": "fp32" | "bf16", "num_threads": N},
     each optional (no backend: chosen automatically; see engine.inference.backends). Images larger
-    than max_image_pixels (Global.max_image_pixels) are refused from their header."""
+    than max_image_pixels (Global.max_image_pixels) are refused from their header. flip=True (PaddleX's
+    argument) sums each image's feature with its horizontal mirror's before normalising. pp_option
+    (PaddleX's PaddlePredictorOption, or a dict of its run_mode, cpu_threads, device_type, device_id)
+    sets run_mode, num_threads and device."""
+    chosen = pp_option_settings(pp_option)
+    device, num_threads = chosen.get("device", device), chosen.get("num_threads", num_threads)
+    run_mode = chosen.get("run_mode", run_mode)
     if model_dir is None:
         if not model_name:
             raise UserError("create_model needs a model name (e.g. 'MobileFaceNet') or model_dir=<inference folder>")
@@ -136,4 +147,4 @@ def create_model(model_name=None, model_dir=None, device="cpu", num_threads=None
                             "the path of an inference folder (create_model('output/best_model/inference'))")
     return FaceFeaturePredictor(model_dir, device=device, num_threads=num_threads, run_mode=run_mode,
                                 model_name=model_name, detect=detect, use_hpip=use_hpip, hpi_config=hpi_config,
-                                max_image_pixels=max_image_pixels)
+                                max_image_pixels=max_image_pixels, flip=flip)

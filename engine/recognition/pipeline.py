@@ -12,15 +12,17 @@
         res.save_to_img("output/")
 
 Per image: {"input_path", "boxes": [{"labels", "rec_scores", "det_score", "coordinate", "label",
-"score", "ids", "landmarks"}]}. `labels` / `rec_scores` are the top-k gallery matches whose cosine
-reaches rec_threshold, best first (PaddleX gives None when the best one misses and keeps the
-others below it); `label` is the top-1 decision: the gallery label, or the explicit "unknown";
-`score` is the cosine of the nearest gallery face either way. An image without a face gives no boxes.
+"score", "ids", "landmarks"}]}. PaddleX's fields keep PaddleX's meaning: `labels` / `rec_scores`
+are the rec_topk nearest gallery faces, best first, when the nearest one's cosine reaches
+rec_threshold, and None when it does not. Ours stand beside them: `label` is the top-1 decision
+(the gallery label, or the explicit "unknown"), `score` the nearest cosine either way, `ids` the
+gallery ids of `labels` (None with them). An image without a face gives no boxes.
 
 A gallery is a folder with one sub-folder of images per person, PaddleX's `gallery.txt`
 ('<path relative to the gallery root> <label>' lines), lists of paths or numpy images with a list
 of labels, or [(path, label)]. Each gallery image contributes its main face (models.alignment.main_face);
-an unreadable image or one without a face is reported, skipped and counted.
+one in which no face is found is embedded whole, as PaddleX embeds every gallery image (galleries of
+face crops need no setting), and counted; an unreadable image is reported, skipped and counted.
 Every face, gallery and query, is aligned by models.alignment.face_chip (5 landmarks onto the
 112x112 template; a square crop with SubModules.Detection.margin for a face without landmarks).
 
@@ -31,6 +33,7 @@ Shared by the gallery modes, recognize, the HTTP service and the Python API.
 import os
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import yaml
 
@@ -39,7 +42,7 @@ from engine.config.loader import load_config, pipeline_config_path
 from engine.evaluation.metrics import l2_normalize
 from engine.gallery.backend import GallerySettings
 from engine.gallery.faiss_index import apply_threshold, list_gallery, set_search_threads
-from engine.inference.backends import hpi_settings
+from engine.inference.backends import hpi_settings, pp_option_settings, translate_hpi_config
 from engine.inference.folder import recorded_threshold
 from engine.inference.inputs import expand_inputs, is_expanded, load_item
 from engine.inference.model import InferenceModel
@@ -87,17 +90,15 @@ def _source_name(source, position):
 
 @dataclass
 class Enrolment:
-    """What embedding a gallery gave: one feature per enrolled image, and the images skipped."""
+    """What embedding a gallery gave: one feature per enrolled image, the images embedded whole (no
+    face found in them) and the images skipped (unreadable)."""
     features: np.ndarray
     labels: list
     sources: list  # path, or None for a numpy image
     total: int
     skipped: list = field(default_factory=list)  # [(path or "image #i", why)]
     skipped_positions: list = field(default_factory=list)  # their positions in the enrolled items
-
-    def summary(self, index):
-        return {"images": self.total, "enrolled": len(self.labels), "skipped": len(self.skipped),
-                "skipped_images": self.skipped, "index_size": len(index), "labels": len(index.labels)}
+    whole: list = field(default_factory=list)  # [path or "image #i"] embedded whole: no face found in them
 
 
 class FaceRecognitionPipeline:
@@ -124,6 +125,11 @@ class FaceRecognitionPipeline:
         self.index = None  # the default index of predict(): a GalleryIndex, or a folder loaded on first use
         self._index_source = index
         self.failures = []  # (input path, message) of the images the last predict() skipped
+
+    @property
+    def index_name(self):
+        """The config's `index` (a folder, or a Milvus collection): predict's index when none is given."""
+        return self._index_source
 
     def _threshold(self, configured):
         """(cosine threshold, where it came from): the configured value, else the one the model
@@ -183,10 +189,11 @@ class FaceRecognitionPipeline:
                                    in_memory=in_memory)
 
     def enroll(self, items, desc="enrol", progress=True):
-        """Embed the main face of each (source, label): an Enrolment. A source is a path or a numpy image."""
+        """Embed the main face of each (source, label): an Enrolment. A source is a path, a numpy image,
+        or a function returning one (decoded only when its turn comes, so one image is held at a time)."""
         log = get_logger()
         feats, labels, sources, pending = [], [], [], []
-        skipped, skipped_positions = [], []
+        skipped, skipped_positions, whole = [], [], []
 
         def flush():
             if pending:
@@ -204,37 +211,45 @@ class FaceRecognitionPipeline:
             for position, (source, label) in enumerate(items):
                 name = _source_name(source, position)
                 try:
-                    img = to_bgr(source) if isinstance(source, np.ndarray) else read_image(source, self.max_image_pixels)
+                    if callable(source):
+                        img = source()
+                    elif isinstance(source, np.ndarray):
+                        img = to_bgr(source)
+                    else:
+                        img = read_image(source, self.max_image_pixels)
                 except (ImageReadError, ValueError) as e:
                     skip(position, name, str(e))
                     bar.update(1)
                     continue
                 found = self.faces_of(img)
-                if not found:
-                    skip(position, name, "no face detected")
-                else:
+                if found:
                     face = main_face([f for f, _ in found], img.shape)
                     crop = next(c for f, c in found if f is face)
-                    pending.append((crop, label, source if isinstance(source, str) else None))
-                    if len(pending) >= self.batch_size:
-                        flush()
+                else:  # a face crop already, most likely: the whole image is the face
+                    # at the model's input size now, as its pre-processing would resize it, so a
+                    # batch in waiting holds small crops, never whole photos
+                    crop = cv2.resize(to_bgr(img), self.model.preprocess.size, interpolation=cv2.INTER_LINEAR)
+                    whole.append(name)
+                    log.info(f"gallery image {name}: no face detected, embedded whole")
+                pending.append((crop, label, source if isinstance(source, str) else None))
+                if len(pending) >= self.batch_size:
+                    flush()
                 bar.update(1)
         flush()
         features = np.concatenate(feats) if feats else np.zeros((0, self.model.embedding_size), np.float32)
-        return Enrolment(features, labels, sources, len(items), skipped, skipped_positions)
+        return Enrolment(features, labels, sources, len(items), skipped, skipped_positions, whole)
 
     def _enrolled_or_fail(self, items, desc):
         enrolment = self.enroll(items, desc)
         if len(enrolment.labels) == 0:
             first = enrolment.skipped[0]
-            raise UserError(f"no face found in any of the {len(items)} gallery images ({len(enrolment.skipped)} "
-                            f"skipped, e.g. {first[0]}: {first[1]}); nothing written. For face crops set "
-                            f"-o SubModules.Detection.enable=False")
+            raise UserError(f"none of the {len(items)} gallery images could be read (e.g. {first[0]}: {first[1]}); "
+                            "nothing written")
         return enrolment
 
     def build_index(self, gallery_imgs, gallery_label=None, index_type=None, metric_type=None):
         """A new index of a gallery (see gallery_items); `.save(folder)` writes it. UserError when
-        no face could be enrolled. `self.last_enrolment` tells what was skipped."""
+        no image could be read. `self.last_enrolment` tells what was embedded whole or skipped."""
         items = gallery_items(gallery_imgs, gallery_label)
         enrolment = self._enrolled_or_fail(items, "build index")
         index = self.new_index(index_type, metric_type)
@@ -286,12 +301,14 @@ class FaceRecognitionPipeline:
         return index
 
     # ------------------------------------------------------------------ recognition
-    def predict(self, input, index=None, det_threshold=None, rec_threshold=None, hamming_radius=None, topk=None,
-                keep_images=True):
+    def predict(self, input, index=None, det_threshold=None, rec_threshold=None, hamming_radius=None,
+                rec_topk=None, keep_images=True, topk=None):
         """Yield a FaceRecognitionResult per input image (path, folder, URL, numpy BGR image or a
-        list). Faces of consecutive images are embedded together in batches of batch_size.
-        hamming_radius is PaddleX's setting for binary features, which face models do not make."""
+        list), PaddleX's call: settings left None come from the config. Faces of consecutive images
+        are embedded together in batches of batch_size. hamming_radius is PaddleX's setting for
+        binary features, which face models do not make; `topk` is an older name of rec_topk."""
         del hamming_radius
+        topk = rec_topk if rec_topk is not None else topk
         index = self.resolve_index(index)
         items = input if is_expanded(input) else expand_inputs(input)
         self.failures = []
@@ -314,10 +331,10 @@ class FaceRecognitionPipeline:
                 queue, pending = [], 0
         yield from self._search(queue, index, rec_threshold, topk, keep_images)
 
-    def recognize_image(self, img_bgr, index=None, det_threshold=None, rec_threshold=None, topk=None, name="image"):
+    def recognize_image(self, img_bgr, index=None, det_threshold=None, rec_threshold=None, rec_topk=None, name="image"):
         """One decoded image's FaceRecognitionResult (what the service calls per request)."""
         found = self.faces_of(img_bgr, det_threshold)
-        return next(self._search([(_Named(name), img_bgr, found)], self.resolve_index(index), rec_threshold, topk))
+        return next(self._search([(_Named(name), img_bgr, found)], self.resolve_index(index), rec_threshold, rec_topk))
 
     def _search(self, queue, index, rec_threshold, topk, keep_images=True):
         threshold = self.rec_threshold if rec_threshold is None else float(rec_threshold)
@@ -330,15 +347,15 @@ class FaceRecognitionPipeline:
             boxes = []
             for face, _ in found:
                 decided, best = apply_threshold(labels[k], scores[k], threshold)
-                keep = [j for j, s in enumerate(scores[k]) if s >= threshold]
+                matched = best is not None and best >= threshold  # PaddleX: None unless the nearest matches
                 entry = {
-                    "labels": [labels[k][j] for j in keep],
-                    "rec_scores": [round(float(scores[k][j]), 4) for j in keep],
+                    "labels": list(labels[k]) if matched else None,
+                    "rec_scores": [round(float(v), 4) for v in scores[k]] if matched else None,
                     "det_score": round(float(face.score), 4),
                     "coordinate": [round(float(v), 2) for v in face.box],
                     "label": decided,
                     "score": None if best is None else round(best, 4),
-                    "ids": [int(ids[k][j]) for j in keep],
+                    "ids": [int(v) for v in ids[k]] if matched else None,
                 }
                 if face.landmarks is not None:
                     entry["landmarks"] = face.to_dict()["landmarks"]
@@ -373,21 +390,41 @@ def read_id_list(path):
     return ids
 
 
-def create_pipeline(pipeline="face_recognition", device=None, config=None, use_hpip=None, hpi_config=None):
+def create_pipeline(pipeline="face_recognition", device=None, config=None, use_hpip=None, hpi_config=None,
+                    pp_option=None):
     """PaddleX's create_pipeline: "face_recognition" (the bundled configs/face_recognition/pipeline.yaml)
-    or the path of a pipeline YAML. `device` overrides Global.device; `config` is a dict of
-    'Key.sub' -> value overrides applied on top (e.g. {"SubModules.Recognition.model_dir": "..."});
-    use_hpip / hpi_config (PaddleX's high-performance inference) apply to the feature model."""
+    or the path of a pipeline YAML. `device` overrides Global.device; `config` is applied on top: a
+    dict of 'Key.sub' -> value (e.g. {"SubModules.Recognition.model_dir": "..."}) or, as PaddleX
+    takes it, nested ({"SubModules": {"Recognition": {"model_dir": "..."}}});
+    use_hpip / hpi_config (PaddleX's high-performance inference, its keys or ours) apply to the
+    feature model, and so does pp_option (PaddleX's PaddlePredictorOption: run_mode, cpu_threads,
+    device)."""
     path = pipeline_config_path(pipeline)
-    overrides = dict(config or {})
+    overrides = {}
+    for key, value in pp_option_settings(pp_option).items():
+        overrides[{"run_mode": "SubModules.Recognition.run_mode", "num_threads": "Global.num_threads",
+                   "device": "Global.device"}[key]] = value
+    overrides.update(_dotted(config or {}))
     if use_hpip is not None:
         overrides["SubModules.Recognition.use_hpip"] = bool(use_hpip)
-    for key, value in (hpi_config or {}).items():
+    for key, value in translate_hpi_config(hpi_config).items():
         overrides[f"SubModules.Recognition.hpi_config.{key}"] = value
     settings = [f"{k}={_override_text(v)}" for k, v in overrides.items()]
     if device is not None:
         settings.append(f"Global.device={device}")
     return FaceRecognitionPipeline.from_config(load_config(path, settings))
+
+
+def _dotted(config, prefix=""):
+    """{'A.b': value} of a config dict, nested mappings flattened into dotted keys."""
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_dotted(value, name + "."))
+        else:
+            out[name] = value
+    return out
 
 
 def _override_text(value):

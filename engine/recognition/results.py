@@ -1,56 +1,40 @@
-"""The face recognition pipeline's result object: what it holds, how it prints, saves and draws.
-
-Saving into a folder names each file after its input (`<name>_res.json`, `<name>_res.jpg`).
+"""The face recognition pipeline's result object: what it holds, how it prints, saves and draws, with
+PaddleX's interface (engine.inference.results.PaddleXResult, plus `img` and `save_to_img`).
 """
-import json
 import os
 
 import cv2
 
 from engine.gallery.faiss_index import UNKNOWN_LABEL
-from foundation.atomic_io import atomic_write_bytes, atomic_write_json
+from engine.inference.results import PaddleXResult
+from foundation.atomic_io import atomic_write_bytes
 from foundation.errors import UserError
 
 # dot colours (BGR) of the 5 landmarks: image-left eye, image-right eye, nose, mouth corners
 LANDMARK_COLORS = ((255, 255, 0), (255, 255, 0), (0, 255, 255), (255, 0, 255), (255, 0, 255))
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
-class FaceRecognitionResult(dict):
+class FaceRecognitionResult(PaddleXResult):
     """One image's face recognition result, PaddleX's fields: {"input_path", "boxes": [{"labels",
     "rec_scores", "det_score", "coordinate", "label", "score", "ids", "landmarks"?}]}
     (see engine.recognition.pipeline for what each holds)."""
 
     def __init__(self, input_path, boxes, name, image=None):
-        super().__init__(input_path=input_path, boxes=boxes)
-        self.name = name
+        super().__init__({"input_path": input_path, "boxes": boxes}, name)
         self._image = image  # BGR image kept for save_to_img / img
 
     @property
-    def json(self):
-        """PaddleX's res.json: {"res": {...}}."""
-        return {"res": dict(self)}
-
-    @property
     def img(self):
-        """The image with boxes, labels and scores drawn (BGR numpy array)."""
-        return self.draw()
+        """PaddleX's res.img: {"res": PIL image (RGB) with boxes, labels and scores drawn}."""
+        from PIL import Image
+
+        return {"res": Image.fromarray(self.draw()[:, :, ::-1])}
 
     def __str__(self):
         faces = ", ".join(f"{b['label']} ({b['score']:.3f})" if b["score"] is not None else b["label"]
                           for b in self["boxes"]) or "no face"
         return f"{self['input_path'] or self.name}: {faces}"
-
-    def print(self, format_json=True, indent=4, ensure_ascii=False):
-        """PaddleX's res.print(): the JSON ({"res": ...}); format_json=False prints one short line."""
-        text = json.dumps(self.json, indent=indent, ensure_ascii=ensure_ascii) if format_json else str(self)
-        print(text, flush=True)
-
-    def save_to_json(self, save_path, indent=4, ensure_ascii=False):
-        """A folder gets <stem>_res.json; a .json path is written as is. Atomic."""
-        save_path = str(save_path)
-        path = save_path if save_path.lower().endswith(".json") else os.path.join(save_path, f"{self.name}_res.json")
-        atomic_write_json(path, self.json)
-        return path
 
     def draw(self, draw_landmarks=False):
         """The image with each face box, its top-1 label and score (and its 5 landmarks with
@@ -90,9 +74,14 @@ class FaceRecognitionResult(dict):
         return img
 
     def save_to_img(self, save_path, draw_landmarks=False):
-        """A folder gets <stem>_res.jpg; a .jpg/.png path is written as is. Atomic."""
-        save_path = str(save_path)
-        path = save_path if save_path.lower().endswith((".jpg", ".png")) else os.path.join(save_path, f"{self.name}_res.jpg")
+        """A path ending in an image suffix is written as is; any other is a folder that gets
+        <name>_res<suffix of the input image, else .png>, as PaddleX names it. Atomic; returns the path."""
+        save_path = os.fspath(save_path)
+        if save_path.lower().endswith(IMAGE_SUFFIXES) and not os.path.isdir(save_path):
+            path = save_path
+        else:
+            suffix = os.path.splitext(self["input_path"] or "")[1].lower()
+            path = os.path.join(save_path, f"{self.name}_res{suffix if suffix in IMAGE_SUFFIXES else '.png'}")
         ok, data = cv2.imencode(os.path.splitext(path)[1], self.draw(draw_landmarks))
         if not ok:
             raise UserError(f"cannot encode the annotated image for {path}")

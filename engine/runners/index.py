@@ -8,16 +8,20 @@
 Builds and appends stream: Index.build_batch images are embedded and added at a time (memory
 bounded by the step, not the gallery), with a progress line per step; build_index writes a
 checkpoint after each step and, run again after an interruption, resumes from it (Index.resume).
-Removal is FaceRecognitionPipeline.remove_index. Gallery images that cannot be read or hold no face
-are listed, skipped and counted; the index is still written when at least one face was enrolled.
+Removal is FaceRecognitionPipeline.remove_index. Gallery images in which no face is found are
+embedded whole (face crops) and counted; images that cannot be read are listed, skipped and counted;
+the index is still written when at least one image was enrolled.
 With Index.backend=milvus, `index` names a collection on Index.uri.
 """
+import contextlib
 import os
 import shutil
 import time
 
 from datasets.demo import ensure_demo
+from engine.config.output_folder import OutputLock
 from engine.gallery.backend import GallerySettings
+from engine.gallery.faiss_index import foreign_entries, holds_index
 from engine.recognition.pipeline import FaceRecognitionPipeline, gallery_items
 from foundation.errors import ConfigError, UserError
 from foundation.logger import log_to_file
@@ -27,11 +31,13 @@ ACTIONS = ("build_index", "append_index", "remove_index")
 
 def _report(summary, index_dir, action, log):
     if summary["skipped"]:
-        log.warning(f"{summary['skipped']} gallery image(s) skipped (listed above); with face crops instead of "
-                    f"photos, set -o SubModules.Detection.enable=False")
-    print(f"{action} done: {summary['enrolled']} of {summary['images']} gallery image(s) enrolled, "
-          f"{summary['skipped']} skipped (no face or unreadable); index {index_dir} holds "
-          f"{summary['index_size']} face(s) of {summary['labels']} people")
+        log.warning(f"{summary['skipped']} gallery image(s) skipped (listed above)")
+    if summary["whole"]:
+        log.info(f"{summary['whole']} gallery image(s) had no face detected and were embedded whole (face crops "
+                 f"need nothing more; photos among them may need a lower -o det_threshold)")
+    print(f"{action} done: {summary['enrolled']} of {summary['images']} gallery image(s) enrolled "
+          f"({summary['whole']} of them whole: no face detected), {summary['skipped']} skipped (unreadable); "
+          f"index {index_dir} holds {summary['index_size']} face(s) of {summary['labels']} people")
 
 
 def stream_into(pipe, items, index, batch, log, desc, checkpoint=None, skip_held=False):
@@ -42,7 +48,7 @@ def stream_into(pipe, items, index, batch, log, desc, checkpoint=None, skip_held
     todo = [it for it in items if not (isinstance(it[0], str) and it[0] in held)]
     if len(todo) < len(items):
         log.info(f"{desc}: resuming, {len(items) - len(todo)} of {len(items)} image(s) are already in the index")
-    enrolled, skipped, start = len(items) - len(todo), [], time.perf_counter()
+    enrolled, skipped, whole, start = len(items) - len(todo), [], 0, time.perf_counter()
     for s in range(0, len(todo), batch):
         part = todo[s:s + batch]
         enrolment = pipe.enroll(part, f"{desc} {s + 1}-{s + len(part)} of {len(todo)}")
@@ -50,6 +56,7 @@ def stream_into(pipe, items, index, batch, log, desc, checkpoint=None, skip_held
             index.add(enrolment.features, enrolment.labels, enrolment.sources)
         enrolled += len(enrolment.labels)
         skipped += enrolment.skipped
+        whole += len(enrolment.whole)
         if checkpoint is not None and len(index):
             checkpoint(index)
         done, elapsed = s + len(part), time.perf_counter() - start
@@ -57,14 +64,13 @@ def stream_into(pipe, items, index, batch, log, desc, checkpoint=None, skip_held
         log.info(f"{desc}: {done} / {len(todo)} image(s) ({100 * done / len(todo):.0f} %), index {len(index)} "
                  f"face(s), {elapsed:.0f} s, about {eta:.0f} s left")
     return {"images": len(items), "enrolled": enrolled, "skipped": len(skipped), "skipped_images": skipped,
-            "index_size": len(index), "labels": len(index.labels)}
+            "whole": whole, "index_size": len(index), "labels": len(index.labels)}
 
 
-def _no_face(summary, items):
+def _none_enrolled(summary, items):
     first = summary["skipped_images"][0] if summary["skipped_images"] else ("-", "-")
-    return UserError(f"no face found in any of the {len(items)} gallery images ({summary['skipped']} skipped, e.g. "
-                     f"{first[0]}: {first[1]}); nothing written. For face crops set "
-                     f"-o SubModules.Detection.enable=False")
+    return UserError(f"none of the {len(items)} gallery images could be read (e.g. {first[0]}: {first[1]}); "
+                     "nothing written")
 
 
 def _build(cfg, pipe, items, index_dir, log):
@@ -73,7 +79,7 @@ def _build(cfg, pipe, items, index_dir, log):
     <Global.output>/build_index.<index>.partial)."""
     batch, resume = cfg.Index.build_batch, cfg.Index.resume
     if pipe.gallery.milvus:
-        marker = os.path.join(cfg.Global.output, f"build_index.{index_dir}.partial")
+        marker = _milvus_marker(cfg, index_dir)
         if resume and os.path.isfile(marker):
             index = pipe.resolve_index(index_dir)
             log.info(f"resuming the unfinished build of '{index_dir}' ({len(index)} face(s) in it)")
@@ -84,7 +90,7 @@ def _build(cfg, pipe, items, index_dir, log):
                 f.write("build_index of this collection did not finish; run it again to resume\n")
         summary = stream_into(pipe, items, index, batch, log, "build index", skip_held=True)
         if summary["enrolled"] == 0:
-            raise _no_face(summary, items)
+            raise _none_enrolled(summary, items)
         os.remove(marker)
         return summary
     partial = os.path.abspath(index_dir).rstrip(os.sep) + ".partial"
@@ -99,10 +105,34 @@ def _build(cfg, pipe, items, index_dir, log):
     summary = stream_into(pipe, items, index, batch, log, "build index", checkpoint=lambda ix: ix.save(partial),
                           skip_held=True)
     if summary["enrolled"] == 0:
-        raise _no_face(summary, items)
+        raise _none_enrolled(summary, items)
     index.save(index_dir)
     shutil.rmtree(partial, ignore_errors=True)
     return summary
+
+
+def _check_target(cfg, gallery_settings, index_dir, action):
+    """Before any work: the index `index` names may be written as `action` would write it. A folder
+    holding anything but an index is never touched; an existing index is rebuilt only with
+    Index.overwrite=True (an unfinished build of it resumes)."""
+    if gallery_settings.milvus:
+        unfinished = os.path.isfile(_milvus_marker(cfg, index_dir))
+        if action == "build_index" and not cfg.Index.overwrite and not unfinished and gallery_settings.exists(index_dir):
+            raise UserError(f"collection '{index_dir}' on {cfg.Index.uri} exists: -o Index.overwrite=True replaces it "
+                            "(append_index adds to it)")
+        return
+    foreign = foreign_entries(index_dir)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise UserError(f"index folder {index_dir} holds {shown}, which is not a gallery index: nothing was "
+                        "written; choose another folder with -o index=...")
+    if action == "build_index" and holds_index(index_dir) and not cfg.Index.overwrite:
+        raise UserError(f"{index_dir} holds a gallery index already: -o Index.overwrite=True replaces it (the old one "
+                        "stays until the new one is complete), append_index adds to it")
+
+
+def _milvus_marker(cfg, name):
+    return os.path.join(cfg.Global.output, f"build_index.{name}.partial")
 
 
 def run(cfg):
@@ -118,44 +148,57 @@ def run(cfg):
     if action != "remove_index" and not gallery and not label_file:
         raise UserError("Index.gallery is empty: pass -o Index.gallery=<folder with one sub-folder per person> "
                         "or -o Index.label_file=<gallery.txt of '<path> <label>' lines>")
-    items = current = None
+    settings = GallerySettings.from_config(cfg.Index)
+    _check_target(cfg, settings, index_dir, action)
+    items = None
     if action != "remove_index":
         ensure_demo(gallery)
         items = gallery_items(gallery, label_file)  # a bad gallery path or list line fails before the model loads
-    if action != "build_index":
-        current = GallerySettings.from_config(cfg.Index).open(index_dir)  # ... and a broken or unreachable index
-    if cfg.Index.backend == "milvus":  # no index folder to hold the log
-        log_dir = cfg.Global.output
-        os.makedirs(log_dir, exist_ok=True)
-    else:
-        log_dir = index_dir if action != "build_index" else os.path.dirname(os.path.abspath(index_dir))
-    log = log_to_file(os.path.join(log_dir, "build_index.log"))
-    pipe = FaceRecognitionPipeline.from_config(cfg)
-    if action == "build_index":
-        summary = _build(cfg, pipe, items, index_dir, log)
-        _report(summary, index_dir, action, log)
-    elif action == "append_index":
-        before = len(current)
-        index = pipe.resolve_index(current).copy()  # milvus: the live collection, changed step by step
-        summary = stream_into(pipe, items, index, cfg.Index.build_batch, log, "append to index")
-        if summary["enrolled"]:
-            index.save(index_dir)
-        log.info(f"index grew from {before} to {len(index)} faces")
-        _report(summary, index_dir, action, log)
-    else:
-        labels, ids = list(cfg.Index.remove_labels), list(cfg.Index.remove_ids)
-        if not labels and not ids:
-            raise UserError("nothing to remove: pass -o Index.remove_labels=[name,...] and/or -o Index.remove_ids=[3,7]")
-        before, known = len(current), current.labels
-        index = pipe.remove_index(ids, index=current, remove_labels=labels)
-        removed = before - len(index)
-        if removed == 0:
-            raise UserError(f"none of labels {labels} / ids {ids} is in the index {index_dir}; nothing removed "
-                            f"(labels in the index: {', '.join(known[:10])}"
-                            f"{' ...' if len(known) > 10 else ''})")
-        index.save(index_dir)
-        missing = pipe.last_missing_ids
-        not_found = f"; not in the index (ignored): ids {missing}" if missing else ""
-        print(f"remove_index done: removed {removed} face(s); index {index_dir} holds {len(index)} "
-              f"(was {before}) of {len(index.labels)} people{not_found}")
+    # One writer per index folder: a second build/append/remove on it is refused, naming this run's
+    # pid (a Milvus collection serialises its own writes, and every insert is kept).
+    if not settings.milvus:
+        os.makedirs(os.path.dirname(os.path.abspath(index_dir)), exist_ok=True)  # where the index and its lock go
+    lock = contextlib.nullcontext() if settings.milvus else OutputLock(
+        None, what=action, lock_file=os.path.abspath(index_dir).rstrip(os.sep) + ".lock",
+        subject=f"gallery index {index_dir}", fix="wait for that run to finish, then run this one again")
+    with lock:
+        current = None if action == "build_index" else settings.open(index_dir)  # a broken index fails here
+        # the log goes where the run's outputs go, never into the index folder (that holds the index alone)
+        os.makedirs(cfg.Global.output, exist_ok=True)
+        log = log_to_file(os.path.join(cfg.Global.output, f"{action}.log"))
+        pipe = FaceRecognitionPipeline.from_config(cfg)
+        if action == "build_index":
+            _report(_build(cfg, pipe, items, index_dir, log), index_dir, action, log)
+        elif action == "append_index":
+            _append(cfg, pipe, items, current, index_dir, log)
+        else:
+            _remove(cfg, pipe, current, index_dir)
     return 0
+
+
+def _append(cfg, pipe, items, current, index_dir, log):
+    before = len(current)
+    index = pipe.resolve_index(current).copy()  # milvus: the live collection, changed step by step
+    summary = stream_into(pipe, items, index, cfg.Index.build_batch, log, "append to index")
+    if summary["enrolled"]:
+        index.save(index_dir)
+    log.info(f"index grew from {before} to {len(index)} faces")
+    _report(summary, index_dir, "append_index", log)
+
+
+def _remove(cfg, pipe, current, index_dir):
+    labels, ids = list(cfg.Index.remove_labels), list(cfg.Index.remove_ids)
+    if not labels and not ids:
+        raise UserError("nothing to remove: pass -o Index.remove_labels=[name,...] and/or -o Index.remove_ids=[3,7]")
+    before, known = len(current), current.labels
+    index = pipe.remove_index(ids, index=current, remove_labels=labels)
+    removed = before - len(index)
+    if removed == 0:
+        raise UserError(f"none of labels {labels} / ids {ids} is in the index {index_dir}; nothing removed "
+                        f"(labels in the index: {', '.join(known[:10])}"
+                        f"{' ...' if len(known) > 10 else ''})")
+    index.save(index_dir)
+    missing = pipe.last_missing_ids
+    not_found = f"; not in the index (ignored): ids {missing}" if missing else ""
+    print(f"remove_index done: removed {removed} face(s); index {index_dir} holds {len(index)} "
+          f"(was {before}) of {len(index.labels)} people{not_found}")

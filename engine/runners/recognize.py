@@ -34,7 +34,7 @@ def run(cfg):
     n_images = n_faces = n_known = 0
     with Progress(len(items), desc="recognize", unit="img") as bar:
         for res in pipe.predict(items, index=index):
-            res.print(format_json=False)
+            res.print(json_format=False)
             res.save_to_json(output)
             if cfg.Predict.save_to_img:
                 res.save_to_img(output, draw_landmarks=cfg.Predict.draw_landmarks)

@@ -1,6 +1,7 @@
 """The HTTP service of the face recognition pipeline: PaddleX's serving API on FastAPI, and the web
 page at / (engine/serving/web/index.html). The envelope and limits are engine.serving.envelope, the
 endpoints engine.serving.endpoints, the request bodies engine.serving.schemas."""
+import ipaddress
 import os
 
 from fastapi import FastAPI
@@ -11,16 +12,39 @@ from engine.gallery.backend import GallerySettings
 from engine.recognition.pipeline import FaceRecognitionPipeline
 from engine.serving import envelope
 from engine.serving.endpoints import FaceRecognitionEndpoints
-from engine.serving.envelope import BodyLimit, ServiceError, ServiceLimits
+from engine.serving.envelope import BodyLimit, Guard, ServiceError, ServiceLimits, read_api_keys
 from foundation.errors import UserError
 from foundation.logger import get_logger
 
 WEB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")
 
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
+
+
+def is_loopback(host):
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def allowed_hosts(host, configured):
+    """The Host header names the service answers to: Serve.allowed_hosts, else the loopback names
+    for a loopback service (what a DNS-rebinding page cannot send), else any."""
+    if configured is not None:
+        return list(configured)
+    return list(LOOPBACK_NAMES) if is_loopback(host) else None
+
+
 def app_from_config(cfg):
     """(app, pipeline, store) of a pipeline config (Global.mode=serve). The configured `index`, when
     it exists, is what /face-recognition-infer searches without an indexKey, as in PaddleX."""
+    api_keys = read_api_keys(cfg.Serve.api_key_file) if cfg.Serve.api_key_file else []
+    if not api_keys and not is_loopback(cfg.Serve.host):
+        raise UserError(f"Serve.host {cfg.Serve.host} takes connections from other machines: set Serve.api_key_file "
+                        "(a file of keys, one a line, chmod 600) so that only clients with a key can change or "
+                        "search the galleries")
     gallery = GallerySettings.from_config(cfg.Index)
     store = gallery.store(cfg.Serve.index_root)  # milvus: collections on Index.uri
     problem = store.check()  # an unreachable Milvus fails here, in seconds, before the model loads
@@ -33,18 +57,22 @@ def app_from_config(cfg):
     limits = ServiceLimits(max_request_bytes=int(serve.max_request_mb * 2**20),
                            max_images_per_request=serve.max_images_per_request,
                            url_images=serve.url_images, url_timeout=serve.url_timeout,
-                           max_image_pixels=cfg.Global.max_image_pixels)
-    return create_app(pipeline, store, limits), pipeline, store
+                           url_allow_private=serve.url_allow_private,
+                           max_image_pixels=cfg.Global.max_image_pixels,
+                           max_request_pixels=serve.max_request_pixels)
+    app = create_app(pipeline, store, limits, visualize=cfg.Serving.visualize)
+    return Guard(app, api_keys, allowed_hosts(serve.host, serve.allowed_hosts)), pipeline, store
 
 
-def create_app(pipeline, store, limits=None):
+def create_app(pipeline, store, limits=None, visualize=True):
     """The ASGI app serving `pipeline` (engine.recognition.pipeline.FaceRecognitionPipeline) with the
     indexes of `store` (engine.gallery.store), every request body bounded by `limits`. A request
-    without an indexKey searches the pipeline's loaded index (`pipeline.index`), if any."""
+    without an indexKey searches the pipeline's loaded index (`pipeline.index`), if any; `visualize`
+    is whether infer returns the drawn image when the request does not say."""
     limits = limits or ServiceLimits()
     app = FastAPI(title="facefeat face recognition", docs_url="/docs", redoc_url=None)
     envelope.install(app, get_logger())
-    endpoints = FaceRecognitionEndpoints(pipeline, store, limits)
+    endpoints = FaceRecognitionEndpoints(pipeline, store, limits, visualize)
     endpoints.register(app)
 
     @app.get("/", include_in_schema=False)

@@ -9,7 +9,8 @@
                                           "hammingRadius"?, "topk"?, "visualize"?}
                                          -> {"faces": [{"bbox", "recResults": [{"label", "score"}],
                                              "score", "label", "labelScore"}], "image": JPEG base64 | null}
-    GET  /health                         -> {"status": "ok", "model", "embeddingSize", "index", "indexes"};
+    GET  /health                         -> {"status": "ok", "model", "embeddingSize", "index", "indexes",
+                                             "defaultIndex": {"name", "faces"} | null};
                                             503 {"status": "error", "errorMsg"} when Milvus does not answer
 
 Both result forms of PaddleX's versions are given: imageCount (3.0) and idMap (3.0 beta).
@@ -28,7 +29,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from engine.serving.envelope import ServiceError, ok
-from engine.serving.images import decode_images
+from engine.serving.images import ImageIntake
 from engine.serving.schemas import (
     AddImagesToIndexRequest,
     BuildIndexRequest,
@@ -46,9 +47,12 @@ class FaceRecognitionEndpoints:
     """The endpoints over one pipeline (engine.recognition.pipeline.FaceRecognitionPipeline) and one
     store of indexes per indexKey (engine.gallery.store)."""
 
-    def __init__(self, pipeline, store, limits):
+    def __init__(self, pipeline, store, limits, visualize=True):
         self.pipeline, self.store, self.limits = pipeline, store, limits
+        self.visualize = bool(visualize)  # PaddleX's Serving.visualize: infer's default
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.health_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health")  # never queued behind requests
+        self.intake = ImageIntake(limits)
         # searched without an indexKey: the pipeline's configured index when it was loaded, else nothing
         self.default_index = pipeline.index or pipeline.new_index(in_memory=True)
 
@@ -76,16 +80,16 @@ class FaceRecognitionEndpoints:
         return request_pairs
 
     async def _enrol(self, request_pairs):
-        """The Enrolment of a request's image-label pairs; every image must hold a face."""
+        """The Enrolment of a request's image-label pairs (an image with no face found is embedded
+        whole, as PaddleX's service does, and logged)."""
         pairs = self._pairs(request_pairs)
         wheres = [f"imageLabelPairs[{i}].image" for i in range(len(pairs))]
-        images = await run_in_threadpool(decode_images, [p.image for p in pairs], wheres, self.limits)
-        enrolment = await self.on_model(self.pipeline.enroll,
-                                        [(img, p.label.strip()) for img, p in zip(images, pairs)], progress=False)
-        if enrolment.skipped_positions:
-            named = ", ".join(f"imageLabelPairs[{i}] (label '{pairs[i].label}')"
-                              for i in enrolment.skipped_positions[:5])
-            raise ServiceError(422, f"no face found in {named}; nothing was added. Send photos with a visible face")
+        found = await self.intake.take([p.image for p in pairs], wheres)
+        # decoded one at a time on the model thread, each dropped once its face is cropped
+        items = [(self.intake.decoder(data, where), p.label.strip()) for data, where, p in zip(found, wheres, pairs)]
+        enrolment = await self.on_model(self.pipeline.enroll, items, progress=False)
+        if enrolment.skipped:
+            raise ServiceError(422, "; ".join(why for _, why in enrolment.skipped[:3]) + "; nothing was added")
         return enrolment
 
     # ------------------------------------------------------------------ endpoints
@@ -139,24 +143,30 @@ class FaceRecognitionEndpoints:
                 raise ServiceError(422, f"{name} {value} is outside {low:g} to {high:g}")
         if request.topk is not None and request.topk < 1:
             raise ServiceError(422, f"topk must be at least 1, got {request.topk}")
-        (img,) = await run_in_threadpool(decode_images, [request.image], ["image"], self.limits)
+        (data,) = await self.intake.take([request.image], ["image"])
+        img = await self.intake.decode(data, "image")
         res = await self.on_model(self.pipeline.recognize_image, img, index=index, det_threshold=request.detThreshold,
-                                  rec_threshold=request.recThreshold, topk=request.topk)
+                                  rec_threshold=request.recThreshold, rec_topk=request.topk)
         faces = [{"bbox": box["coordinate"],
-                  "recResults": [{"label": lbl, "score": s} for lbl, s in zip(box["labels"], box["rec_scores"])],
+                  "recResults": [{"label": lbl, "score": s}
+                                 for lbl, s in zip(box["labels"] or [], box["rec_scores"] or [])],
                   "score": box["det_score"], "label": box["label"], "labelScore": box["score"]}
                  for box in res["boxes"]]
         drawn = None
-        if request.visualize is not False:
+        if request.visualize if request.visualize is not None else self.visualize:
             jpeg = await run_in_threadpool(lambda: cv2.imencode(".jpg", res.draw())[1].tobytes())
             drawn = base64.b64encode(jpeg).decode("ascii")
         return ok({"faces": faces, "image": drawn})
 
     async def health(self):  # plain JSON, as load balancers and probes expect
-        problem = await run_in_threadpool(self.store.check)  # a Milvus server that does not answer: 503
+        # a Milvus server that does not answer: 503; on a thread of its own, so busy requests never delay it
+        problem = await asyncio.get_running_loop().run_in_executor(self.health_thread, self.store.check)
         model = self.pipeline.model
         if problem:
             return JSONResponse({"status": "error", "model": model.model_name, "index": self.store.root,
                                  "errorMsg": problem}, status_code=503)
+        default = None
+        if self.pipeline.index is not None:  # what infer searches without an indexKey
+            default = {"name": self.pipeline.index_name, "faces": len(self.pipeline.index)}
         return JSONResponse({"status": "ok", "model": model.model_name, "embeddingSize": model.embedding_size,
-                             "index": self.store.root, "indexes": len(self.store.keys())})
+                             "index": self.store.root, "indexes": len(self.store.keys()), "defaultIndex": default})

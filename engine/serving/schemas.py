@@ -34,4 +34,4 @@ class InferRequest(BaseModel):
     recThreshold: Optional[float] = None
     hammingRadius: Optional[float] = None
     topk: Optional[int] = None
-    visualize: Optional[bool] = True
+    visualize: Optional[bool] = None  # None: the config's Serving.visualize
