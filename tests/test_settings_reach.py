@@ -91,6 +91,7 @@ def test_ef_search_reaches_the_service(model_dir, faces, tmp_path, hnsw_ef):
         assert answer["errorCode"] == 0, answer
         assert answer["result"]["faces"][0]["label"] == "person_2"
         assert hnsw_ef == [91]
+        assert client.get("/health").json()["defaultIndex"] == {"name": ix, "faces": 12}  # what the page shows
         key = store.create(index)  # an index the service stores: loaded back with the same settings
     store._cache.clear()
     assert store.get(key).ef_search == 91 and pipeline.gallery.ef_search == 91
