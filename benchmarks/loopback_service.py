@@ -1,15 +1,11 @@
-"""The face recognition service on loopback, the demo photos it is sent, a random-init model, and the
-BatchNorm calibration of a random-init backbone: one copy for the benchmarks and the tests.
+"""The face recognition service on loopback, the demo photos it is sent, a random-init model, the
+BatchNorm calibration of a random-init backbone and a Milvus server on loopback: one copy for the
+benchmarks and the tests.
 
-benchmarks/serve_load.py imports it as a sibling script (`loopback_service`, the benchmarks folder
-is its sys.path[0]); the tests (tests/test_serve.py, test_web_page.py, test_hpi.py and
-tests/_tiny_face_model.py) as `benchmarks.loopback_service` (the repository root is on their path).
-A benchmark cannot import tests, and nothing under foundation/, models/, datasets/ or engine/
-imports this module, so the layers of setup.cfg's import-linter contracts are untouched.
-
-Note for benchmarks/infer_speed.py: its calibrated_backbone repeats calibrate_batchnorm (below) on
-random inputs; it can call calibrate_batchnorm(model, x) instead (left as it is while that file is
-being edited elsewhere).
+The benchmarks and the tests (tests/test_serve.py, test_web_page.py, test_hpi.py, _milvus.py and
+_tiny_face_model.py) import it as `benchmarks.loopback_service` (the repository root is on their
+path). A benchmark cannot import tests, and nothing under foundation/, models/, datasets/ or
+engine/ imports this module, so the layers of setup.cfg's import-linter contracts are untouched.
 """
 import base64
 import json
@@ -175,3 +171,57 @@ class Service:
                 self.proc.wait()
         self.output.close()
         return self.proc.returncode
+
+
+def port_open(port, host="127.0.0.1"):
+    """Whether something accepts connections on host:port."""
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+class MilvusServer:
+    """A Milvus standalone server (PyPI's `milvus` package) on 127.0.0.1, in a fresh base folder."""
+
+    def __init__(self):
+        from milvus import MilvusServer as Server
+
+        self.base = tempfile.mkdtemp(prefix="facefeat_milvus_")
+        self.server = Server()
+        self.server.set_base_dir(self.base)
+        # the package picks free ports itself (19530 when free, else the next ones)
+        start = time.perf_counter()
+        self.server.start()  # waits for its health port
+        self.port = int(self.server.listen_port)
+        while not port_open(self.port):
+            if time.perf_counter() - start > 120:
+                self.stop()
+                raise AssertionError("the Milvus server did not open its port within 120 s")
+            time.sleep(0.2)
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.seconds = time.perf_counter() - start
+
+    @property
+    def running(self):
+        return self.server.running
+
+    def kill(self):
+        """Stop the server process (SIGTERM, then SIGKILL after 1 s) but keep its data, to start it again."""
+        self.server.stop()
+
+    def start_again(self, timeout=120):
+        """Start the server again on the same port and base folder (its collections are kept there)."""
+        self.server.config.update(proxy_port=self.port)  # that port or an error, not the next free one
+        start = time.perf_counter()
+        self.server.start()
+        while not port_open(self.port):
+            if time.perf_counter() - start > timeout:
+                raise AssertionError(f"the Milvus server did not open port {self.port} again within {timeout} s")
+            time.sleep(0.2)
+
+    def stop(self):
+        self.server.stop()
+        try:
+            self.server.cleanup()
+        except RuntimeError:
+            pass

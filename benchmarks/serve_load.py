@@ -58,9 +58,11 @@ def in_process_rate(model_dir, photos, seconds, threads):
     return n / (time.perf_counter() - start)
 
 
-def start_service(model_dir, work, threads):
-    """The service on <work>/indexes, its log in <work>/log (the same folders at every restart)."""
-    return Service(model_dir, os.path.join(work, "indexes"), os.path.join(work, "log"), f"Global.num_threads={threads}")
+def start_service(model_dir, work, threads, *extra):
+    """The service on <work>/indexes, its log in <work>/log (the same folders at every restart), with
+    `extra` -o overrides."""
+    return Service(model_dir, os.path.join(work, "indexes"), os.path.join(work, "log"), f"Global.num_threads={threads}",
+                   *extra)
 
 
 def percentile(values, q):

@@ -9,9 +9,13 @@ is killed with SIGKILL and started again on the same index folder (clients meet 
 connections meanwhile and retry). At the end every add the service acknowledged, and did not
 acknowledge removing, must be in the index.
 
+With --milvus (the milvus extra) the indexes are collections on a Milvus server started on
+loopback, and once, between two restarts, that server is stopped for --outage seconds and started
+again: the service answers 503 meanwhile and recovers by itself.
+
 Reports: requests and their statuses, p50 / p99 latency per operation, 5xx answers outside the
-restarts (must be 0), the peak RSS of each service process, and acknowledged adds lost (must be
-0); the machine and load are printed before and after. Exit code 1 when a check fails.
+restarts and the outage (must be 0), the peak RSS of each service process, and acknowledged adds
+lost (must be 0); the machine and load are printed before and after. Exit code 1 when a check fails.
 """
 import argparse
 import os
@@ -25,7 +29,7 @@ import time
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from benchmarks.loopback_service import b64, detected_demo_photos, export_random_model  # noqa: E402
+from benchmarks.loopback_service import MilvusServer, b64, detected_demo_photos, export_random_model  # noqa: E402
 from benchmarks.serve_load import check_acknowledged, machine_line, percentile, start_service  # noqa: E402
 
 
@@ -41,15 +45,16 @@ def peak_rss_mb(pid):
 class Soak:
     """The service in use, replaced at each restart; what the clients saw, under one lock."""
 
-    def __init__(self, model_dir, work, threads, photos):
-        self.model_dir, self.work, self.threads, self.photos = model_dir, work, threads, photos
+    def __init__(self, model_dir, work, threads, photos, extra=()):
+        self.model_dir, self.work, self.threads, self.photos, self.extra = model_dir, work, threads, photos, extra
         self.lock = threading.Lock()
         self.records = []  # (operation, status, seconds, time it was answered)
         self.acked = {}  # label -> photo index, for every add acknowledged and not removed since
         self.removed = 0
         self.down = []  # [start, end] of each time the service was being killed and restarted
         self.peaks = []
-        self.service = start_service(model_dir, work, threads)
+        self.outages = []  # [start, end] of each time the index backend (Milvus) was down
+        self.service = start_service(model_dir, work, threads, *extra)
         _, r = self.service.post("/face-recognition-index-build", {"imageLabelPairs": [
             {"image": b64(p), "label": lbl} for lbl, p in photos]})
         self.key = r["result"]["indexKey"]
@@ -61,7 +66,7 @@ class Soak:
         self.peaks.append(peak_rss_mb(old.proc.pid))
         old.proc.send_signal(signal.SIGKILL)
         old.stop()
-        new = start_service(self.model_dir, self.work, self.threads)
+        new = start_service(self.model_dir, self.work, self.threads, *self.extra)
         with self.lock:
             self.service = new
             self.down[-1][1] = time.monotonic()
@@ -87,14 +92,12 @@ class Soak:
                             self.acked[label] = photo
                 elif roll < 0.2 and mine:
                     label, ids = mine.pop(rng.randrange(len(mine)))
+                    with self.lock:  # from now on it may be gone, acknowledged or not: no longer checked
+                        self.acked.pop(label, None)
                     op, (status, _) = "remove", service.post("/face-recognition-index-remove",
                                                              {"indexKey": self.key, "ids": ids}, timeout=60)
-                    if status == 200:
-                        with self.lock:
-                            self.acked.pop(label, None)
-                            self.removed += 1
-                    else:
-                        mine.append((label, ids))  # not acknowledged: it may or may not have gone
+                    with self.lock:
+                        self.removed += status == 200
                 else:
                     op, (status, _) = "infer", service.post("/face-recognition-infer", {
                         "image": b64(self.photos[photo][1]), "indexKey": self.key, "visualize": False}, timeout=60)
@@ -105,8 +108,20 @@ class Soak:
                 self.records.append((op, status, time.monotonic() - t0, time.monotonic()))
             n += 1
 
+    def outage(self, milvus, seconds):
+        """Stop the Milvus server for `seconds`, then start it again on its port and data."""
+        self.outages.append([time.monotonic(), None])
+        milvus.kill()
+        time.sleep(seconds)
+        milvus.start_again()
+        self.outages[-1][1] = time.monotonic()
+
+    @staticmethod
+    def within(windows, t, grace):
+        return any(start - grace <= t <= (end or float("inf")) + grace for start, end in windows)
+
     def during_restart(self, t, grace=2.0):
-        return any(start - grace <= t <= (end or float("inf")) + grace for start, end in self.down)
+        return self.within(self.down, t, grace)
 
 
 def main(argv=None):
@@ -116,13 +131,20 @@ def main(argv=None):
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--kills", type=int, default=3, help="SIGKILL / restart cycles, evenly spaced")
     ap.add_argument("--threads", type=int, default=2, help="model threads of the service")
+    ap.add_argument("--milvus", action="store_true", help="indexes on a Milvus server on loopback, with one outage")
+    ap.add_argument("--outage", type=float, default=15.0, help="seconds the Milvus server is down (with --milvus)")
     args = ap.parse_args(argv)
 
     work = tempfile.mkdtemp(prefix="serve_soak_")
     model_dir = args.model_dir or export_random_model(work)
     photos = detected_demo_photos()
     print(machine_line(args.threads))
-    soak = Soak(model_dir, work, args.threads, photos)
+    milvus, extra = None, ()
+    if args.milvus:
+        milvus = MilvusServer()
+        print(f"Milvus server on {milvus.uri} (started in {milvus.seconds:.0f} s)")
+        extra = ("Index.backend=milvus", f"Index.uri={milvus.uri}", "Index.connect_timeout=1", "Index.connect_retries=0")
+    soak = Soak(model_dir, work, args.threads, photos, extra)
     seconds = args.minutes * 60
     stop_at = time.monotonic() + seconds
     clients = [threading.Thread(target=soak.client, args=(i, stop_at, 0)) for i in range(args.clients)]
@@ -133,6 +155,10 @@ def main(argv=None):
         time.sleep(max(0.0, start + seconds * (k + 1) / (args.kills + 1) - time.monotonic()))
         soak.restart()
         print(f"  kill {k + 1}: SIGKILL, restarted in {soak.down[-1][1] - soak.down[-1][0]:.1f} s")
+        if milvus is not None and k == 0:  # half way to the next restart: the backend goes away
+            time.sleep(max(0.0, start + seconds * 1.5 / (args.kills + 1) - time.monotonic()))
+            soak.outage(milvus, args.outage)
+            print(f"  Milvus outage: stopped and started again, {soak.outages[-1][1] - soak.outages[-1][0]:.1f} s")
     for c in clients:
         c.join()
     failed = False
@@ -148,8 +174,11 @@ def main(argv=None):
             print(f"  {op}: {len(done)} answered 200 (p50 {percentile(done, 50):.0f} ms, p99 {percentile(done, 99):.0f} ms)"
                   f"{', other statuses ' + str(other) if other else ''}")
         refused = len(ops.get("-", []))
-        bad = [(op, status) for op, status, _, t in soak.records if status >= 500 and not soak.during_restart(t)]
-        print(f"  refused connections (all during restarts): {refused}; 5xx outside the restarts: {len(bad)}")
+        in_outage = [st for _, st, _, t in soak.records if st >= 500 and soak.within(soak.outages, t, 5.0)]
+        bad = [(op, status) for op, status, _, t in soak.records
+               if status >= 500 and not soak.during_restart(t) and not soak.within(soak.outages, t, 5.0)]
+        print(f"  refused connections (all during restarts): {refused}; 5xx during the Milvus outage: "
+              f"{len(in_outage)}; 5xx outside the restarts and the outage: {len(bad)}")
         soak.peaks.append(peak_rss_mb(soak.service.proc.pid))
         print(f"  peak RSS of the service processes: {', '.join(f'{p:.0f}' for p in soak.peaks)} MB")
         missing, _ = check_acknowledged(soak.service, soak.key, photos, list(soak.acked.items()), sample=0)
@@ -158,6 +187,8 @@ def main(argv=None):
         failed = bool(bad or missing)
     finally:
         soak.service.stop()
+        if milvus is not None:
+            milvus.stop()
     print(machine_line(args.threads) + " (after)")
     return 1 if failed else 0
 
