@@ -73,7 +73,8 @@ class InferenceModel:
             self.bf16_note = self._executor.bf16_note
         else:
             self.run_mode, self.bf16_note = run_mode, ""
-            require(PACKAGES[backend], f"hpi_config.backend {backend}")  # named before any conversion needs paddle2onnx
+            if precision != "int8":  # the backend's package is named before a conversion asks for paddle2onnx
+                require(PACKAGES[backend], f"hpi_config.backend {backend}")  # (int8: the folder's record first)
             self.onnx_file = self._onnx_model(precision, threads, check_hpi_config(hpi_config)["auto_paddle2onnx"])
             self._executor = onnx_executor(backend, self.onnx_file, precision, threads)
         self.backend, self.precision, self.num_threads = backend, self._executor.precision, threads
