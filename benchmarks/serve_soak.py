@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
@@ -109,11 +110,23 @@ class Soak:
             n += 1
 
     def outage(self, milvus, seconds):
-        """Stop the Milvus server for `seconds`, then start it again on its port and data."""
+        """Stop the Milvus server for `seconds`, then start it again on its port and data; the
+        outage ends when the service's /health says the backend answers again."""
         self.outages.append([time.monotonic(), None])
         milvus.kill()
         time.sleep(seconds)
         milvus.start_again()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with self.lock:
+                service = self.service
+            try:
+                with urllib.request.urlopen(service.url + "/health", timeout=10) as r:
+                    if r.status == 200:
+                        break
+            except OSError:  # 503 (HTTPError) while Milvus is not ready yet, or refused during a restart
+                pass
+            time.sleep(0.5)
         self.outages[-1][1] = time.monotonic()
 
     @staticmethod
@@ -143,7 +156,7 @@ def main(argv=None):
     if args.milvus:
         milvus = MilvusServer()
         print(f"Milvus server on {milvus.uri} (started in {milvus.seconds:.0f} s)")
-        extra = ("Index.backend=milvus", f"Index.uri={milvus.uri}", "Index.connect_timeout=1", "Index.connect_retries=0")
+        extra = ("Index.backend=milvus", f"Index.uri={milvus.uri}")
     soak = Soak(model_dir, work, args.threads, photos, extra)
     seconds = args.minutes * 60
     stop_at = time.monotonic() + seconds
