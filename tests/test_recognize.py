@@ -250,6 +250,10 @@ def test_cli_index_commands_never_replace_what_they_did_not_write(model_dir, gal
 
     common = [f"SubModules.Recognition.model_dir={model_dir}", f"Global.output={tmp_path / 'out'}",
               "SubModules.Detection.enable=False", f"Index.gallery={gallery / 'gallery'}"]
+    (tmp_path / "a_file").write_text("not a folder")
+    assert _cli("Global.mode=build_index", f"index={tmp_path / 'a_file'}", *common) == 1
+    assert "is a file, not an index folder" in capsys.readouterr().err
+    assert (tmp_path / "a_file").read_text() == "not a folder"
     notes = tmp_path / "notidx"
     notes.mkdir()
     (notes / "my_thesis.txt").write_text("years of work")

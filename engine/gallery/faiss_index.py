@@ -751,9 +751,12 @@ INDEX_FILES = (INDEX_FILE, EXACT_FILE, INFO_FILE, META_FILE, OLD_ID_MAP_FILE, "i
 
 
 def foreign_entries(index_dir):
-    """Sorted names in `index_dir` that are not gallery index files ([] for a missing or empty folder)."""
+    """Sorted names in `index_dir` that are not gallery index files ([] for a missing or empty
+    folder); UserError when `index_dir` is a file."""
+    if os.path.isfile(index_dir):
+        raise UserError(f"{index_dir} is a file, not an index folder: nothing was written; choose a folder")
     if not os.path.isdir(index_dir):
-        return [] if not os.path.exists(index_dir) else [os.path.basename(index_dir.rstrip(os.sep)) + " (a file)"]
+        return []
     return sorted(name for name in os.listdir(index_dir) if name not in INDEX_FILES)
 
 
