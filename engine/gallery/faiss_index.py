@@ -478,7 +478,8 @@ class GalleryIndex:
             raise UserError(f"refusing to save an empty gallery index to {index_dir}: add at least one face")
         foreign = foreign_entries(index_dir)
         if foreign:
-            raise UserError(f"{index_dir} holds {_named(foreign)}, which is not a gallery index: nothing was written "
+            raise UserError(f"{index_dir} holds {len(foreign)} other entr{'y' if len(foreign) == 1 else 'ies'} "
+                            f"({listed(foreign)}), which is not a gallery index: nothing was written "
                             "(an index is saved into an empty or new folder, or over an index)")
 
         def build(tmp):
@@ -765,9 +766,9 @@ def holds_index(index_dir):
     return os.path.isfile(os.path.join(index_dir, INDEX_FILE))
 
 
-def _named(names, limit=5):
-    shown = ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
-    return f"{len(names)} other entr{'y' if len(names) == 1 else 'ies'} ({shown})"
+def listed(names, limit=5):
+    """'a, b, c' of the first `limit` names, with how many more there are."""
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 # a gallery.txt line: the path up to its image extension, whitespace, the label

@@ -21,7 +21,7 @@ import time
 from datasets.demo import ensure_demo
 from engine.config.output_folder import OutputLock
 from engine.gallery.backend import GallerySettings
-from engine.gallery.faiss_index import foreign_entries, holds_index
+from engine.gallery.faiss_index import foreign_entries, holds_index, listed
 from engine.recognition.pipeline import FaceRecognitionPipeline, gallery_items
 from foundation.errors import ConfigError, UserError
 from foundation.logger import log_to_file
@@ -123,8 +123,7 @@ def _check_target(cfg, gallery_settings, index_dir, action):
         return
     foreign = foreign_entries(index_dir)
     if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise UserError(f"index folder {index_dir} holds {shown}, which is not a gallery index: nothing was "
+        raise UserError(f"index folder {index_dir} holds {listed(foreign)}, which is not a gallery index: nothing was "
                         "written; choose another folder with -o index=...")
     if action == "build_index" and holds_index(index_dir) and not cfg.Index.overwrite:
         raise UserError(f"{index_dir} holds a gallery index already: -o Index.overwrite=True replaces it (the old one "

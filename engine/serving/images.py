@@ -24,14 +24,8 @@ from engine.serving.envelope import ServiceError
 from foundation.logger import get_logger
 
 
-def image_bytes(text, where, limits):
-    """The file bytes of a request's image: base64 (optionally a data: URL) or an http(s) URL."""
-    text = text.strip()
-    if text.lower().startswith(("http://", "https://")):
-        if not limits.url_images:
-            raise ServiceError(422, f"{where}: image URLs are turned off on this server (Serve.url_images); "
-                                    "send the file content as base64")
-        return fetch_url(text, where, limits)
+def base64_bytes(text, where):
+    """The file bytes of a request's image sent inline: base64, optionally as a data: URL."""
     if text.startswith("data:") and "," in text:
         text = text.split(",", 1)[1]
     try:
@@ -137,8 +131,7 @@ class ImageIntake:
     async def _bytes(self, text, where):
         text = text.strip()
         if not text.lower().startswith(("http://", "https://")):
-            return await asyncio.get_running_loop().run_in_executor(self.decoders, image_bytes, text, where,
-                                                                     self.limits)
+            return await asyncio.get_running_loop().run_in_executor(self.decoders, base64_bytes, text, where)
         if not self.limits.url_images:
             raise ServiceError(422, f"{where}: image URLs are turned off on this server (Serve.url_images); "
                                     "send the file content as base64")
