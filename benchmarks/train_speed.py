@@ -76,8 +76,9 @@ def parse_args(argv=None):
     p.add_argument("--no-mkl-shim", action="store_true")
     p.add_argument("--no-fast-ops", action="store_true")
     p.add_argument("--no-allocator", action="store_true")
-    p.add_argument("--no-channels-last", action="store_true", help="MobileFaceNet in NCHW with the fused kernels "
-                   "(FACEFEAT_NO_CHANNELS_LAST=1) instead of channels-last")
+    p.add_argument("--layout", choices=("auto", "nhwc", "nchw"), default="auto", help="MobileFaceNet's training "
+                   "layout with the fused kernels: auto is the CPU class's choice (engine/training/cpu_speed.py)")
+    p.add_argument("--no-channels-last", action="store_true", help="the same as --layout nchw")
     p.add_argument("--no-fused-bn", action="store_true", help="BatchNorm + PReLU as Paddle's two layers "
                    "(FACEFEAT_NO_FUSED_BN=1): autograd keeps the conv and BatchNorm outputs too")
     p.add_argument("--allocator", choices=sorted(ALLOCATORS), default=None,
@@ -108,8 +109,8 @@ def parse_args(argv=None):
 
 
 def setup(args):
-    """Threads and speed settings (the MKL shim only acts when this script runs under the
-    LD_PRELOAD line that setup_cpu_speed's report prints)."""
+    """Threads and speed settings, as training applies them (the CPU class's choices unless a flag
+    forces one), before anything runs a matrix product."""
     from foundation.runtime import set_threads
 
     set_threads(args.threads)
@@ -123,9 +124,9 @@ def setup(args):
 
     if args.no_fused_bn:
         os.environ["FACEFEAT_NO_FUSED_BN"] = "1"
-    if args.no_channels_last:
-        os.environ["FACEFEAT_NO_CHANNELS_LAST"] = "1"
-    report = setup_cpu_speed(enabled=not args.plain, allocator=not (args.no_allocator or args.allocator))
+    layout = "nchw" if args.no_channels_last else args.layout
+    report = setup_cpu_speed(enabled=not args.plain, allocator=not (args.no_allocator or args.allocator),
+                             channels_last=None if layout == "auto" else layout == "nhwc")
     if args.allocator:
         import ctypes
 
@@ -404,8 +405,9 @@ def main(argv=None):
 
     from peak_rss import TreeMemorySampler
 
-    cpu_model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    print(f"CPU {cpu_model}, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} at the start")
+    from foundation.runtime import cpu_summary
+
+    print(f"CPU {cpu_summary()}; load average {os.getloadavg()[0]:.2f} at the start")
     ours, last_memory = [], [0, 0]
 
     def synthetic(label="synthetic tensors"):

@@ -38,6 +38,44 @@ def cpu_flags():
     return set(cpuinfo_field("flags").split())
 
 
+# The CPU classes speed choices and measurements are kept for (docs/speed.md): vendor, then the
+# widest vector unit and native bf16, which is what moves MKL's, oneDNN's and OpenVINO's kernels.
+CPU_CLASSES = {
+    "intel-amx": "Intel with AMX (Sapphire Rapids and later Xeons)",
+    "intel-avx512": "Intel with AVX-512, no AMX",
+    "intel-avx2": "Intel with AVX2, no AVX-512",
+    "amd-avx512": "AMD with AVX-512 (Zen 4/5 EPYC and Ryzen)",
+    "amd-avx2": "AMD with AVX2, no AVX-512 (Zen 1-3)",
+    "other": "another vendor or architecture, or x86 without AVX2",
+}
+_AMD_VENDORS = ("AuthenticAMD", "HygonGenuine")
+_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_class(vendor=None, flags=None):
+    """This CPU's class (a key of CPU_CLASSES); `vendor` and `flags` default to /proc/cpuinfo's."""
+    vendor = cpuinfo_field("vendor_id") if vendor is None else vendor
+    flags = cpu_flags() if flags is None else set(flags)
+    family = "intel" if vendor == "GenuineIntel" else "amd" if vendor in _AMD_VENDORS else ""
+    if not family or "avx2" not in flags:
+        return "other"
+    if family == "intel" and "amx_bf16" in flags:
+        return "intel-amx"
+    return f"{family}-avx512" if "avx512f" in flags else f"{family}-avx2"
+
+
+def cpu_summary():
+    """One line naming this CPU for a log or a benchmark: model, vendor, family/model, class, the
+    flags that move speed, and the cores this process may use."""
+    flags = cpu_flags()
+    name = cpuinfo_field("model name") or "unknown CPU"
+    ident = f"{cpuinfo_field('vendor_id') or 'unknown vendor'} family {cpuinfo_field('cpu family') or '?'} " \
+            f"model {cpuinfo_field('model') or '?'}"
+    shown = [f for f in _FLAGS_OF_INTEREST if f in flags] or ["none of " + "/".join(_FLAGS_OF_INTEREST)]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name} ({ident}; class {cpu_class()}; {' '.join(shown)}; {cores} cores)"
+
+
 def find_compiler(env_var, names, kind):
     """(absolute path, '') of the compiler $env_var names (its first word), else of the first of
     `names` on PATH; (None, why) when there is none. `kind` ('C', 'C++') words the reason."""

@@ -201,8 +201,10 @@ def _compile_and_load():
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def enable(on=True):
+def enable(on=True, channels_last=True, layout_reason=""):
     """Build/load the kernels (when `on`) and route the fast layers to them. Returns whether they are in use.
+    `channels_last`: MobileFaceNet trains in NHWC (the caller's per-CPU choice, `layout_reason` says
+    why; FACEFEAT_NO_CHANNELS_LAST=1 overrides it to NCHW).
 
     Never raises: when the kernels cannot be built or loaded, `status()` says why and the layers
     run Paddle's own operators.
@@ -223,14 +225,17 @@ def enable(on=True):
             _enabled, _status = False, f"off ({e}); using Paddle's own PReLU and depthwise conv"
             return False
     _fused_bn = os.environ.get(NO_FUSED_BN_ENV, "").strip() in ("", "0")
+    why = f": {layout_reason}" if layout_reason else ""
     if os.environ.get(NO_CHANNELS_LAST_ENV, "").strip() not in ("", "0"):
         layout = f"; MobileFaceNet in NCHW: {NO_CHANNELS_LAST_ENV}={os.environ[NO_CHANNELS_LAST_ENV]}"
+    elif not channels_last:
+        layout = f"; MobileFaceNet in NCHW{why}"
     elif not hasattr(_module, "fast_conv2d_nhwc"):
         layout = "; MobileFaceNet in NCHW: no MKL or oneDNN library in Paddle's wheel for the channels-last kernels"
     else:
         _channels_last = True
         gemm = {"mkl": "MKL", "dnnl": "oneDNN"}[gemm_choice()]
-        layout = f"; MobileFaceNet channels-last (NHWC): convolutions as {gemm} matrix products"
+        layout = f"; MobileFaceNet channels-last (NHWC), convolutions as {gemm} matrix products{why}"
     _enabled, _status = True, "on (fused C++ PReLU and depthwise-conv kernels, " + (
         "BatchNorm + PReLU fused, keeping only its output for backward" if _fused_bn
         else f"BatchNorm + PReLU not fused: {NO_FUSED_BN_ENV}={os.environ[NO_FUSED_BN_ENV]}") + layout + ")"

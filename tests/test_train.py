@@ -245,6 +245,11 @@ def test_outputs_of_a_run(straight):
     log = open(os.path.join(out, "train.log"), encoding="utf-8").read()
     assert sorted(step_losses(out)) == [(1, 1), (1, 2), (2, 1), (2, 2)]
     assert len(re.findall(r"epoch \d eval: val verification acc [\d.]+", log)) == 2
+    from foundation.runtime import cpu_class
+
+    # the CPU path chosen at run time, and why, is in the log
+    assert re.search(r"MKL vendor shim: (on|off|not active) \(", log)
+    assert f"CPU class {cpu_class()}" in log or "fused kernels: off" in log
     cfg = load_config(os.path.join(out, "config.yaml"))
     assert cfg.Train.epochs_iters == 2 and cfg.Global.mode == "train"
     from visualdl import LogReader

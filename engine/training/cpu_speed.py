@@ -1,27 +1,29 @@
-"""Process-level speed settings for CPU training, applied once at the start of a run.
+"""Process-level speed settings for CPU training, chosen per CPU class at run time and applied once.
 
-`setup_cpu_speed(enabled)` does three independent things, each optional and each falling back
-to plain Paddle when it cannot be done. It never restarts or re-executes the process; the
-returned dict holds one status line per item, saying whether it is on or off and why, for the log.
+`setup_cpu_speed(enabled)` does four independent things, each optional and each falling back to
+plain Paddle when it cannot be done. It never restarts the process and needs no environment
+variable; the returned dict holds one status line per item (on or off, and why) for the log.
 
-1. MKL vendor shim (non-Intel CPUs only; opt-in). Paddle's bundled MKL takes slow generic paths
-   when the CPU vendor is not Intel (sgemm 38-58 GFLOP/s instead of 169-195 on an AMD EPYC). A
-   one-line C library (engine/training/csrc/mkl_intel_shim.c), compiled with the machine's `cc` into the
-   cache folder, overrides MKL's vendor test when it is loaded with LD_PRELOAD. LD_PRELOAD only
-   acts when a process starts, so this module cannot switch it on for the running process: on a
-   non-Intel CPU it builds the library (once, cached) and its status line gives the exact command
-   that runs the same program with it, `LD_PRELOAD=<cache>/libmkl_intel_shim_<hash>.so python ...`.
-   When the process already runs with the shim preloaded the line says it is active.
-   FACEFEAT_NO_MKL_SHIM=1 skips it (not even built).
+1. MKL vendor shim (non-Intel CPUs). Paddle's bundled MKL asks mkl_serv_intel_cpu_true() and, on
+   any other vendor, takes its generic kernels even on CPUs with AVX2/AVX-512 (sgemm about 4x
+   slower on an AMD EPYC). A one-line C library (csrc/mkl_intel_shim.c), compiled with the
+   machine's `cc` into the cache folder, answers that question. It is loaded into this process
+   with RTLD_GLOBAL before MKL's first call, so it is searched before MKL's own definition (as
+   LD_PRELOAD would be); MKL's own mkl_serv_cpu_detect() then says which kernel branch it took,
+   which is how the status line knows it worked. When MKL was used before (too late to change
+   its choice) the line gives the LD_PRELOAD command instead. FACEFEAT_NO_MKL_SHIM=1 skips it.
 2. Allocator: glibc returns every large block (a batch-64 activation is 50-100 MB) to the kernel
    on free and page-faults it back in on the next allocation; that was ~15% of training time in
    system calls. mallopt keeps freed memory in the heap instead (glibc only).
-3. Fused C++ kernels (models/fast_cpu_ops.py: PReLU, depthwise conv, BatchNorm + PReLU, and
-   MobileFaceNet's channels-last path), compiled once and cached; without a C++ compiler training
-   runs Paddle's own operators and the status line says why.
+3. Fused C++ kernels (models/fast_cpu_ops.py: PReLU, depthwise conv, BatchNorm + PReLU), compiled
+   once and cached; without a C++ compiler training runs Paddle's own operators.
+4. MobileFaceNet's layout, channels-last (NHWC) or NCHW, from TRAINING_LAYOUTS: which one is faster
+   depends on the CPU class (measured, docs/speed.md); a class not measured takes its nearest
+   measured one's choice and the line says so.
 
-FACEFEAT_CPU_SPEEDUP=0 (or Global.cpu_speedup: False) turns all three off;
-FACEFEAT_NO_MKL_SHIM=1 / FACEFEAT_NO_FAST_OPS=1 turn off one each. A GPU run should not call it.
+FACEFEAT_CPU_SPEEDUP=0 (or Global.cpu_speedup: False) turns all of them off; FACEFEAT_NO_MKL_SHIM=1,
+FACEFEAT_NO_FAST_OPS=1 and FACEFEAT_NO_CHANNELS_LAST=1 turn off one each (for measuring). A GPU run
+should not call it.
 """
 import ctypes
 import hashlib
@@ -32,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 
-from foundation.runtime import cache_dir, compiler_version, cpuinfo_field, find_compiler
+from foundation.runtime import CPU_CLASSES, cache_dir, compiler_version, cpu_class, cpuinfo_field, find_compiler
 from models import fast_cpu_ops
 
 SHIM_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "mkl_intel_shim.c")
@@ -41,6 +43,17 @@ SHIM_CFLAGS = ["-shared", "-fPIC", "-O2"]
 ALL_OFF_ENV = "FACEFEAT_CPU_SPEEDUP"
 NO_SHIM_ENV = "FACEFEAT_NO_MKL_SHIM"
 VENDOR_NAMES = {"AuthenticAMD": "AMD", "HygonGenuine": "Hygon", "CentaurHauls": "Centaur", "Shanghai": "Zhaoxin"}
+
+# MobileFaceNet's training layout per CPU class (with the MKL shim where the vendor needs it):
+# (layout, what decided it). Images/s from benchmarks/train_speed.py, batch 64, idle; the runs
+# are in docs/speed.md. Channels-last turns each 1x1 convolution into one large MKL product.
+TRAINING_LAYOUTS = {
+    "intel-amx": ("nhwc", "measured: 2 threads, NHWC 61.9 img/s vs NCHW 51.5"),
+    "amd-avx512": ("nhwc", "measured: 1 thread, with the shim, NHWC 74.1 img/s vs NCHW 61.0"),
+    "amd-avx2": ("nchw", "measured: 1 thread, with the shim, NCHW 11.07 img/s vs NHWC 9.06"),
+}
+# an unmeasured class takes the choice of the measured class with the same vector width
+NEAREST_MEASURED = {"intel-avx512": "intel-amx", "intel-avx2": "amd-avx2", "other": "amd-avx2"}
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -143,22 +156,50 @@ def mkl_shim_decision():
     return True, f"CPU vendor {vendor}"
 
 
+def _mkl_dispatch(mkl_path):
+    """(MKL answers 'Intel CPU', its kernel branch) from MKL's own service calls, or None."""
+    try:
+        mkl = ctypes.CDLL(mkl_path)
+        return bool(mkl.mkl_serv_intel_cpu()), int(mkl.mkl_serv_cpu_detect())
+    except (OSError, AttributeError):
+        return None
+
+
 def apply_mkl_shim():
-    """One status line about the MKL vendor shim; builds it when it would help. Never re-executes."""
+    """One status line about the MKL vendor shim; loads it into this process when it helps."""
     wanted, reason = mkl_shim_decision()
     if not wanted:
         return f"MKL vendor shim: off ({reason})"
     active = preloaded_shim()
     if active:
         return f"MKL vendor shim: on (preloaded with LD_PRELOAD={active}; {reason})"
+    mkl = fast_cpu_ops.mkl_library()
+    if mkl is None:
+        return "MKL vendor shim: off (no MKL in Paddle's wheel)"
     try:
         path = build_mkl_shim()
+        ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)  # searched before MKL's own symbol from now on
     except Exception as e:
-        return f"MKL vendor shim: off (cannot build it: {e}); MKL keeps its slow non-Intel code paths"
-    vendor = cpu_vendor()
-    name = VENDOR_NAMES.get(vendor, vendor)
-    return (f"MKL vendor shim: not active; for about 1.4x faster training on this {name} CPU run: "
-            f"{run_command_with(path)}")
+        return f"MKL vendor shim: off (cannot build or load it: {e}); MKL keeps its slow non-Intel code paths"
+    dispatch = _mkl_dispatch(mkl)
+    name = VENDOR_NAMES.get(cpu_vendor(), cpu_vendor())
+    if dispatch and dispatch[0]:
+        return (f"MKL vendor shim: on (loaded in-process before MKL's first call; MKL's kernel branch "
+                f"{dispatch[1]} on this {name} CPU)")
+    return (f"MKL vendor shim: not active (MKL was already in use when it loaded, and keeps its generic "
+            f"kernels); for faster training on this {name} CPU run: {run_command_with(path)}")
+
+
+def training_layout(cls=None):
+    """(channels_last, why) for MobileFaceNet training on CPU class `cls` (this CPU's by default)."""
+    cls = cls or cpu_class()
+    if cls in TRAINING_LAYOUTS:
+        layout, measured = TRAINING_LAYOUTS[cls]
+        return layout == "nhwc", f"CPU class {cls}, {measured}"
+    nearest = NEAREST_MEASURED.get(cls, "amd-avx2")
+    layout, _ = TRAINING_LAYOUTS[nearest]
+    return layout == "nhwc", (f"CPU class {cls} ({CPU_CLASSES.get(cls, cls)}) not measured yet: "
+                              f"the choice of {nearest}")
 
 
 def tune_allocator():
@@ -175,14 +216,14 @@ def tune_allocator():
     return "allocator: on (large blocks kept in the glibc heap, mallopt)"
 
 
-def setup_cpu_speed(enabled=True, fast_ops=True, allocator=True):
+def setup_cpu_speed(enabled=True, fast_ops=True, allocator=True, channels_last=None):
     """Apply the CPU speed settings; returns {"mkl_shim", "allocator", "fast_ops"} status lines.
 
-    `enabled` is Global.cpu_speedup; FACEFEAT_CPU_SPEEDUP=0 overrides it to off. Nothing here
-    restarts the process, so it may be called at any point before training; a GPU run should not.
+    `enabled` is Global.cpu_speedup; FACEFEAT_CPU_SPEEDUP=0 overrides it to off. `channels_last`
+    None takes this CPU class's layout (training_layout); True/False forces one (benchmarks). Nothing here
+    restarts the process; call it before anything runs a matrix product (the shim must load before
+    MKL's first call to change its kernels). A GPU run should not call it.
     """
-
-
     if not enabled or _env_off(ALL_OFF_ENV):
         why = f"{ALL_OFF_ENV}={os.environ.get(ALL_OFF_ENV)}" if _env_off(ALL_OFF_ENV) else "Global.cpu_speedup is False"
         fast_cpu_ops.enable(False)
@@ -190,6 +231,10 @@ def setup_cpu_speed(enabled=True, fast_ops=True, allocator=True):
                 "fast_ops": f"fused kernels: off ({why})"}
     report = {"mkl_shim": apply_mkl_shim(),
               "allocator": tune_allocator() if allocator else "allocator: unchanged (not requested)"}
-    fast_cpu_ops.enable(fast_ops)
+    if channels_last is None:
+        channels_last, why = training_layout()
+    else:
+        why = "chosen by the caller"
+    fast_cpu_ops.enable(fast_ops, channels_last=channels_last, layout_reason=why)
     report["fast_ops"] = f"fused kernels: {fast_cpu_ops.status()}"
     return report
