@@ -111,9 +111,6 @@ def parse_args(argv=None):
 def setup(args):
     """Threads and speed settings, as training applies them (the CPU class's choices unless a flag
     forces one), before anything runs a matrix product."""
-    from foundation.runtime import set_threads
-
-    set_threads(args.threads)
     if args.plain:
         os.environ["FACEFEAT_CPU_SPEEDUP"] = "0"
     if args.no_mkl_shim:
@@ -126,7 +123,7 @@ def setup(args):
         os.environ["FACEFEAT_NO_FUSED_BN"] = "1"
     layout = "nchw" if args.no_channels_last else args.layout
     report = setup_cpu_speed(enabled=not args.plain, allocator=not (args.no_allocator or args.allocator),
-                             channels_last=None if layout == "auto" else layout == "nhwc")
+                             channels_last=None if layout == "auto" else layout == "nhwc", threads=args.threads)
     if args.allocator:
         import ctypes
 

@@ -321,7 +321,7 @@ def test_recompute_leaves_the_allocator_alone(monkeypatch, kernels_state):
     monkeypatch.delenv(cpu_speed.ALL_OFF_ENV, raising=False)
 
     def notes(recompute):
-        return cpu_speed_notes(SimpleNamespace(Global=SimpleNamespace(cpu_speedup=True),
+        return cpu_speed_notes(SimpleNamespace(Global=SimpleNamespace(cpu_speedup=True, num_threads=1),
                                                Train=SimpleNamespace(recompute=recompute)))
 
     assert "allocator: on (test)" in notes(False) and calls == [1]

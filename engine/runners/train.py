@@ -17,15 +17,13 @@ mode through `python -m paddle.distributed.launch`; rank 0 alone writes logs and
 """
 from engine.training.distributed import launch_distributed, requested_processes, world_info
 from engine.training.trainer import Trainer, cpu_speed_notes
-from foundation.runtime import num_threads_from, set_threads
 
 
 def run(cfg):
     kind, ids, nprocs = requested_processes(cfg)
     speed_notes = []
     if kind == "cpu":
-        set_threads(num_threads_from(cfg.Global.num_threads))  # before the fused kernels load
-        speed_notes = cpu_speed_notes(cfg)
+        speed_notes = cpu_speed_notes(cfg)  # sets the threads too, after the MKL shim has loaded
     _, world = world_info()
     if nprocs > 1 and world == 1:
         return launch_distributed(cfg, kind, ids, nprocs)

@@ -34,7 +34,15 @@ import subprocess
 import sys
 import tempfile
 
-from foundation.runtime import CPU_CLASSES, cache_dir, compiler_version, cpu_class, cpuinfo_field, find_compiler
+from foundation.runtime import (
+    CPU_CLASSES,
+    cache_dir,
+    compiler_version,
+    cpu_class,
+    cpuinfo_field,
+    find_compiler,
+    set_threads,
+)
 from models import fast_cpu_ops
 
 SHIM_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "mkl_intel_shim.c")
@@ -216,21 +224,36 @@ def tune_allocator():
     return "allocator: on (large blocks kept in the glibc heap, mallopt)"
 
 
-def setup_cpu_speed(enabled=True, fast_ops=True, allocator=True, channels_last=None):
+def release_free_heap():
+    """Give the heap's freed blocks back to the system now (glibc malloc_trim): the allocator
+    setting keeps them between steps, which is wasted while a checkpoint's export runs beside it."""
+    if platform.libc_ver()[0] == "glibc":
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+def setup_cpu_speed(enabled=True, fast_ops=True, allocator=True, channels_last=None, threads=None):
     """Apply the CPU speed settings; returns {"mkl_shim", "allocator", "fast_ops"} status lines.
 
     `enabled` is Global.cpu_speedup; FACEFEAT_CPU_SPEEDUP=0 overrides it to off. `channels_last`
-    None takes this CPU class's layout (training_layout); True/False forces one (benchmarks). Nothing here
-    restarts the process; call it before anything runs a matrix product (the shim must load before
-    MKL's first call to change its kernels). A GPU run should not call it.
+    None takes this CPU class's layout (training_layout); True/False forces one (benchmarks).
+    `threads`: the CPU thread count, set here after the shim has loaded (Paddle's set_num_threads
+    is MKL's first call, which fixes MKL's kernel choice). Call it before anything else runs a
+    matrix product; nothing here restarts the process. A GPU run should not call it.
     """
     if not enabled or _env_off(ALL_OFF_ENV):
         why = f"{ALL_OFF_ENV}={os.environ.get(ALL_OFF_ENV)}" if _env_off(ALL_OFF_ENV) else "Global.cpu_speedup is False"
+        if threads:
+            set_threads(threads)
         fast_cpu_ops.enable(False)
         return {"mkl_shim": f"MKL vendor shim: off ({why})", "allocator": f"allocator: unchanged ({why})",
                 "fast_ops": f"fused kernels: off ({why})"}
-    report = {"mkl_shim": apply_mkl_shim(),
-              "allocator": tune_allocator() if allocator else "allocator: unchanged (not requested)"}
+    report = {"mkl_shim": apply_mkl_shim()}
+    if threads:
+        set_threads(threads)  # before the fused kernels load: their OpenMP runtime reads it once
+    report["allocator"] = tune_allocator() if allocator else "allocator: unchanged (not requested)"
     if channels_last is None:
         channels_last, why = training_layout()
     else:

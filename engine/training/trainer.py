@@ -35,13 +35,13 @@ from engine.training.checkpoints import (
     restore_checkpoint,
     save_checkpoints,
 )
-from engine.training.cpu_speed import setup_cpu_speed
+from engine.training.cpu_speed import release_free_heap, setup_cpu_speed
 from engine.training.distributed import LAUNCHED_ENV, world_info
 from engine.training.train_result import write_train_result
 from foundation.errors import DatasetError, UserError
 from foundation.logger import get_logger, log_to_file
 from foundation.progress import Progress, format_seconds
-from foundation.runtime import setup_paddle
+from foundation.runtime import num_threads_from, setup_paddle
 from models import build_backbone, load_backbone_weights
 
 
@@ -347,6 +347,7 @@ class Trainer:
     def save(self, epoch, score, improved, save_epoch):
         """latest/ (always), epoch_N/ (when due, with its inference model) and best_model/ (when improved)."""
         folders = ["latest"] + ([f"epoch_{epoch}"] if save_epoch else []) + (["best_model"] if improved else [])
+        release_free_heap()  # the export's child process and the heap's kept blocks would peak together
         record_outputs(self.output_dir, folders)  # before they exist: a kill mid-save leaves nothing unrecorded
         save_checkpoints(self.output_dir, folders, self.model.state_dict(),
                          optimizer_state_by_layer(self.model, self.optimizer), self.state_payload(epoch, score),
@@ -415,7 +416,8 @@ def cpu_speed_notes(cfg):
     Train.recompute is there for memory, so it leaves the allocator as it is: the heap setting
     keeps freed blocks (about 1 GB more at batch 128) for speed.
     """
-    report = setup_cpu_speed(enabled=cfg.Global.cpu_speedup, allocator=not cfg.Train.recompute)
+    report = setup_cpu_speed(enabled=cfg.Global.cpu_speedup, allocator=not cfg.Train.recompute,
+                             threads=num_threads_from(cfg.Global.num_threads))
     if cfg.Train.recompute and report["allocator"].endswith("(not requested)"):
         report["allocator"] = ("allocator: unchanged (Train.recompute: freed blocks go back to the system; the heap "
                                "setting would keep about 1 GB more)")
