@@ -161,3 +161,23 @@ def test_a_truncated_parameter_file_is_one_error_naming_it(tmp_path, use_hpip, s
     msg = str(e.value)
     assert str(params) in msg and "\n" not in msg and "download or export the model again" in msg
     assert ("cut short" in msg and "of 147" in msg) if size else "holds 0 tensors but inference.pdmodel needs 147" in msg
+
+
+def test_the_parameter_check_counts_whole_tensors(tmp_path):
+    """A file cut exactly between two tensors is still short of the program's 147; bytes after the
+    last tensor are not a cut (Paddle judges them when it loads the file)."""
+    from engine.inference.folder import _parameter_tensors, check_params_file
+
+    data = open(PARAMS_FILE, "rb").read()
+    with open(PARAMS_FILE, "rb") as f:
+        assert _parameter_tensors(f, len(data)) == (147, len(data), False)
+    cut = tmp_path / "inference.pdiparams"
+    cut.write_bytes(data[:200_000])
+    with open(cut, "rb") as f:
+        whole, boundary, inside = _parameter_tensors(f, 200_000)
+    assert inside and 0 < whole < 147
+    cut.write_bytes(data[:boundary])
+    with pytest.raises(UserError, match=f"holds {whole} tensors but inference.pdmodel needs 147"):
+        check_params_file(str(cut), MODEL_FILE)
+    cut.write_bytes(data + b"\0")
+    check_params_file(str(cut), MODEL_FILE)

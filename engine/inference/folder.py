@@ -111,27 +111,28 @@ def _expected_parameter_count(model_file):
 def _parameter_tensors(f, size):
     """Walk a combined parameter file as Paddle writes it, one tensor after another (uint32 version,
     uint64 LoD levels and their data, uint32 version, int32 size and TensorDesc, the data), reading
-    headers only. Returns (tensors complete, bytes they span), or None for a layout it does not know."""
+    headers only. Returns (tensors complete, bytes they span, whether the file ends inside a tensor
+    whose header began), or None for a layout it does not know."""
     count = offset = 0
     while offset < size:
         head = f.read(12)
-        if len(head) < 12:
-            break
+        if len(head) < 12:  # a few bytes past the last tensor: too few to tell a header from trailing data
+            return count, offset, False
         version, lod_levels = struct.unpack("<IQ", head)
         if version != 0 or lod_levels > 8:
             return None
         for _ in range(lod_levels):
             level = f.read(8)
             if len(level) < 8:
-                return count, offset
+                return count, offset, True
             f.seek(struct.unpack("<Q", level)[0], 1)
         head = f.read(8)
         if len(head) < 8:
-            break
+            return count, offset, True
         version, desc_size = struct.unpack("<Ii", head)
         desc_bytes = f.read(max(desc_size, 0))
         if len(desc_bytes) < desc_size:
-            break
+            return count, offset, True
         try:
             desc = framework_pb2.VarType.TensorDesc.FromString(desc_bytes)
         except Exception:  # protobuf's DecodeError: not a tensor header
@@ -143,28 +144,31 @@ def _parameter_tensors(f, size):
             numel *= max(int(d), 0)
         end = f.tell() + numel * _DTYPE_BYTES[desc.data_type]
         if end > size:
-            break
+            return count, offset, True
         f.seek(end)
         count, offset = count + 1, end
-    return count, offset
+    return count, offset, False
 
 
 def check_params_file(params_file, model_file):
     """UserError naming the file when inference.pdiparams is cut short (a copy or download that
-    stopped), found from the tensor headers without reading the data; a layout the walk does not
-    know is left for Paddle to judge when it loads the file."""
+    stopped): fewer complete tensors than the program reads, found from the tensor headers without
+    reading their data. Anything else (a layout the walk does not know, bytes after the last
+    tensor, other values) is left for Paddle to judge when it loads the file."""
     size = os.path.getsize(params_file)
     with open(params_file, "rb") as f:
         walked = _parameter_tensors(f, size)
     if walked is None:
         return
-    count, offset = walked
+    count, offset, inside_a_tensor = walked
     expected = _expected_parameter_count(model_file)
     fix = "the copy is incomplete or damaged: copy, download or export the model again"
-    if offset < size:
+    if expected is not None and count >= expected:
+        return
+    if offset < size and (inside_a_tensor or expected is not None):
         raise UserError(f"{params_file} is cut short: it ends ({size} bytes) inside its tensor {count + 1}"
                         + (f" of {expected}" if expected else "") + f"; {fix}")
-    if expected and count < expected:
+    if expected is not None:
         raise UserError(f"{params_file} holds {count} tensors but {os.path.basename(model_file)} needs {expected}; "
                         f"{fix}")
 
