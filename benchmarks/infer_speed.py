@@ -78,10 +78,12 @@ def engine_specs(model_dir, threads, work):
     bf16 = bool(cpu_bf16_class())
     out = []
     for fmt, fname in (("program", ".pdmodel"), ("pir", ".json")):
+        if not os.path.isfile(os.path.join(model_dir, "inference" + fname)):  # a folder exported elsewhere may hold one
+            continue
         for precision in ("fp32", "bf16") if bf16 else ("fp32",):
             out.append((f"paddle {precision} {fname}", {"format": fmt, "backend": "paddle", "precision": precision}))
     # what an official model (inference.json only) runs on plain Paddle: its checked old-format program
-    if os.path.isfile(os.path.join(model_dir, "inference.json")):
+    if os.path.isfile(os.path.join(model_dir, "inference.json")) and os.path.isfile(os.path.join(model_dir, "inference.yml")):
         out.append(("paddle fp32 .json-only folder", {"json_only": json_only_copy(model_dir, os.path.join(work, "json_only"))}))
     for backend, precisions in (("openvino", ("fp32", "bf16") if bf16 else ("fp32",)), ("onnxruntime", ("fp32",))):
         if not is_installed(backend):
@@ -152,6 +154,8 @@ def onnx_formats_equal(model_dir):
     from engine.inference.model import InferenceModel
 
     if not (is_installed("onnxruntime") and importable("paddle2onnx")):
+        return None
+    if not all(os.path.isfile(os.path.join(model_dir, n)) for n in ("inference.json", "inference.pdmodel")):
         return None
     files = [InferenceModel(model_dir, prefer_format=f, use_hpip=True, hpi_config={"backend": "onnxruntime"}).onnx_file
              for f in ("program", "pir")]
@@ -263,7 +267,8 @@ def main(argv=None):
             check_file = os.path.join(tmp, "check.npy")
             np.save(check_file, rng.uniform(-1, 1, (16, 3, 112, 112)).astype("float32"))
             timed = time_in_processes(runs, model_dir, args, check_file, tmp)
-            ref = timed[runs[0][0]][2]
+            ref_label = runs[0][0]
+            ref = timed[ref_label][2]
             for label, spec in runs:  # Paddle's bf16 falls back to fp32 where a layer has no bf16 kernel
                 ran = timed[label][3].split(" ")[-1:]
                 if spec.get("precision") == "bf16" and ran == ["fp32"]:
@@ -273,7 +278,7 @@ def main(argv=None):
                 timed[f"auto = {auto_engine}"] = timed.pop("auto")
             res = {label: (statistics.median(v[0]) * 1000, tb * len(v[1]) / sum(v[1])) for label, v in timed.items()}
             cos = {label: float(cosine_rows(v[2], ref).min()) for label, v in timed.items()}
-            print(f"  {'engine':38s} {'b1 ms':>8s} {f'b{tb} img/s':>12s}  min cosine to paddle fp32 .pdmodel")
+            print(f"  {'engine':38s} {'b1 ms':>8s} {f'b{tb} img/s':>12s}  min cosine to {ref_label}")
             for label in res:
                 ms, ips = res[label]
                 print(f"  {label:38s} {ms:8.2f} {ips:12.1f}  {cos[label]:.5f}")
@@ -293,8 +298,8 @@ def main(argv=None):
                   f"{a_ips / best_ips:.2f} (best {best_ips_label}); 1.00 = as fast as the best")
             print(f"  auto picked the best engine of this run: batch 1 {'yes' if own == best_ms_label else 'no'}, "
                   f"batch {tb} {'yes' if own == best_ips_label else 'no'}")
-            base = res["paddle fp32 .pdmodel"]
-            print(f"  auto / today's default (paddle fp32 .pdmodel): batch 1 {base[0] / a_ms:.2f}x faster, "
+            base = res[ref_label]
+            print(f"  auto / today's default ({ref_label}): batch 1 {base[0] / a_ms:.2f}x faster, "
                   f"batch {tb} {a_ips / base[1]:.2f}x the throughput")
             for prec in ("fp32", "bf16"):
                 j, p = res.get(f"paddle {prec} .json"), res.get(f"paddle {prec} .pdmodel")

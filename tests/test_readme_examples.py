@@ -1,7 +1,7 @@
 """The Python examples of README.md and docs/*.md, run as written (in a temporary folder holding the
 files they name), so the documented API and the real one cannot drift apart: the README's predict
-example, the pipeline example of docs/pipeline.md and the high-performance inference example of
-docs/inference.md. A page that gains a python block fails test_every_python_block_is_run_here until
+example, the pipeline example of docs/pipeline.md, the high-performance inference example of
+docs/inference.md and its example of a model exported elsewhere (the Paddle 2.x fixture). A page that gains a python block fails test_every_python_block_is_run_here until
 a test here runs it. The official model the predict example asks for by name is served on loopback
 in PaddleX's layout; faces are demo faces YuNet detects."""
 import os
@@ -29,7 +29,7 @@ def block_with(page, text):
 
 
 RUN_HERE = [("README.md", "model.predict("), ("docs/pipeline.md", "create_pipeline("),
-            ("docs/inference.md", "use_hpip=True")]
+            ("docs/inference.md", '"backend": "onnxruntime"'), ("docs/inference.md", "a PaddleClas export")]
 
 
 def test_every_python_block_is_run_here():
@@ -96,5 +96,19 @@ def test_high_performance_inference_example(random_model, tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the ONNX conversion goes here
     scope = {}
-    exec(block_with("docs/inference.md", "use_hpip=True"), scope)
+    exec(block_with("docs/inference.md", '"backend": "onnxruntime"'), scope)
     assert scope["model"].model.backend == "onnxruntime"
+
+
+def test_a_model_exported_elsewhere_example(tmp_path, monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") and not importlib.util.find_spec("paddle2onnx"):
+        pytest.skip('openvino without paddle2onnx: install the whole hpi extra (pip install ".[cpu,hpi]")')
+    shutil.copytree(os.path.join(REPO_ROOT, "tests", "fixtures", "paddle2_mobilefacenet"),
+                    tmp_path / "MobileFaceNet_128_infer")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    scope = {}
+    exec(block_with("docs/inference.md", "a PaddleClas export"), scope)
+    assert scope["model"].embedding_size == 256

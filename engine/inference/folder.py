@@ -9,7 +9,9 @@ output is the raw feature (no margin head).
 Every other module asks this one what the files are called and which format to run; opening a
 folder for inference is engine.inference.model.
 """
+import json
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -18,6 +20,7 @@ import cv2
 import numpy as np
 import paddle
 import yaml
+from paddle.base.proto import framework_pb2
 
 from datasets.transforms import to_bgr
 from engine.inference.onnx_convert import DEFAULT_TOLERANCE, INT8_FILE_NAME, ONNX_FILE_NAME, convert_checked, log_check
@@ -59,6 +62,115 @@ def find_model_files(model_dir, prefer=None):
     raise UserError(f"no inference model in {model_dir}: expected inference.json (or inference.pdmodel) plus "
                     f"inference.pdiparams, found {', '.join(present) or 'an empty folder'}. "
                     "Export one with -o Global.mode=export")
+
+
+def program_input_shape(model_file):
+    """[N, C, H, W] of a program's first input as the file records it (-1 where free), or None
+    when the file does not say (read from the file itself: the feed variable of an old program,
+    the first data op of a PIR one)."""
+    try:
+        if model_file.endswith(".json"):
+            with open(model_file, encoding="utf-8") as f:
+                ops = json.load(f)["program"]["regions"][0]["blocks"][0]["ops"]
+            for op in ops:
+                if str(op.get("#", "")).endswith(".data"):
+                    shape = next(a["AT"]["D"] for a in op.get("A", []) if a.get("N") == "shape")
+                    return [int(d) for d in shape]
+            return None
+        with open(model_file, "rb") as f:
+            block = framework_pb2.ProgramDesc.FromString(f.read()).blocks[0]
+        feeds = [arg for op in block.ops if op.type == "feed" for out in op.outputs for arg in out.arguments]
+        var = next(v for v in block.vars if feeds and v.name == feeds[0])
+        # the field is `lod_tensor` in Paddle 2.x's schema and `dense_tensor` in 3.x's (same wire number)
+        tensor = var.type.dense_tensor if hasattr(var.type, "dense_tensor") else var.type.lod_tensor
+        return [int(d) for d in tensor.tensor.dims]
+    except Exception:  # an unreadable program is reported by whatever loads it next, with Paddle's words
+        return None
+
+
+# bytes per element of the tensor data types a parameter file holds (framework.proto VarType.Type)
+_DTYPE_BYTES = {0: 1, 1: 2, 2: 4, 3: 8, 4: 2, 5: 4, 6: 8, 20: 1, 21: 1, 22: 2, 23: 8, 24: 16, 32: 1, 33: 1, 36: 2,
+                37: 4, 38: 8}
+_DENSE_TENSOR = 7  # VarType.Type of a parameter (LOD_TENSOR in Paddle 2.x, DENSE_TENSOR in 3.x)
+
+
+def _expected_parameter_count(model_file):
+    """How many tensors the program reads from its parameter file, or None when it cannot tell."""
+    try:
+        if model_file.endswith(".json"):
+            with open(model_file, encoding="utf-8") as f:
+                ops = json.load(f)["program"]["regions"][0]["blocks"][0]["ops"]
+            return sum(1 for op in ops if op.get("#") == "p")  # builtin.parameter
+        with open(model_file, "rb") as f:
+            block = framework_pb2.ProgramDesc.FromString(f.read()).blocks[0]
+        return sum(1 for v in block.vars if v.persistable and v.type.type == _DENSE_TENSOR)
+    except Exception:
+        return None
+
+
+def _parameter_tensors(f, size):
+    """Walk a combined parameter file as Paddle writes it, one tensor after another (uint32 version,
+    uint64 LoD levels and their data, uint32 version, int32 size and TensorDesc, the data), reading
+    headers only. Returns (tensors complete, bytes they span, whether the file ends inside a tensor
+    whose header began), or None for a layout it does not know."""
+    count = offset = 0
+    while offset < size:
+        head = f.read(12)
+        if len(head) < 12:  # a few bytes past the last tensor: too few to tell a header from trailing data
+            return count, offset, False
+        version, lod_levels = struct.unpack("<IQ", head)
+        if version != 0 or lod_levels > 8:
+            return None
+        for _ in range(lod_levels):
+            level = f.read(8)
+            if len(level) < 8:
+                return count, offset, True
+            f.seek(struct.unpack("<Q", level)[0], 1)
+        head = f.read(8)
+        if len(head) < 8:
+            return count, offset, True
+        version, desc_size = struct.unpack("<Ii", head)
+        desc_bytes = f.read(max(desc_size, 0))
+        if len(desc_bytes) < desc_size:
+            return count, offset, True
+        try:
+            desc = framework_pb2.VarType.TensorDesc.FromString(desc_bytes)
+        except Exception:  # protobuf's DecodeError: not a tensor header
+            return None
+        if version != 0 or desc.data_type not in _DTYPE_BYTES:
+            return None
+        numel = 1
+        for d in desc.dims:
+            numel *= max(int(d), 0)
+        end = f.tell() + numel * _DTYPE_BYTES[desc.data_type]
+        if end > size:
+            return count, offset, True
+        f.seek(end)
+        count, offset = count + 1, end
+    return count, offset, False
+
+
+def check_params_file(params_file, model_file):
+    """UserError naming the file when inference.pdiparams is cut short (a copy or download that
+    stopped): fewer complete tensors than the program reads, found from the tensor headers without
+    reading their data. Anything else (a layout the walk does not know, bytes after the last
+    tensor, other values) is left for Paddle to judge when it loads the file."""
+    size = os.path.getsize(params_file)
+    with open(params_file, "rb") as f:
+        walked = _parameter_tensors(f, size)
+    if walked is None:
+        return
+    count, offset, inside_a_tensor = walked
+    expected = _expected_parameter_count(model_file)
+    fix = "the copy is incomplete or damaged: copy, download or export the model again"
+    if expected is not None and count >= expected:
+        return
+    if offset < size and (inside_a_tensor or expected is not None):
+        raise UserError(f"{params_file} is cut short: it ends ({size} bytes) inside its tensor {count + 1}"
+                        + (f" of {expected}" if expected else "") + f"; {fix}")
+    if expected is not None:
+        raise UserError(f"{params_file} holds {count} tensors but {os.path.basename(model_file)} needs {expected}; "
+                        f"{fix}")
 
 
 def read_inference_yml(model_dir):

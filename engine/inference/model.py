@@ -5,7 +5,10 @@ Both export formats load: the PIR program `inference.json` (Paddle 3.x) and the 
 ProgramDesc `inference.pdmodel` (Paddle 2.x, earlier PaddleX/PaddleClas exports). The old format
 cannot go through the new PIR executor (its oneDNN passes fail on attribute types), so its
 predictor is built with `config.enable_new_ir(False)`; the JSON format needs the new IR on.
-The choice is made from the files found; the user never sets it. A folder holding both (what
+The choice is made from the files found; the user never sets it. A folder without inference.yml
+(PaddleClas's layout, older exports) runs at its program's input size with the face
+pre-processing PaddleClas and PaddleX use, said in the log; a parameter file that was cut short is
+refused up front, naming it. A folder holding both (what
 export writes) runs the old format, which is faster here (see engine.inference.folder.find_model_files).
 A folder with only inference.json of one of our architectures (an official PaddleX model) runs on
 the CPU through its old-format program, written once into the cache and checked to give the same
@@ -32,7 +35,14 @@ from engine.config.schema import RUN_MODES
 from engine.inference.backends import PACKAGES, check_hpi_config, require
 from engine.inference.backends import resolve as resolve_backend
 from engine.inference.executors import PaddleExecutor, onnx_executor
-from engine.inference.folder import Preprocess, find_model_files, read_inference_yml
+from engine.inference.folder import (
+    CONFIG_FILE_NAME,
+    Preprocess,
+    check_params_file,
+    find_model_files,
+    program_input_shape,
+    read_inference_yml,
+)
 from engine.inference.onnx_convert import cached_onnx, folder_int8, folder_onnx
 from engine.inference.program_convert import cached_program
 from foundation.errors import ConfigError, UserError
@@ -53,13 +63,16 @@ class InferenceModel:
             raise ConfigError(f"run_mode '{run_mode}' is not one of {', '.join(RUN_MODES)}")
         self.model_dir = str(model_dir)
         self.model_file, self.params_file, self.format = find_model_files(self.model_dir, prefer=prefer_format)
+        check_params_file(self.params_file, self.model_file)
         self.folder_format = self.format  # what the folder holds; self.format is what runs
         self.info = read_inference_yml(self.model_dir)
         # how images become the model's input, as the folder's inference.yml says (PaddleX layout)
-        self.preprocess = Preprocess(self.info, os.path.join(self.model_dir, "inference.yml"))
+        self.preprocess = Preprocess(self.info, os.path.join(self.model_dir, CONFIG_FILE_NAME))
         glob = self.info.get("Global", {}) if isinstance(self.info.get("Global"), dict) else {}
-        self.model_name = glob.get("model_name") or os.path.basename(os.path.dirname(os.path.abspath(self.model_dir)))
-        self.image_size = int((glob.get("input_shape") or [3, 112, 112])[-1])
+        folder = os.path.basename(os.path.abspath(self.model_dir))  # ".../best_model/inference": best_model
+        self.model_name = glob.get("model_name") or (folder if folder != "inference" else
+                                                     os.path.basename(os.path.dirname(os.path.abspath(self.model_dir))))
+        self.image_size = self._input_size(glob)
         self.onnx_file = None
         kind, ids = parse_device(device)
         backend, precision, threads, self.backend_reason = self._choose(use_hpip, hpi_config, run_mode,
@@ -81,6 +94,28 @@ class InferenceModel:
         self.embedding_size = int(glob.get("embedding_size") or 0) or self._probe_embedding_size()
         if use_hpip:
             get_logger().info(f"high-performance inference: {self.describe()} ({self.backend_reason})")
+
+    def _input_size(self, glob):
+        """The input's side: inference.yml's Global.input_shape, else the program's own input shape,
+        else the pre-processing's size. A folder without inference.yml (a PaddleClas or Paddle 2.x
+        export) is pre-processed at the program's input size with the face pre-processing that
+        PaddleClas's and PaddleX's face models use, said in the log, since nothing in it says otherwise."""
+        if glob.get("input_shape"):
+            return int(glob["input_shape"][-1])
+        shape = program_input_shape(self.model_file) or []
+        height, width = (shape[2], shape[3]) if len(shape) == 4 and min(shape[2:]) > 0 else (None, None)
+        if os.path.isfile(os.path.join(self.model_dir, CONFIG_FILE_NAME)):
+            return int(height or self.preprocess.size[1])
+        if height:
+            self.preprocess.size = (int(width), int(height))
+        w, h = self.preprocess.size
+        where = "the program's input" if height else "the program fixes none, so the usual face size"
+        get_logger().warning(
+            f"{self.model_dir} has no {CONFIG_FILE_NAME} (a PaddleClas or Paddle 2.x export): images are resized to "
+            f"{w}x{h} ({where}), RGB, scaled as (x / 255 - 0.5) / 0.5, the face pre-processing of PaddleClas's and "
+            f"PaddleX's face models; write an {CONFIG_FILE_NAME} with PreProcess.transform_ops into the folder if the "
+            "model was trained otherwise (docs/inference.md)")
+        return int(h)
 
     def _choose(self, use_hpip, hpi_config, run_mode, threads, device_kind):
         """(backend, precision, threads, why): Paddle as run_mode says, or with use_hpip the choice of

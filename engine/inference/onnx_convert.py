@@ -1,7 +1,14 @@
 """A Paddle inference model -> ONNX (paddle2onnx), checked against Paddle's own output; the cache.
 
-Both Paddle formats convert (inference.json, PIR, and inference.pdmodel; opset 11). The
-conversion runs in a child interpreter: paddle2onnx prints to stdout from C++ and sets Paddle
+Both Paddle formats convert (inference.json, PIR, and inference.pdmodel; opset 11). An old
+program from an earlier exporter may lack attributes that its ops gained later (Paddle <= 2.2.1
+wrote prelu without `data_format`); Paddle's old executor fills in their defaults when it runs
+such a program, but the translation into PIR that paddle2onnx goes through does not and stops
+("Type of attribute: data_format is not pir::StrAttribute"). So paddle2onnx is given a copy of
+the program with those defaults written in (`complete_program`), while the check's reference
+features come from the user's files as they are.
+
+The conversion runs in a child interpreter: paddle2onnx prints to stdout from C++ and sets Paddle
 flags, neither of which belongs in the caller's process, and the child also computes Paddle's
 reference features for the check. The check runs the new ONNX model (onnxruntime, else OpenVINO,
 fp32) on CHECK_IMAGES seeded synthetic face-sized inputs and refuses it when the largest feature
@@ -17,6 +24,8 @@ program files' digests, the paddle2onnx version and the opset.
 import hashlib
 import importlib.metadata
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,15 +46,16 @@ CHECK_IMAGES = 4
 CHECK_COSINE = 0.9999
 DEFAULT_TOLERANCE = 1e-4  # max |onnx - paddle| / max |paddle| over the check images
 
-# Runs in a fresh interpreter (see the module docstring). argv: model, params, onnx out, opset,
-# input .npy, reference-output .npy, threads.
+# Runs in a fresh interpreter (see the module docstring). argv: the model and params paddle2onnx
+# converts, the model and params Paddle computes the reference with, onnx out, opset, input .npy,
+# reference-output .npy, threads.
 _CONVERT_SCRIPT = """
 import sys
-model_file, params_file, out, opset, images, ref_out, threads = sys.argv[1:8]
+convert_model, convert_params, model_file, params_file, out, opset, images, ref_out, threads = sys.argv[1:10]
 import numpy as np
 import paddle2onnx
 from paddle import inference as paddle_infer
-data = paddle2onnx.export(model_file, params_file, save_file=None, opset_version=int(opset),
+data = paddle2onnx.export(convert_model, convert_params, save_file=None, opset_version=int(opset),
                           auto_upgrade_opset=False, enable_onnx_checker=True, verbose=False)
 with open(out, "wb") as f:
     f.write(data)
@@ -96,6 +106,80 @@ def compare_features(ref, got):
             "min_cosine": float(cos.min())}
 
 
+# proto field of an OpDesc attribute, by its type (framework.proto AttrType); block, variable and
+# scalar attributes never have a plain default and are not filled
+_ATTR_FIELDS = {0: "i", 1: "f", 2: "s", 3: "ints", 4: "floats", 5: "strings", 6: "b", 7: "bools", 9: "l",
+                11: "longs", 12: "float64s", 15: "float64"}
+
+
+def complete_program(model_file, params_file, work_dir):
+    """An old program (inference.pdmodel) as paddle2onnx can read it: each attribute that an op's
+    definition in this Paddle declares (run-time-only "extra" ones aside) and the file lacks,
+    added with its registered default, the value Paddle's old executor uses for it. Nothing else
+    in the program changes.
+
+    Returns (model, params, {op type: [attribute names added]}): the original files when nothing
+    was missing, else <work_dir>/inference.pdmodel beside a link to (or copy of) the parameters,
+    because paddle2onnx reads a .pdmodel's parameters from its own path prefix."""
+    from paddle.base import core
+    from paddle.base.proto import framework_pb2
+
+    with open(model_file, "rb") as f:
+        data = f.read()
+    try:
+        program = framework_pb2.ProgramDesc.FromString(data)
+        defaults = core.ProgramDesc(data)  # the same program, where Paddle fills in the defaults
+    except Exception as e:  # protobuf's DecodeError or Paddle's own error types on a damaged file
+        raise UserError(f"{model_file} is not a readable Paddle program ({type(e).__name__}): re-export the model, "
+                        "or restore the file") from None
+    declared = {}
+    for proto_bytes in core.get_all_op_protos():
+        proto = framework_pb2.OpProto.FromString(proto_bytes)
+        declared[proto.type] = {a.name for a in proto.attrs if not a.extra and not a.generated}
+    filled = {}
+    for b, block in enumerate(program.blocks):
+        for i, op in enumerate(block.ops):
+            missing = declared.get(op.type, set()) - {a.name for a in op.attrs}
+            if not missing:
+                continue
+            full = defaults.block(b).op(i)
+            try:
+                full.check_attrs()
+            except Exception:  # an attribute without a default: left for paddle2onnx to name
+                continue
+            for name in sorted(missing):
+                field = _ATTR_FIELDS.get(int(full.attr_type(name))) if full.has_attr(name) else None
+                if field is None:
+                    continue
+                attr = op.attrs.add(name=name, type=int(full.attr_type(name)))
+                value = full.attr(name)
+                if isinstance(value, list):
+                    getattr(attr, field).extend(value)
+                else:
+                    setattr(attr, field, value)
+                filled.setdefault(op.type, set()).add(name)
+    if not filled:
+        return model_file, params_file, {}
+    out_model, out_params = os.path.join(work_dir, "inference.pdmodel"), os.path.join(work_dir, "inference.pdiparams")
+    with open(out_model, "wb") as f:
+        f.write(program.SerializeToString())
+    try:
+        os.symlink(os.path.abspath(params_file), out_params)
+    except OSError:  # no symbolic links here (some file systems)
+        shutil.copyfile(params_file, out_params)
+    return out_model, out_params, {op: sorted(names) for op, names in sorted(filled.items())}
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def converter_complaint(output):
+    """The line of paddle2onnx's output that says why it failed, without colour codes and log prefix."""
+    lines = [_ANSI.sub("", ln).strip() for ln in output.splitlines() if ln.strip()]
+    why = next((ln for ln in lines if "Failed to convert" in ln), lines[-1] if lines else "no output")
+    return why.split("Failed to convert PaddlePaddle model: ", 1)[-1][:300]
+
+
 def convert_checked(model_file, params_file, out_path, tolerance=DEFAULT_TOLERANCE, image_size=112, num_threads=2):
     """Convert a Paddle model to ONNX at `out_path` (atomically) if it agrees with Paddle; returns
     the check's record. UserError when a package is missing, the conversion fails or the check fails."""
@@ -105,18 +189,19 @@ def convert_checked(model_file, params_file, out_path, tolerance=DEFAULT_TOLERAN
         images, ref_out, onnx_tmp = (os.path.join(work, n) for n in ("x.npy", "ref.npy", "model.onnx"))
         x = check_images(size=image_size)
         np.save(images, x)
+        convert_model, convert_params, filled = model_file, params_file, {}
+        if model_file.endswith(".pdmodel"):
+            convert_model, convert_params, filled = complete_program(model_file, params_file, work)
         env = dict(os.environ, OMP_NUM_THREADS=str(num_threads), GLOG_minloglevel=os.environ.get("GLOG_minloglevel", "2"))
         try:
-            proc = subprocess.run([sys.executable, "-c", _CONVERT_SCRIPT, model_file, params_file, onnx_tmp, str(OPSET),
-                                   images, ref_out, str(num_threads)], env=env, capture_output=True, text=True,
-                                  timeout=1800)
+            proc = subprocess.run([sys.executable, "-c", _CONVERT_SCRIPT, convert_model, convert_params, model_file,
+                                   params_file, onnx_tmp, str(OPSET), images, ref_out, str(num_threads)], env=env,
+                                  capture_output=True, text=True, timeout=1800)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise UserError(f"paddle2onnx did not run on {model_file}: {e}") from None
         if proc.returncode != 0 or not os.path.isfile(onnx_tmp) or not os.path.isfile(ref_out):
-            lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
-            why = next((ln for ln in lines if "Failed to convert" in ln), lines[-1] if lines else "no output")
-            raise UserError(f"paddle2onnx could not convert {model_file}: {why.strip()[:300]} (the Paddle backend "
-                            "still runs it: leave use_hpip off or set hpi_config.backend=paddle)")
+            raise UserError(f"paddle2onnx could not convert {model_file}: {converter_complaint(proc.stdout + proc.stderr)}"
+                            " (the Paddle backend still runs it: leave use_hpip off or set hpi_config.backend=paddle)")
         runner = reference_onnx_executor(onnx_tmp, num_threads)
         if runner is None:
             raise UserError(f"checking the ONNX model of {model_file} needs onnxruntime or openvino, neither is "
@@ -127,6 +212,8 @@ def convert_checked(model_file, params_file, out_path, tolerance=DEFAULT_TOLERAN
         record.update({"opset": OPSET, "paddle2onnx": paddle2onnx_version(), "checked_with": checked_with,
                        "check_images": int(x.shape[0]), "tolerance": float(tolerance),
                        "source": os.path.basename(model_file), "seconds": round(time.perf_counter() - t0, 2)})
+        if filled:  # what an older exporter left out and the conversion took at Paddle's defaults
+            record["filled_attributes"] = filled
         if record["max_rel_diff"] > tolerance or record["min_cosine"] < CHECK_COSINE:
             raise UserError(
                 f"the ONNX conversion of {model_file} disagrees with Paddle on {x.shape[0]} check images "
@@ -140,6 +227,11 @@ def convert_checked(model_file, params_file, out_path, tolerance=DEFAULT_TOLERAN
 
 
 def log_check(record, what):
+    filled = record.get("filled_attributes")
+    if filled:
+        lacking = "; ".join(f"{op}: {', '.join(names)}" for op, names in filled.items())
+        get_logger().info(f"{what}: an older exporter's program, converted with Paddle's defaults for the attributes "
+                          f"it lacks ({lacking})")
     get_logger().info(f"{what}: ONNX (opset {record['opset']}, paddle2onnx {record['paddle2onnx']}) checked against "
                       f"Paddle on {record['check_images']} images with {record['checked_with']}: max abs difference "
                       f"{record['max_abs_diff']:.2g} ({record['max_rel_diff']:.2g} relative, tolerance "
