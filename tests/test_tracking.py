@@ -81,3 +81,13 @@ def test_no_features_means_overlap_only():
     t0, feats = tracker.update(0, [[0, 0, 50, 50]], [0.9])
     t1, _ = tracker.update(1, [[300, 300, 350, 350]], [0.9])
     assert feats == {} and t0[0].track_id != t1[0].track_id
+
+
+def test_a_stranger_where_a_missed_face_was_is_told_apart_by_appearance():
+    tracker = FaceTracker(max_missed=5)
+    box = [100, 100, 160, 170]
+    ids, embedded = run(tracker, [(0, [("a", box)]), (1, []), (2, [("b", box)]), (3, [("b", box)]),
+                                  (4, []), (5, [("b", box)])])
+    assert ids[2]["b"] != ids[0]["a"]  # same place, another face: a new track
+    assert ids[3]["b"] == ids[2]["b"] == ids[5]["b"]  # and b itself comes back after its miss
+    assert embedded == [(0, [0]), (2, [0]), (5, [0])]

@@ -5,10 +5,11 @@
         tracks = tracker.update(frame_index, boxes, scores, features_of)   # one Track per face
 
 Each detection pass first matches faces to the live tracks by the overlap (IoU) of the face's box
-with the track's box moved on by its recent motion, best pairs first. Faces left over are then
-embedded (`features_of`, only for them) and matched to tracks that lost their face in this pass by
-cosine similarity of the face features: a face that moved or zoomed too fast for any overlap, or
-came back from behind something, keeps its track. The rest start tracks. A track that finds no
+with the track's box moved on by its recent motion, best pairs first; a track that missed its face
+in the last pass is not continued by overlap alone (another person may stand where it was). Faces
+left over are then embedded (`features_of`, only for them) and matched to the tracks without a
+face in this pass by cosine similarity of the face features: a face that moved or zoomed too fast
+for any overlap, or came back from behind something, keeps its track. The rest start tracks. A track that finds no
 face for more than `max_missed` passes ends.
 
 Why our own and not a library's: ByteTrack-style trackers (supervision, boxmot's) associate by
@@ -112,7 +113,10 @@ class FaceTracker:
         result = [None] * n
         if self.live and n:
             predicted = np.stack([t.predicted(frame_index) for t in self.live])
-            for face, k in greedy_pairs(box_iou(boxes, predicted), self.iou_match):
+            overlap = box_iou(boxes, predicted)
+            if features_of is not None:  # back after a miss: someone else may stand there now; appearance decides
+                overlap[:, [k for k, t in enumerate(self.live) if t.missed and t.feature is not None]] = 0.0
+            for face, k in greedy_pairs(overlap, self.iou_match):
                 self.live[k].seen(frame_index, boxes[face], scores[face], "overlap")
                 result[face] = self.live[k]
         leftover = [i for i in range(n) if result[i] is None]

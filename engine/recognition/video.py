@@ -1,0 +1,274 @@
+"""Faces in a video, camera or stream: detected, tracked, named once per track, on a timeline.
+
+    recognizer = VideoRecognizer(pipeline, VideoSettings(detect_every=2))
+    result = recognizer.run(open_video("talk.mp4"), index)     # a VideoRecognitionResult
+    result.save_to_json("output/")                               # talk_res.json
+    # with writer=VideoWriterSink("output/talk_res.webm", fps, (w, h)): the annotated video as well
+
+Per frame: every `detect_every`-th frame is a detection pass (the pipeline's detector and
+alignment); the tracker (engine.recognition.tracking) ties its faces to tracks. A track's face is
+embedded on its first view, then again after `embed_every` frames or when a clearly better view
+comes (detection score x face size up by a quarter), and never more than `max_embeddings` times.
+The track's label is a vote over those embeddings against the gallery: `mean` searches the mean
+feature (one decision from all the views), `majority` the most frequent per-view decision; below
+rec_threshold it is the explicit "unknown". When the vote changes, the track records when and to
+what. Tracks shorter than `min_track_frames` detection passes are dropped as noise. The timeline
+merges a person's tracks that are less than `merge_gap_seconds` apart.
+
+A face that comes back to a track it lost (a miss, an occlusion, a jump) must be at least as alike
+as a gallery match (rec_threshold, at least 0.5): the tracker's appearance test is on the model's
+own scale.
+"""
+import os
+from collections import Counter
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from engine.evaluation.metrics import l2_normalize
+from engine.gallery.faiss_index import UNKNOWN_LABEL, apply_threshold
+from engine.inference.results import PaddleXResult
+from engine.recognition.tracking import FaceTracker
+from foundation.atomic_io import atomic_write_json
+from foundation.errors import UserError
+
+VOTE_RULES = ("mean", "majority")
+
+
+@dataclass
+class VideoSettings:
+    detect_every: int = 2  # frames between detection passes
+    embed_every: int = 12  # frames before a track's face is embedded again
+    max_embeddings: int = 8  # embeddings a track keeps for its vote
+    vote: str = "mean"
+    min_track_frames: int = 3  # detection passes a track needs to be reported
+    max_missed_seconds: float = 1.0  # a track survives this long without its face
+    merge_gap_seconds: float = 1.0  # a person's tracks closer than this are one timeline interval
+    # least cosine for a face to rejoin a track it lost; None: max(0.5, rec_threshold), as alike
+    # as a gallery match must be (the model's own scale)
+    reassociate_similarity: float = None
+
+    def __post_init__(self):
+        if self.vote not in VOTE_RULES:
+            raise UserError(f"Video.vote must be one of {', '.join(VOTE_RULES)}, got {self.vote!r}")
+        for name in ("detect_every", "embed_every", "max_embeddings", "min_track_frames"):
+            if int(getattr(self, name)) < 1:
+                raise UserError(f"Video.{name} must be at least 1, got {getattr(self, name)!r}")
+
+
+class TrackEvidence:
+    """What one track has gathered: its embeddings, its sampled boxes, its vote and its history."""
+
+    def __init__(self, track_id):
+        self.track_id = track_id
+        self.features = []
+        self.best_quality = 0.0
+        self.last_embedded = None  # frame index
+        self.samples = []  # [frame index, seconds, box, det_score]
+        self.label, self.score = UNKNOWN_LABEL, None
+        self.changes = []  # [{"time", "label", "score"}] every time the vote moved
+
+    def wants_view(self, frame_index, quality, settings):
+        if self.last_embedded is None:
+            return True
+        if len(self.features) >= settings.max_embeddings:
+            return False
+        return frame_index - self.last_embedded >= settings.embed_every or quality > 1.25 * self.best_quality
+
+    def add_view(self, frame_index, quality, feature):
+        self.features.append(np.asarray(feature, np.float32))
+        self.last_embedded = frame_index
+        self.best_quality = max(self.best_quality, quality)
+
+
+def view_quality(box, det_score):
+    """A face view's worth for recognition: its detection score times its size (short side, px)."""
+    return float(det_score) * max(0.0, min(box[2] - box[0], box[3] - box[1]))
+
+
+class VideoRecognitionResult(PaddleXResult):
+    """One video's result: {"input_path", "fps", "frames", "duration", "partial", "ended_early",
+    "tracks": [{"track_id", "label", "score", "start_time", "end_time", "embeddings", "changes",
+    "boxes": [[seconds, x1, y1, x2, y2, det_score], ...]}], "timeline": {label: [[start, end], ...]}}."""
+
+    def __str__(self):
+        lines = [f"{self['input_path']}: {self['frames']} frames at {self['fps']:.2f} fps, "
+                 f"{len(self['tracks'])} tracks" + (" (partial)" if self["partial"] else "")]
+        for label, spans in self["timeline"].items():
+            total = sum(end - start for start, end in spans)
+            lines.append(f"  {label}: {len(spans)} appearance{'s' if len(spans) != 1 else ''}, {total:.1f} s in all, "
+                         f"first at {spans[0][0]:.1f} s, last until {spans[-1][1]:.1f} s")
+        return "\n".join(lines)
+
+    def save_to_json(self, save_path, indent=4, ensure_ascii=False):
+        """A path ending in .json is written as is; any other is a folder that gets <name>_res.json."""
+        save_path = os.fspath(save_path)
+        path = save_path if save_path.lower().endswith(".json") else os.path.join(save_path, f"{self.name}_res.json")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_write_json(path, dict(self), indent=indent, ensure_ascii=ensure_ascii)
+        return path
+
+
+def timeline(tracks, merge_gap):
+    """{label: [[start, end], ...]} from reported tracks, a person's intervals merged across tracks."""
+    spans = {}
+    for t in sorted(tracks, key=lambda t: t["start_time"]):
+        spans.setdefault(t["label"], []).append([t["start_time"], t["end_time"]])
+    merged = {}
+    for label, items in spans.items():
+        out = []
+        for start, end in items:
+            if out and start - out[-1][1] <= merge_gap:
+                out[-1][1] = max(out[-1][1], end)
+            else:
+                out.append([start, end])
+        merged[label] = out
+    known = sorted(k for k in merged if k != UNKNOWN_LABEL)
+    return {k: merged[k] for k in known + ([UNKNOWN_LABEL] if UNKNOWN_LABEL in merged else [])}
+
+
+class VideoRecognizer:
+    """Runs the pipeline's detection, alignment and embedding over a video's frames, with a tracker."""
+
+    def __init__(self, pipeline, settings=None, det_threshold=None, rec_threshold=None):
+        self.pipeline = pipeline  # engine.recognition.pipeline.FaceRecognitionPipeline
+        self.settings = settings or VideoSettings()
+        self.det_threshold = pipeline.det_threshold if det_threshold is None else float(det_threshold)
+        self.rec_threshold = pipeline.rec_threshold if rec_threshold is None else float(rec_threshold)
+
+    def _decide(self, evidence, index):
+        feats = np.stack(evidence.features)
+        if self.settings.vote == "mean":
+            query = l2_normalize(feats.mean(axis=0, keepdims=True))
+            labels, scores, _ = index.search(query, 1)
+            return apply_threshold(labels[0], scores[0], self.rec_threshold)
+        labels, scores, _ = index.search(feats, 1)
+        decisions = [apply_threshold(labels[i], scores[i], self.rec_threshold) for i in range(len(feats))]
+        counts = Counter(label for label, _ in decisions)
+        top = max(counts.values())
+        tied = [label for label, n in counts.items() if n == top]
+        mean_score = {lab: float(np.mean([s for label, s in decisions if label == lab and s is not None] or [0.0]))
+                      for lab in tied}
+        label = max(tied, key=lambda lab: (lab != UNKNOWN_LABEL, mean_score[lab]))
+        best = max((s for lab, s in decisions if lab == label and s is not None), default=None)
+        return label, best
+
+    def run(self, source, index, writer=None, progress=None, stop=None):
+        """A VideoRecognitionResult for an opened datasets.video.VideoSource. `writer(frame,
+        drawn_faces)` receives every frame with its live tracks (for the annotated video);
+        `progress` is a foundation.progress.Progress; `stop()` ends the run early (Ctrl-C, SIGTERM,
+        a client gone), the result then marked partial. KeyboardInterrupt ends it the same way."""
+        s = self.settings
+        max_missed = max(1, int(round(s.max_missed_seconds * source.fps / s.detect_every)))
+        similarity = s.reassociate_similarity
+        tracker = FaceTracker(max_missed=max_missed, feature_match=max(0.5, self.rec_threshold)
+                              if similarity is None else similarity)
+        evidence = {}
+        live_faces = []  # [(track_id, box)] drawn on the frames between detection passes
+        partial = False
+        frames = 0
+        try:
+            for frame_index, seconds, frame in source.frames(stop):
+                frames = frame_index + 1
+                if frame_index % s.detect_every == 0:
+                    live_faces = self._detection_pass(frame_index, seconds, frame, tracker, evidence, index)
+                if writer is not None:
+                    writer(frame, [(tid, box, evidence[tid]) for tid, box in live_faces])
+                if progress is not None:
+                    progress.update(1)
+            partial = stop is not None and stop()
+        except KeyboardInterrupt:
+            partial = True
+        tracks = []
+        for t in tracker.finish():
+            ev = evidence.get(t.track_id)
+            if ev is None or len(ev.samples) < s.min_track_frames or not ev.features:
+                continue
+            tracks.append({"track_id": t.track_id, "label": ev.label,
+                           "score": None if ev.score is None else round(ev.score, 4),
+                           "start_time": round(ev.samples[0][1], 3),
+                           "end_time": round(ev.samples[-1][1] + s.detect_every / source.fps, 3),
+                           "embeddings": len(ev.features), "changes": ev.changes,
+                           "boxes": [[round(sec, 3), *[round(float(v), 1) for v in box], round(score, 4)]
+                                     for _, sec, box, score in ev.samples]})
+        tracks.sort(key=lambda t: (t["start_time"], t["track_id"]))  # ids as drawn on the annotated video
+        name = os.path.splitext(os.path.basename(str(source.source)))[0] if source.kind == "file" else source.kind
+        return VideoRecognitionResult({
+            "input_path": source.name, "fps": round(source.fps, 3), "fps_from_container": source.fps_known,
+            "frames": frames, "duration": round(frames / source.fps, 3), "partial": bool(partial),
+            "ended_early": source.ended_early, "detect_every": s.detect_every, "vote": s.vote,
+            "rec_threshold": round(self.rec_threshold, 4), "tracks": tracks,
+            "timeline": timeline(tracks, s.merge_gap_seconds),
+        }, name)
+
+    def _detection_pass(self, frame_index, seconds, frame, tracker, evidence, index):
+        found = self.pipeline.faces_of(frame, self.det_threshold)
+        if not found:
+            tracker.update(frame_index, np.zeros((0, 4)), [])
+            return []
+        boxes = np.array([f.box for f, _ in found], np.float64)
+        scores = [float(f.score) for f, _ in found]
+        crops = [c for _, c in found]
+        tracks, embedded = tracker.update(frame_index, boxes, scores,
+                                          lambda idx: self.pipeline.embed([crops[i] for i in idx]))
+        wanted = []
+        for i, track in enumerate(tracks):
+            ev = evidence.setdefault(track.track_id, TrackEvidence(track.track_id))
+            ev.samples.append((frame_index, seconds, boxes[i], scores[i]))
+            quality = view_quality(boxes[i], scores[i])
+            if ev.wants_view(frame_index, quality, self.settings):
+                wanted.append((i, ev, quality))
+        missing = [i for i, _, _ in wanted if i not in embedded]
+        if missing:
+            feats = self.pipeline.embed([crops[i] for i in missing])
+            embedded.update({i: feats[j] for j, i in enumerate(missing)})
+        for i, ev, quality in wanted:
+            ev.add_view(frame_index, quality, embedded[i])
+            label, score = self._decide(ev, index)
+            if label != ev.label or not ev.changes:
+                ev.changes.append({"time": round(seconds, 3), "label": label,
+                                   "score": None if score is None else round(score, 4)})
+            ev.label, ev.score = label, score
+        return [(t.track_id, boxes[i]) for i, t in enumerate(tracks)]
+
+
+class AnnotatedVideoWriter:
+    """Writes the annotated video (boxes, names, track ids) as WebM (VP8), which browsers play,
+    to a temporary name renamed into place by `finish()`; `discard()` removes it."""
+
+    def __init__(self, path, fps, size):
+        self.path = path
+        self.tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.part.webm")
+        self._writer = cv2.VideoWriter(self.tmp, cv2.VideoWriter_fourcc(*"VP80"), float(fps), tuple(size))
+        if not self._writer.isOpened():
+            raise UserError(f"cannot write {path}: OpenCV has no WebM (VP8) encoder here; turn the annotated "
+                            "video off with -o Video.save_video=False")
+
+    def __call__(self, frame, faces):
+        img = frame.copy()
+        h, w = img.shape[:2]
+        thick = max(1, int(round(max(h, w) / 400)))
+        for track_id, box, ev in faces:
+            x1, y1, x2, y2 = [int(round(v)) for v in box]
+            known = ev.label != UNKNOWN_LABEL
+            color = (40, 200, 40) if known else (40, 40, 230)
+            cv2.rectangle(img, (x1, y1), (x2, y2), color, thick)
+            text = f"#{track_id} {ev.label}" + (f" {ev.score:.2f}" if ev.score is not None else "")
+            scale = max(0.4, min(1.0, (x2 - x1) / 180))
+            (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+            ty = y1 - 4 if y1 - th - 6 >= 0 else min(h - base - 1, y2 + th + 4)
+            tx = min(max(0, x1), max(0, w - tw - 4))
+            cv2.rectangle(img, (tx, ty - th - 3), (tx + tw + 4, ty + base - 1), color, -1)
+            cv2.putText(img, text, (tx + 2, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+        self._writer.write(img)
+
+    def finish(self):
+        self._writer.release()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def discard(self):
+        self._writer.release()
+        if os.path.exists(self.tmp):
+            os.remove(self.tmp)
