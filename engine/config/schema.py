@@ -301,9 +301,31 @@ class IndexSection:
 
 @dataclass
 class PipelinePredict:
-    input: Any = setting("dataset/face_demo/val/images/p00000", "image, folder (recursive) or a list")
+    input: Any = setting("dataset/face_demo/val/images/p00000", "image, folder (recursive), video file, camera index "
+                         "(0), stream URL (rtsp://, http(s)://...mp4) or a list")
     save_to_img: bool = setting(True, "also save <name>_res.<input suffix> with boxes, labels and scores")
     draw_landmarks: bool = setting(False, "also draw each face's 5 landmarks on that image")
+
+
+@dataclass
+class VideoSection:
+    detect_every: int = setting(2, "video: run the face detector on every n-th frame (tracks carry the faces between)",
+                                min=1)
+    embed_every: int = setting(12, "video: frames before a track's face is embedded again (sooner when a clearly "
+                               "better view comes)", min=1)
+    max_embeddings: int = setting(8, "video: embeddings a track keeps for its vote", min=1)
+    vote: str = setting("mean", "video: a track's label from the mean of its embeddings, or the majority of their "
+                        "decisions", choices=("mean", "majority"))
+    min_track_frames: int = setting(3, "video: detection passes a track needs to be reported (shorter: noise)", min=1)
+    max_missed_seconds: float = setting(1.0, "video: how long a track survives without its face (occlusion, a "
+                                        "missed detection)", min=0.0)
+    merge_gap_seconds: float = setting(1.0, "video: a person's tracks closer than this are one timeline interval",
+                                       min=0.0)
+    reassociate_similarity: Optional[float] = setting(None, "video: least cosine for a face to rejoin the track it "
+                                                      "lost; null = max(0.5, rec_threshold)", min=-1.0, max=1.0)
+    save_video: bool = setting(True, "recognize: also write <stem>_res.webm with boxes, names and track ids")
+    reconnects: int = setting(4, "camera / stream: reopen attempts after it stops sending frames (back-off 0.5 s, "
+                              "1 s, 2 s, 4 s)", min=0)
 
 
 @dataclass
@@ -353,6 +375,7 @@ class PipelineConfig:
     Global: PipelineGlobal = setting(PipelineGlobal, "")
     Index: IndexSection = setting(IndexSection, "")
     Predict: PipelinePredict = setting(PipelinePredict, "")
+    Video: VideoSection = setting(VideoSection, "")
     Serve: ServeSection = setting(ServeSection, "")
     Serving: ServingSection = setting(ServingSection, "")
 

@@ -21,11 +21,12 @@ own scale.
 """
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import cv2
 import numpy as np
 
+from engine.config.schema import VideoSection
 from engine.evaluation.metrics import l2_normalize
 from engine.gallery.faiss_index import UNKNOWN_LABEL, apply_threshold
 from engine.inference.results import PaddleXResult
@@ -37,17 +38,9 @@ VOTE_RULES = ("mean", "majority")
 
 
 @dataclass
-class VideoSettings:
-    detect_every: int = 2  # frames between detection passes
-    embed_every: int = 12  # frames before a track's face is embedded again
-    max_embeddings: int = 8  # embeddings a track keeps for its vote
-    vote: str = "mean"
-    min_track_frames: int = 3  # detection passes a track needs to be reported
-    max_missed_seconds: float = 1.0  # a track survives this long without its face
-    merge_gap_seconds: float = 1.0  # a person's tracks closer than this are one timeline interval
-    # least cosine for a face to rejoin a track it lost; None: max(0.5, rec_threshold), as alike
-    # as a gallery match must be (the model's own scale)
-    reassociate_similarity: float = None
+class VideoSettings(VideoSection):
+    """The pipeline config's Video section (engine.config.schema.VideoSection: the defaults and what
+    each means), checked when built from Python too."""
 
     def __post_init__(self):
         if self.vote not in VOTE_RULES:
@@ -55,6 +48,10 @@ class VideoSettings:
         for name in ("detect_every", "embed_every", "max_embeddings", "min_track_frames"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"Video.{name} must be at least 1, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_config(cls, section):
+        return cls(**{f.name: getattr(section, f.name) for f in fields(VideoSection)})
 
 
 class TrackEvidence:
