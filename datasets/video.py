@@ -82,12 +82,18 @@ class VideoSource:
         self._capture = cv2.VideoCapture(self.source)
         return self._capture.isOpened()
 
-    def frames(self, stop=None):
+    def frames(self, stop=None, wanted=None):
         """Yield (frame index, seconds from the start, BGR frame) until the end, or until `stop()`
-        returns True (checked before each frame)."""
+        returns True (checked before each frame). With `wanted(index)` False a frame is only
+        grabbed, not converted to BGR (cheaper), and yielded as None."""
         while stop is None or not stop():
-            ok, frame = self._capture.read()
-            if not ok or frame is None:
+            index = self.frames_read
+            if wanted is not None and not wanted(index):
+                ok, frame = self._capture.grab(), None
+            else:
+                ok, frame = self._capture.read()
+                ok = ok and frame is not None
+            if not ok:
                 if self.kind == "file":
                     if self.frames_read == 0:
                         raise UserError(f"{self.name}: no frame could be decoded (an empty, truncated or corrupt "
@@ -105,10 +111,9 @@ class VideoSource:
                 self.reconnects_used += 1
                 self._reopen()
                 continue
-            if frame.shape[0] * frame.shape[1] > self.max_pixels:
+            if frame is not None and frame.shape[0] * frame.shape[1] > self.max_pixels:
                 raise UserError(f"{self.name}: a frame of {frame.shape[1]}x{frame.shape[0]} exceeds the "
                                 f"{self.max_pixels:,}-pixel limit (Global.max_image_pixels)")
-            index = self.frames_read
             self.frames_read += 1
             yield index, index / self.fps, frame
 

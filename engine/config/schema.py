@@ -309,7 +309,7 @@ class PipelinePredict:
 
 @dataclass
 class VideoSection:
-    detect_every: int = setting(2, "video: run the face detector on every n-th frame (tracks carry the faces between)",
+    detect_every: int = setting(5, "video: run the face detector on every n-th frame (tracks carry the faces between)",
                                 min=1)
     embed_every: int = setting(12, "video: frames before a track's face is embedded again (sooner when a clearly "
                                "better view comes)", min=1)

@@ -1,6 +1,6 @@
 """Faces in a video, camera or stream: detected, tracked, named once per track, on a timeline.
 
-    recognizer = VideoRecognizer(pipeline, VideoSettings(detect_every=2))
+    recognizer = VideoRecognizer(pipeline, VideoSettings(detect_every=5))
     result = recognizer.run(open_video("talk.mp4"), index)     # a VideoRecognitionResult
     result.save_to_json("output/")                               # talk_res.json
     # with writer=VideoWriterSink("output/talk_res.webm", fps, (w, h)): the annotated video as well
@@ -162,16 +162,18 @@ class VideoRecognizer:
         tracker = FaceTracker(max_missed=max_missed, feature_match=max(0.5, self.rec_threshold)
                               if similarity is None else similarity)
         evidence = {}
-        live_faces = []  # [(track_id, box)] drawn on the frames between detection passes
+        live_tracks = []  # the last detection pass's tracks, drawn where their motion takes them until the next
         partial = False
         frames = 0
         try:
-            for frame_index, seconds, frame in source.frames(stop):
+            # without an annotated video, frames between detection passes are only grabbed
+            wanted = None if writer is not None else (lambda i: i % s.detect_every == 0)
+            for frame_index, seconds, frame in source.frames(stop, wanted):
                 frames = frame_index + 1
                 if frame_index % s.detect_every == 0:
-                    live_faces = self._detection_pass(frame_index, seconds, frame, tracker, evidence, index)
+                    live_tracks = self._detection_pass(frame_index, seconds, frame, tracker, evidence, index)
                 if writer is not None:
-                    writer(frame, [(tid, box, evidence[tid]) for tid, box in live_faces])
+                    writer(frame, [(t.track_id, t.predicted(frame_index), evidence[t.track_id]) for t in live_tracks])
                 if progress is not None:
                     progress.update(1)
             partial = stop is not None and stop()
@@ -227,7 +229,7 @@ class VideoRecognizer:
                 ev.changes.append({"time": round(seconds, 3), "label": label,
                                    "score": None if score is None else round(score, 4)})
             ev.label, ev.score = label, score
-        return [(t.track_id, boxes[i]) for i, t in enumerate(tracks)]
+        return tracks
 
 
 class AnnotatedVideoWriter:
