@@ -23,8 +23,9 @@ class ImageReadError(Exception):
     """An image file that is missing or does not decode."""
 
 
-def list_images(folder):
-    """Image files under `folder`, recursively, sorted by path; hidden files and folders skipped.
+def list_images(folder, extensions=IMAGE_EXTENSIONS):
+    """Image files (or files of other `extensions`) under `folder`, recursively, sorted by path;
+    hidden files and folders skipped.
 
     The one folder walk behind predict inputs, gallery folders and the folder importer.
     """
@@ -32,7 +33,7 @@ def list_images(folder):
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found.extend(os.path.join(root, f) for f in files
-                     if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+                     if f.lower().endswith(extensions) and not f.startswith("."))
     return sorted(found)
 
 

@@ -256,3 +256,133 @@ def test_a_clip_of_real_photos_gives_one_named_track_per_appearance(pipeline, tm
     result = VideoRecognizer(pipeline, rec_threshold=0.955).run(open_video(str(clip)), index)
     check_against_script(result, script, known={"Colin_Powell", "Tony_Blair", "Hugo_Chavez"})
     assert len(result["timeline"]["Colin_Powell"]) == 2
+
+
+# --------------------------------------------------------------------------- the command line
+PIPELINE = os.path.join(REPO_ROOT, "configs", "face_recognition", "pipeline.yaml")
+
+
+@pytest.fixture(scope="module")
+def cli_setup(tmp_path_factory):
+    """A random model, a gallery folder of alice and bob as the demo clip shows them, its index, and
+    the clip."""
+    from _tiny_face_model import export_random_model
+
+    from main import main
+
+    root = tmp_path_factory.mktemp("video_cli")
+    model = export_random_model(root / "model")
+    faces = demo_people(DEMO_DIR)
+    bg = background((640, 360))
+    for k, a in enumerate(x for x in DEMO_SCRIPT if x.person in ("alice", "bob")):
+        folder = root / "gallery" / a.person
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"{k}.png"), render([Appearance(a.person, 0, 1, a.first, a.first)], faces, 0.0,
+                                                      (640, 360), bg))
+    make_clip(root / "people.mp4", DEMO_SCRIPT, faces)
+    common = [f"SubModules.Recognition.model_dir={model}", f"index={root / 'index'}", "det_threshold=0.5",
+              "rec_threshold=0.95"]
+    args = ["-c", PIPELINE, *[x for o in ["Global.mode=build_index", f"Index.gallery={root / 'gallery'}", *common]
+                              for x in ("-o", o)]]
+    assert main(args) == 0
+    return root, common
+
+
+def _recognize(common, *more):
+    from main import main
+
+    return main(["-c", PIPELINE, *[x for o in ["Global.mode=recognize", *common, *more] for x in ("-o", o)]])
+
+
+def test_cli_recognizes_a_video_into_a_timeline_and_an_annotated_video(cli_setup, tmp_path, capsys):
+    root, common = cli_setup
+    out = tmp_path / "out"
+    assert _recognize(common, f"Predict.input={root / 'people.mp4'}", f"Global.output={out}") == 0
+    printed = capsys.readouterr().out
+    assert "alice: 2 appearances" in printed and "bob: 1 appearance" in printed and "1 video(s)" in printed
+    result = json.loads((out / "people_res.json").read_text())
+    check_against_script(result, DEMO_SCRIPT, known={"alice", "bob"})
+    assert (out / "people_res.webm").stat().st_size > 0 and not list(out.glob(".*part*"))
+    assert "recognize.log" in os.listdir(out)
+
+
+def test_cli_a_folder_of_photos_and_videos(cli_setup, tmp_path, capsys):
+    """A video in a folder is a video, not a skipped non-image; a corrupt one is skipped and counted."""
+    root, common = cli_setup
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    shutil_copy(root / "people.mp4", folder / "a_clip.mp4")
+    shutil_copy(next((root / "gallery" / "bob").glob("*.png")), folder / "b_photo.png")
+    (folder / "c_broken.mp4").write_bytes(b"\x00" * 4096)
+    out = tmp_path / "out"
+    assert _recognize(common, f"Predict.input={folder}", f"Global.output={out}", "Video.save_video=False") == 1
+    err = capsys.readouterr().err
+    assert "1 input(s) could not be read" in err and "c_broken.mp4" in err
+    assert json.loads((out / "b_photo_res.json").read_text())["boxes"][0]["label"] == "bob"
+    assert json.loads((out / "a_clip_res.json").read_text())["timeline"].keys() == {"alice", "bob", "unknown"}
+    assert not (out / "a_clip_res.webm").exists()
+
+
+def shutil_copy(src, dst):
+    import shutil
+
+    shutil.copyfile(src, dst)
+
+
+def test_cli_bad_video_inputs_are_one_line(cli_setup, tmp_path, capsys):
+    root, common = cli_setup
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all" * 100)
+    out = tmp_path / "out"
+    assert _recognize(common, f"Predict.input={broken}", f"Global.output={out}") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "broken.mp4" in err[0] and "re-encode" in err[0]
+    assert not list(out.glob("broken_res*")) and not list(out.glob(".*"))  # no half-written output
+    assert _recognize(common, f"Predict.input={tmp_path / 'gone.mp4'}", f"Global.output={out}") == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_model_predict_on_a_video_says_where_videos_go(tmp_path, capsys):
+    from _tiny_face_model import CONFIG, export_random_model
+
+    from main import main
+
+    model = export_random_model(tmp_path / "model")
+    clip = tmp_path / "c.mp4"
+    make_clip(clip, [Appearance("x", 0, 0.2, (0, 0, 50), (0, 0, 50))], {"x": np.zeros((50, 50, 3), np.uint8)},
+              size=(64, 64))
+    code = main(["-c", CONFIG, "-o", "Global.mode=predict", "-o", f"Predict.input={clip}",
+                 "-o", f"Predict.model_dir={model}", "-o", f"Global.output={tmp_path / 'out'}"])
+    err = capsys.readouterr().err
+    assert code == 1 and "is a video: the face recognition pipeline reads videos" in err
+
+
+def test_sigterm_mid_video_writes_what_was_processed(cli_setup, tmp_path):
+    """SIGTERM during a long video: the results so far, marked partial, and exit 130."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, common = cli_setup
+    faces = demo_people(DEMO_DIR)
+    long_script = [Appearance(a.person, a.start + 9 * k, a.end + 9 * k, a.first, a.last)
+                   for k in range(8) for a in DEMO_SCRIPT]
+    clip = tmp_path / "long.mp4"
+    make_clip(clip, long_script, faces)
+    out = tmp_path / "out"
+    cmd = [sys.executable, os.path.join(REPO_ROOT, "main.py"), "-c", PIPELINE,
+           *[x for o in ["Global.mode=recognize", *common, f"Predict.input={clip}", f"Global.output={out}"]
+             for x in ("-o", o)]]
+    proc = subprocess.Popen(cmd, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob(".long_res.webm.part*")):
+        time.sleep(0.1)
+    time.sleep(1.5)  # some frames in
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    result = json.loads((out / "long_res.json").read_text())
+    assert result["partial"] and result["interrupted"] and 0 < result["frames"] < 72 * 25
+    assert (out / "long_res.webm").stat().st_size > 0 and not list(out.glob(".long_res*"))
+    assert "Interrupted:" in stdout

@@ -1,7 +1,9 @@
 """Model inputs: what a user may pass as images, expanded once into items, and how each is loaded.
 
 An input is an image path, a folder (searched recursively, sorted), an http(s) URL, a numpy BGR
-array, or a list of these. Shared by predict, the recognition pipeline and the Python API.
+array, or a list of these. Shared by predict, the recognition pipeline and the Python API. With
+videos=True (the pipeline) a video file, a camera index or a stream URL is an input too, and the
+videos in a folder are taken with its images (datasets.video reads them).
 """
 import os
 import tempfile
@@ -11,6 +13,7 @@ import numpy as np
 
 from datasets.demo import ensure_demo
 from datasets.transforms import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageReadError, list_images, read_image, to_bgr
+from datasets.video import VIDEO_EXTENSIONS, camera_index, is_stream_url, is_video_path
 from foundation.atomic_io import download_file, unique_name
 from foundation.errors import UserError
 
@@ -20,13 +23,14 @@ ARRAY_PREFIX = "array_"
 class InputItem:
     """One image to process: where it came from, the name its result files take, how to load it."""
 
-    __slots__ = ("input_path", "name", "array", "explicit")
+    __slots__ = ("input_path", "name", "array", "explicit", "video")
 
-    def __init__(self, input_path, name, array=None, explicit=True):
-        self.input_path = input_path
+    def __init__(self, input_path, name, array=None, explicit=True, video=False):
+        self.input_path = input_path  # a camera's index for a camera
         self.name = name
         self.array = array
         self.explicit = explicit  # named by the user (errors stop the run) vs found in a folder (skipped)
+        self.video = video  # a video file, camera or stream: datasets.video.open_video(input_path)
 
 
 def is_expanded(inputs):
@@ -62,11 +66,21 @@ def download(url, timeout=30):
     return tmp
 
 
-def expand_inputs(inputs):
+def _video_item(value):
+    """The InputItem of a camera index or a stream URL, or None."""
+    camera = camera_index(value)
+    if camera is not None and not (isinstance(value, str) and os.path.exists(value)):
+        return InputItem(camera, f"camera_{camera}", video=True)
+    if isinstance(value, str) and is_stream_url(value):
+        return InputItem(value, os.path.splitext(os.path.basename(value.split("?", 1)[0]))[0] or "stream", video=True)
+    return None
+
+
+def expand_inputs(inputs, videos=False):
     """[InputItem] for a path, folder, URL, numpy array or a list of these, each with a result
-    name of its own. UserError on a missing path, an empty folder or an unsupported value, before
-    any image is processed."""
-    if isinstance(inputs, (str, os.PathLike, np.ndarray)):
+    name of its own (with videos=True also video files, camera indexes and stream URLs). UserError
+    on a missing path, an empty folder or an unsupported value, before any image is processed."""
+    if isinstance(inputs, (str, os.PathLike, np.ndarray)) or (videos and isinstance(inputs, int)):
         inputs = [inputs]
     elif not isinstance(inputs, (list, tuple)):
         raise UserError(f"unsupported input type {type(inputs).__name__}: give an image path, a folder, a URL, "
@@ -82,21 +96,29 @@ def expand_inputs(inputs):
             items.append(InputItem(None, f"{ARRAY_PREFIX}{array_count}", array=value))
             array_count += 1
             continue
+        video = _video_item(value) if videos else None
+        if video is not None:
+            items.append(video)
+            continue
         if not isinstance(value, (str, os.PathLike)):
-            raise UserError(f"unsupported input {type(value).__name__}: give image paths, folders, URLs or numpy images")
+            raise UserError(f"unsupported input {type(value).__name__}: give image paths, folders, URLs or numpy images"
+                            + (", video files, camera indexes or stream URLs" if videos else ""))
         text = os.fspath(value)
         if is_url(text):
             items.append(InputItem(text, os.path.splitext(os.path.basename(text.split("?", 1)[0]))[0] or "url"))
             continue
         if os.path.isdir(text):
-            files = list_images(text)
+            files = list_images(text, IMAGE_EXTENSIONS + (VIDEO_EXTENSIONS if videos else ()))
             if not files:
-                raise UserError(f"input folder {text} holds no images ({', '.join(IMAGE_EXTENSIONS)}, searched recursively)")
+                raise UserError(f"input folder {text} holds no images ({', '.join(IMAGE_EXTENSIONS)}"
+                                + (f") or videos ({', '.join(VIDEO_EXTENSIONS)}" if videos else "")
+                                + ", searched recursively)")
             for f in files:
-                items.append(InputItem(f, os.path.splitext(os.path.basename(f))[0], explicit=False))
+                items.append(InputItem(f, os.path.splitext(os.path.basename(f))[0], explicit=False,
+                                       video=is_video_path(f)))
                 inside[len(items) - 1] = os.path.splitext(os.path.relpath(f, text))[0].replace(os.sep, "_")
         elif os.path.isfile(text):
-            items.append(InputItem(text, os.path.splitext(os.path.basename(text))[0]))
+            items.append(InputItem(text, os.path.splitext(os.path.basename(text))[0], video=videos and is_video_path(text)))
         else:
             raise UserError(f"input {text} does not exist (give an image file, a folder of images or a URL)")
     # A result is named after its input's stem, as PaddleX names it; stems that repeat in one run
@@ -108,21 +130,27 @@ def expand_inputs(inputs):
     return unique_names(items)
 
 
-def configured_inputs(value, key="Predict.input"):
-    """The InputItems of a config's input setting (a path, folder, URL or a list of them), for the
-    predict and recognize runners. A path inside the built-in demo dataset generates it first, so
-    the default configs run out of the box."""
+def configured_inputs(value, key="Predict.input", videos=False):
+    """The InputItems of a config's input setting (a path, folder, URL or a list of them; with
+    videos=True also video files, a camera index, stream URLs), for the predict and recognize
+    runners. A path inside the built-in demo dataset generates it first, so the default configs run
+    out of the box."""
     if value is None or (isinstance(value, str) and not value.strip()):
         raise UserError(f"{key} is empty: pass -o {key}=<image, folder or URL>")
-    values = [value] if isinstance(value, str) else [str(v) for v in value]
+    values = [value] if isinstance(value, (str, int)) else list(value)
+    values = [v if isinstance(v, int) and not isinstance(v, bool) else str(v) for v in values]
     for text in values:
-        ensure_demo(text)
-    return expand_inputs(values)
+        if isinstance(text, str):
+            ensure_demo(text)
+    return expand_inputs(values, videos=videos)
 
 
 def load_item(item, max_pixels=DEFAULT_MAX_PIXELS):
     """The BGR uint8 image of an InputItem; UserError (one line) when it cannot be read or is larger
     than `max_pixels` (Global.max_image_pixels)."""
+    if item.video or is_video_path(item.input_path or ""):
+        raise UserError(f"{item.input_path} is a video: the face recognition pipeline reads videos (Global.mode="
+                        "recognize with configs/face_recognition/pipeline.yaml, or pipeline.predict)")
     try:
         if item.array is not None:
             return to_bgr(item.array)

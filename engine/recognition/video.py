@@ -163,7 +163,7 @@ class VideoRecognizer:
                               if similarity is None else similarity)
         evidence = {}
         live_tracks = []  # the last detection pass's tracks, drawn where their motion takes them until the next
-        partial = False
+        partial = interrupted = False
         frames = 0
         try:
             # without an annotated video, frames between detection passes are only grabbed
@@ -178,7 +178,7 @@ class VideoRecognizer:
                     progress.update(1)
             partial = stop is not None and stop()
         except KeyboardInterrupt:
-            partial = True
+            partial = interrupted = True
         tracks = []
         for t in tracker.finish():
             ev = evidence.get(t.track_id)
@@ -196,7 +196,8 @@ class VideoRecognizer:
         return VideoRecognitionResult({
             "input_path": source.name, "fps": round(source.fps, 3), "fps_from_container": source.fps_known,
             "frames": frames, "duration": round(frames / source.fps, 3), "partial": bool(partial),
-            "ended_early": source.ended_early, "detect_every": s.detect_every, "vote": s.vote,
+            "ended_early": source.ended_early, "interrupted": interrupted, "detect_every": s.detect_every,
+            "vote": s.vote,
             "rec_threshold": round(self.rec_threshold, 4), "tracks": tracks,
             "timeline": timeline(tracks, s.merge_gap_seconds),
         }, name)
@@ -230,6 +231,41 @@ class VideoRecognizer:
                                    "score": None if score is None else round(score, 4)})
             ev.label, ev.score = label, score
         return tracks
+
+
+def recognize_video(pipeline, source, index, settings=None, name=None, save_dir=None, save_video=False,
+                    progress=True, stop=None, max_pixels=None):
+    """Open `source` (a video file, a camera index, a stream URL), run the VideoRecognizer over it
+    and return its VideoRecognitionResult; with save_dir and save_video, <name>_res.webm (the
+    annotated video) is written there too, renamed into place only once it is complete (an error
+    leaves no file; Ctrl-C leaves the frames up to it, the result marked partial)."""
+    from datasets.video import open_video
+    from foundation.progress import Progress
+
+    settings = settings or VideoSettings()
+    opened = open_video(source, max_pixels or pipeline.max_image_pixels, settings.reconnects)
+    name = name or os.path.splitext(os.path.basename(str(source)))[0]
+    writer = None
+    try:
+        if save_dir and save_video:
+            os.makedirs(save_dir, exist_ok=True)
+            writer = AnnotatedVideoWriter(os.path.join(save_dir, f"{name}_res.webm"), opened.fps,
+                                          (opened.width, opened.height))
+        with Progress(opened.frame_count or None, desc=f"video {name}", unit="frame", enabled=progress) as bar:
+            result = VideoRecognizer(pipeline, settings).run(opened, index, writer=writer, progress=bar, stop=stop)
+    except BaseException:
+        if writer is not None:
+            writer.discard()
+        raise
+    finally:
+        opened.close()
+    result.name = name
+    if writer is not None:
+        if result["frames"]:
+            result["video_path"] = writer.finish()
+        else:
+            writer.discard()
+    return result
 
 
 class AnnotatedVideoWriter:
