@@ -151,18 +151,18 @@ class VideoRecognizer:
         best = max((s for lab, s in decisions if lab == label and s is not None), default=None)
         return label, best
 
+    def session(self, index, fps, detect_every=None):
+        """A VideoSession: one video's tracker and evidence, fed one detection pass at a time."""
+        return VideoSession(self, index, fps, self.settings.detect_every if detect_every is None else detect_every)
+
     def run(self, source, index, writer=None, progress=None, stop=None):
         """A VideoRecognitionResult for an opened datasets.video.VideoSource. `writer(frame,
         drawn_faces)` receives every frame with its live tracks (for the annotated video);
         `progress` is a foundation.progress.Progress; `stop()` ends the run early (Ctrl-C, SIGTERM,
         a client gone), the result then marked partial. KeyboardInterrupt ends it the same way."""
         s = self.settings
-        max_missed = max(1, int(round(s.max_missed_seconds * source.fps / s.detect_every)))
-        similarity = s.reassociate_similarity
-        tracker = FaceTracker(max_missed=max_missed, feature_match=max(0.5, self.rec_threshold)
-                              if similarity is None else similarity)
-        evidence = {}
-        live_tracks = []  # the last detection pass's tracks, drawn where their motion takes them until the next
+        session = self.session(index, source.fps)
+        live = []  # the last detection pass's faces, drawn where their motion takes them until the next
         partial = interrupted = False
         frames = 0
         try:
@@ -171,66 +171,85 @@ class VideoRecognizer:
             for frame_index, seconds, frame in source.frames(stop, wanted):
                 frames = frame_index + 1
                 if frame_index % s.detect_every == 0:
-                    live_tracks = self._detection_pass(frame_index, seconds, frame, tracker, evidence, index)
+                    live = session.see(frame_index, seconds, frame)
                 if writer is not None:
-                    writer(frame, [(t.track_id, t.predicted(frame_index), evidence[t.track_id]) for t in live_tracks])
+                    writer(frame, [(t.track_id, t.predicted(frame_index), ev) for t, ev in live])
                 if progress is not None:
                     progress.update(1)
             partial = stop is not None and stop()
         except KeyboardInterrupt:
             partial = interrupted = True
-        tracks = []
-        for t in tracker.finish():
-            ev = evidence.get(t.track_id)
-            if ev is None or len(ev.samples) < s.min_track_frames or not ev.features:
-                continue
-            tracks.append({"track_id": t.track_id, "label": ev.label,
-                           "score": None if ev.score is None else round(ev.score, 4),
-                           "start_time": round(ev.samples[0][1], 3),
-                           "end_time": round(ev.samples[-1][1] + s.detect_every / source.fps, 3),
-                           "embeddings": len(ev.features), "changes": ev.changes,
-                           "boxes": [[round(sec, 3), *[round(float(v), 1) for v in box], round(score, 4)]
-                                     for _, sec, box, score in ev.samples]})
-        tracks.sort(key=lambda t: (t["start_time"], t["track_id"]))  # ids as drawn on the annotated video
+        tracks = session.finish()
         name = os.path.splitext(os.path.basename(str(source.source)))[0] if source.kind == "file" else source.kind
         return VideoRecognitionResult({
             "input_path": source.name, "fps": round(source.fps, 3), "fps_from_container": source.fps_known,
             "frames": frames, "duration": round(frames / source.fps, 3), "partial": bool(partial),
             "ended_early": source.ended_early, "interrupted": interrupted, "detect_every": s.detect_every,
-            "vote": s.vote,
-            "rec_threshold": round(self.rec_threshold, 4), "tracks": tracks,
+            "vote": s.vote, "rec_threshold": round(self.rec_threshold, 4), "tracks": tracks,
             "timeline": timeline(tracks, s.merge_gap_seconds),
         }, name)
 
-    def _detection_pass(self, frame_index, seconds, frame, tracker, evidence, index):
-        found = self.pipeline.faces_of(frame, self.det_threshold)
+
+class VideoSession:
+    """One video's tracker and each track's evidence. `see(frame_index, seconds, frame)` runs a
+    detection pass and returns [(Track, TrackEvidence)] of its faces; `finish()` ends every track
+    and returns the reported ones (the service's live mode calls `see` per frame it receives)."""
+
+    def __init__(self, recognizer, index, fps, detect_every):
+        s = recognizer.settings
+        self.recognizer, self.index, self.settings = recognizer, index, s
+        self.pass_seconds = detect_every / float(fps)  # what one detection pass stands for
+        similarity = s.reassociate_similarity
+        self.tracker = FaceTracker(max_missed=max(1, int(round(s.max_missed_seconds / self.pass_seconds))),
+                                   feature_match=max(0.5, recognizer.rec_threshold) if similarity is None else similarity)
+        self.evidence = {}
+
+    def see(self, frame_index, seconds, frame):
+        r, pipeline = self.recognizer, self.recognizer.pipeline
+        found = pipeline.faces_of(frame, r.det_threshold)
         if not found:
-            tracker.update(frame_index, np.zeros((0, 4)), [])
+            self.tracker.update(frame_index, np.zeros((0, 4)), [])
             return []
         boxes = np.array([f.box for f, _ in found], np.float64)
         scores = [float(f.score) for f, _ in found]
         crops = [c for _, c in found]
-        tracks, embedded = tracker.update(frame_index, boxes, scores,
-                                          lambda idx: self.pipeline.embed([crops[i] for i in idx]))
+        tracks, embedded = self.tracker.update(frame_index, boxes, scores,
+                                               lambda idx: pipeline.embed([crops[i] for i in idx]))
         wanted = []
         for i, track in enumerate(tracks):
-            ev = evidence.setdefault(track.track_id, TrackEvidence(track.track_id))
+            ev = self.evidence.setdefault(track.track_id, TrackEvidence(track.track_id))
             ev.samples.append((frame_index, seconds, boxes[i], scores[i]))
             quality = view_quality(boxes[i], scores[i])
             if ev.wants_view(frame_index, quality, self.settings):
                 wanted.append((i, ev, quality))
         missing = [i for i, _, _ in wanted if i not in embedded]
         if missing:
-            feats = self.pipeline.embed([crops[i] for i in missing])
+            feats = pipeline.embed([crops[i] for i in missing])
             embedded.update({i: feats[j] for j, i in enumerate(missing)})
         for i, ev, quality in wanted:
             ev.add_view(frame_index, quality, embedded[i])
-            label, score = self._decide(ev, index)
+            label, score = r._decide(ev, self.index)
             if label != ev.label or not ev.changes:
                 ev.changes.append({"time": round(seconds, 3), "label": label,
                                    "score": None if score is None else round(score, 4)})
             ev.label, ev.score = label, score
-        return tracks
+        return [(t, self.evidence[t.track_id]) for t in tracks]
+
+    def finish(self):
+        """End every track; the reported ones (long enough, embedded at least once) as dicts, by start."""
+        tracks = []
+        for t in self.tracker.finish():
+            ev = self.evidence.get(t.track_id)
+            if ev is None or len(ev.samples) < self.settings.min_track_frames or not ev.features:
+                continue
+            tracks.append({"track_id": t.track_id, "label": ev.label,
+                           "score": None if ev.score is None else round(ev.score, 4),
+                           "start_time": round(ev.samples[0][1], 3),
+                           "end_time": round(ev.samples[-1][1] + self.pass_seconds, 3),
+                           "embeddings": len(ev.features), "changes": ev.changes,
+                           "boxes": [[round(sec, 3), *[round(float(v), 1) for v in box], round(score, 4)]
+                                     for _, sec, box, score in ev.samples]})
+        return sorted(tracks, key=lambda t: (t["start_time"], t["track_id"]))  # ids as drawn on the video
 
 
 def recognize_video(pipeline, source, index, settings=None, name=None, save_dir=None, save_video=False,
