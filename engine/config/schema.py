@@ -348,6 +348,13 @@ class ServeSection:
     url_allow_private: bool = setting(False, "also fetch image URLs that lead to loopback, private or link-local "
                                       "addresses (off: only public ones, so clients cannot reach the server's "
                                       "own network)")
+    max_video_seconds: float = setting(120.0, "/face-recognition-video: longest clip (a longer one is refused when "
+                                       "its header says so, else cut there)", greater_than=0.0)
+    video_timeout: float = setting(120.0, "/face-recognition-video: seconds a clip may take (the answer is then "
+                                   "marked partial)", greater_than=0.0)
+    max_live_sessions: int = setting(8, "/face-recognition-live: sessions (live cameras) at once", min=1)
+    live_idle_seconds: float = setting(30.0, "/face-recognition-live: a session without a frame this long ends",
+                                       greater_than=0.0)
     shutdown_timeout: float = setting(30.0, "seconds in-flight requests get to finish on Ctrl-C / SIGTERM",
                                       min=0.0)
 

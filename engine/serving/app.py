@@ -10,9 +10,11 @@ from fastapi.staticfiles import StaticFiles
 
 from engine.gallery.backend import GallerySettings
 from engine.recognition.pipeline import FaceRecognitionPipeline
+from engine.recognition.video import VideoSettings
 from engine.serving import envelope
 from engine.serving.endpoints import FaceRecognitionEndpoints
 from engine.serving.envelope import BodyLimit, Guard, ServiceError, ServiceLimits, read_api_keys
+from engine.serving.video import VideoEndpoints, VideoLimits
 from foundation.errors import UserError
 from foundation.logger import get_logger
 
@@ -60,20 +62,25 @@ def app_from_config(cfg):
                            url_allow_private=serve.url_allow_private,
                            max_image_pixels=cfg.Global.max_image_pixels,
                            max_request_pixels=serve.max_request_pixels)
-    app = create_app(pipeline, store, limits, visualize=cfg.Serving.visualize)
+    video_limits = VideoLimits(max_video_seconds=serve.max_video_seconds, video_timeout=serve.video_timeout,
+                               max_live_sessions=serve.max_live_sessions, live_idle_seconds=serve.live_idle_seconds)
+    app = create_app(pipeline, store, limits, visualize=cfg.Serving.visualize,
+                     video=(VideoSettings.from_config(cfg.Video), video_limits))
     return Guard(app, api_keys, allowed_hosts(serve.host, serve.allowed_hosts)), pipeline, store
 
 
-def create_app(pipeline, store, limits=None, visualize=True):
+def create_app(pipeline, store, limits=None, visualize=True, video=None):
     """The ASGI app serving `pipeline` (engine.recognition.pipeline.FaceRecognitionPipeline) with the
     indexes of `store` (engine.gallery.store), every request body bounded by `limits`. A request
     without an indexKey searches the pipeline's loaded index (`pipeline.index`), if any; `visualize`
-    is whether infer returns the drawn image when the request does not say."""
+    is whether infer returns the drawn image when the request does not say; `video` the (VideoSettings,
+    VideoLimits) of the video endpoints (default: the config's defaults)."""
     limits = limits or ServiceLimits()
     app = FastAPI(title="facefeat face recognition", docs_url="/docs", redoc_url=None)
     envelope.install(app, get_logger())
     endpoints = FaceRecognitionEndpoints(pipeline, store, limits, visualize)
     endpoints.register(app)
+    VideoEndpoints(endpoints, *(video or (VideoSettings(), VideoLimits()))).register(app)
 
     @app.get("/", include_in_schema=False)
     async def page():

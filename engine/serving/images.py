@@ -144,6 +144,10 @@ class ImageIntake:
         finally:
             self.fetching -= 1
 
+    async def raw_bytes(self, text, where):
+        """The bytes of one file sent inline (base64) or as a URL, not checked as an image (a video)."""
+        return await self._bytes(text, where)
+
     async def take(self, texts, wheres):
         """The file bytes of a request's images, checked before any is decoded: every problem of the
         request in one ServiceError (the largest status), nothing decoded when there is one."""
