@@ -98,3 +98,18 @@ DEMO_SCRIPT = (
     Appearance("alice", 5.5, 8.0, (40, 90, 170), (120, 80, 220)),
     Appearance("carol", 6.0, 9.0, (400, 60, 210), (420, 80, 180)),
 )
+
+
+def write_y4m(path, script, faces, size=(640, 360), fps=10, seconds=None, seed=0):
+    """The clip as a YUV4MPEG2 file (uncompressed I420): what Chromium's fake camera plays
+    (--use-file-for-fake-video-capture). Returns its frame count."""
+    seconds = seconds if seconds is not None else max(a.end for a in script)
+    w, h = size
+    bg = background(size, seed)
+    frames = int(round(seconds * fps))
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F{int(fps)}:1 Ip A1:1 C420jpeg\n".encode())
+        for i in range(frames):
+            f.write(b"FRAME\n")
+            f.write(cv2.cvtColor(render(script, faces, i / fps, size, bg), cv2.COLOR_BGR2YUV_I420).tobytes())
+    return frames
