@@ -20,6 +20,8 @@ as a gallery match (rec_threshold, at least 0.5): the tracker's appearance test 
 own scale.
 """
 import os
+import queue
+import threading
 from collections import Counter
 from dataclasses import dataclass, fields
 
@@ -289,22 +291,48 @@ def recognize_video(pipeline, source, index, settings=None, name=None, save_dir=
 
 class AnnotatedVideoWriter:
     """Writes the annotated video (boxes, names, track ids) as WebM (VP8), which browsers play,
-    to a temporary name renamed into place by `finish()`; `discard()` removes it."""
+    to a temporary name renamed into place by `finish()`; `discard()` removes it.
 
-    def __init__(self, path, fps, size):
+    VP8 encoding is slower than the recognition (one thread of libvpx, about 21 frames/s at 720p on
+    a Zen 5 core), so frames are drawn at most `max_width` pixels wide and encoded on a thread of
+    their own, beside the recognition, through a short queue."""
+
+    QUEUE = 8  # frames waiting for the encoder: the recognition waits beyond that
+
+    def __init__(self, path, fps, size, max_width=640):
         self.path = path
         self.tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.part.webm")
-        self._writer = cv2.VideoWriter(self.tmp, cv2.VideoWriter_fourcc(*"VP80"), float(fps), tuple(size))
+        w, h = size
+        self.scale = min(1.0, max_width / float(w)) if max_width else 1.0
+        self.size = (max(2, int(round(w * self.scale)) // 2 * 2), max(2, int(round(h * self.scale)) // 2 * 2))
+        self._writer = cv2.VideoWriter(self.tmp, cv2.VideoWriter_fourcc(*"VP80"), float(fps), self.size)
         if not self._writer.isOpened():
             raise UserError(f"cannot write {path}: OpenCV has no WebM (VP8) encoder here; turn the annotated "
                             "video off with -o Video.save_video=False")
+        self._queue = queue.Queue(self.QUEUE)
+        self._error = None
+        self._thread = threading.Thread(target=self._encode, name="webm-encoder", daemon=True)
+        self._thread.start()
+
+    def _encode(self):
+        while True:
+            img = self._queue.get()
+            if img is None:
+                return
+            try:
+                self._writer.write(img)
+            except cv2.error as e:  # reported by the next __call__ or finish
+                self._error = e
 
     def __call__(self, frame, faces):
-        img = frame.copy()
+        if self._error is not None:
+            raise UserError(f"writing {self.path} failed: {self._error}")
+        img = frame if self.scale == 1.0 else cv2.resize(frame, self.size, interpolation=cv2.INTER_AREA)
+        img = img.copy() if img is frame else img
         h, w = img.shape[:2]
         thick = max(1, int(round(max(h, w) / 400)))
         for track_id, box, ev in faces:
-            x1, y1, x2, y2 = [int(round(v)) for v in box]
+            x1, y1, x2, y2 = [int(round(v * self.scale)) for v in box]
             known = ev.label != UNKNOWN_LABEL
             color = (40, 200, 40) if known else (40, 40, 230)
             cv2.rectangle(img, (x1, y1), (x2, y2), color, thick)
@@ -315,14 +343,23 @@ class AnnotatedVideoWriter:
             tx = min(max(0, x1), max(0, w - tw - 4))
             cv2.rectangle(img, (tx, ty - th - 3), (tx + tw + 4, ty + base - 1), color, -1)
             cv2.putText(img, text, (tx + 2, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
-        self._writer.write(img)
+        self._queue.put(img)
+
+    def _close(self):
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._writer.release()
 
     def finish(self):
-        self._writer.release()
+        self._close()
+        if self._error is not None:
+            self.discard()
+            raise UserError(f"writing {self.path} failed: {self._error}")
         os.replace(self.tmp, self.path)
         return self.path
 
     def discard(self):
-        self._writer.release()
+        self._close()
         if os.path.exists(self.tmp):
             os.remove(self.tmp)
