@@ -2,8 +2,8 @@
 `Global.num_threads=N` keeps N cores busy on a folder of photos.
 
 Why processes: Paddle Inference holds the GIL for the whole of predictor.run() (its Python binding
-does not release it), so a thread that decodes or detects waits out every forward pass; with
-threads, 2 cores ran the pipeline at 1.18x its 1-thread rate. Each worker is a fresh interpreter
+does not release it: a Python thread ran at a tenth of its speed while the predictor ran), so a
+thread that decodes or detects waits out every forward pass. Each worker is a fresh interpreter
 started with `python -c` (multiprocessing would run a user's script again in every worker when
 it lacks an `if __name__ == "__main__"` guard) that builds its own detector and model from a
 WorkerRecipe, each on 1 thread. The pipeline's process hands out tasks, batches the crops in input
@@ -14,6 +14,7 @@ A worker exits when its task pipe closes, so it never outlives the process that 
 """
 import logging
 import os
+import pickle
 import queue
 import subprocess
 import sys
@@ -34,7 +35,7 @@ from models.face_detector import build_detector
 
 # Starting a worker (a fresh interpreter importing Paddle and building the model) takes 1-2 s of a
 # core; a call shorter than about this many photos is done sooner in the pipeline's own process.
-MIN_IMAGES_TO_START = 200
+MIN_IMAGES_TO_START = 500
 # Tasks handed to a worker ahead of its results, so it never waits for the pipeline's process.
 TASKS_PER_WORKER = 2
 TASK_KINDS = ("faces", "gallery_face", "embed")  # the FaceStages methods a worker runs
@@ -168,6 +169,10 @@ class WorkerPool:
             # a session of its own: Ctrl-C reaches the pipeline's process, which closes the pool
             proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(task_read, result_write), env=env,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        except BaseException:
+            os.close(task_write)
+            os.close(result_read)
+            raise
         finally:
             os.close(task_read)
             os.close(result_write)
@@ -178,7 +183,7 @@ class WorkerPool:
         sender = threading.Thread(target=_send_loop, args=(tasks, send_queue), daemon=True,
                                   name=f"pipeline-worker-{proc.pid}")
         sender.start()
-        send_queue.put(recipe)
+        send_queue.put(_packed(recipe))
         self._procs.append(proc)
         self._senders.append(sender)
         self._send_queues.append(send_queue)
@@ -222,8 +227,9 @@ class WorkerPool:
         if kind not in TASK_KINDS:
             raise ValueError(f"unknown worker task '{kind}' (one of {', '.join(TASK_KINDS)})")
         ticket = self._next_ticket
+        packed = _packed((ticket, kind, args))  # here, so that a value that cannot be sent fails the caller
         self._next_ticket += 1
-        (self._urgent if urgent else self._queued).append((ticket, kind, args))
+        (self._urgent if urgent else self._queued).append((ticket, packed))
         self._dispatch()
         return ticket
 
@@ -278,14 +284,15 @@ class WorkerPool:
             i = min(range(self.workers), key=self._in_flight.__getitem__)
             if self._in_flight[i] >= TASKS_PER_WORKER:
                 return
-            task = (self._urgent or self._queued).popleft()
+            ticket, packed = (self._urgent or self._queued).popleft()
             self._in_flight[i] += 1
-            self._sent.add(task[0])
-            self._send_queues[i].put(task)
+            self._sent.add(ticket)
+            self._send_queues[i].put(packed)
 
     def _pump(self, timeout):
         """Take the results that have arrived (waiting up to `timeout` s for one; None: until one
         does) and hand out queued tasks to the workers they freed."""
+        self._dispatch()
         busy = [self._results[i] for i in range(self.workers) if self._in_flight[i]]
         if not busy:
             if timeout is None:
@@ -315,7 +322,9 @@ class WorkerPool:
 
 
 def _stop(send_queues, senders, procs, results):
-    """Close the workers' task pipes, wait for them to exit (killing one that does not), close the rest."""
+    """Close the workers' pipes and wait for them to exit (killing one that does not)."""
+    for conn in results:  # first: a worker blocked sending a result nobody takes gets an error and exits
+        conn.close()
     for q in send_queues:
         q.put(None)
     for sender in senders:
@@ -326,18 +335,22 @@ def _stop(send_queues, senders, procs, results):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    for conn in results:
-        conn.close()
+
+
+def _packed(value):
+    """`value` pickled as Connection.recv reads it back in the worker."""
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _send_loop(conn, send_queue):
-    """A worker's task pipe, fed from `send_queue` until None, then closed (the worker then exits)."""
+    """A worker's task pipe, fed with pickled tasks from `send_queue` until None, then closed (the
+    worker then exits)."""
     while True:
-        task = send_queue.get()
-        if task is None:
+        packed = send_queue.get()
+        if packed is None:
             break
         try:
-            conn.send(task)
+            conn.send_bytes(packed)
         except OSError:  # the worker is gone: its result pipe tells the pool
             break
     conn.close()
