@@ -61,7 +61,7 @@ DEFAULT_REC_THRESHOLD = 0.4  # the reference's value, when the model folder reco
 # The detector runs at this score (or the pipeline's det_threshold when lower) and the faces are
 # then kept at the threshold of the call, so predict(det_threshold=...) may go below the config's.
 DETECTION_FLOOR = 0.3
-# Batches of faces out at the workers at once (more wait for the oldest): bounds the images held.
+# Batches of faces at the workers at once, at most (then the oldest is waited for): bounds the images held.
 CHUNKS_AHEAD = 3
 
 
@@ -406,7 +406,7 @@ class FaceRecognitionPipeline:
                     queue, faces = [], 0
                 # in this process a chunk is embedded already; a worker's is taken when it is back,
                 # or waited for when too many are out (bounded memory)
-                while chunks and (not pool or len(chunks) > CHUNKS_AHEAD or pool.ready(chunks[0][1])):
+                while chunks and (not pool or len(chunks) >= CHUNKS_AHEAD or pool.ready(chunks[0][1])):
                     yield from searched(chunks.popleft())
             if queue:
                 chunks.append((queue, self._embedding(pool, stages, queue)))
