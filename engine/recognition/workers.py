@@ -100,18 +100,18 @@ def serve(task_fd, result_fd):
     get_logger().setLevel(logging.WARNING)  # the pipeline's process already said what the model is
     tasks, results = Connection(task_fd, writable=False), Connection(result_fd, readable=False)
     try:
-        worker = build_stages(tasks.recv())
+        stages = build_stages(tasks.recv())
     except Exception as e:  # noqa: BLE001 - reported to the pipeline, which runs without workers
         results.send(("failed", f"{type(e).__name__}: {e}"))
         os._exit(1)
-    results.send(("ready", worker.model.describe()))
+    results.send(("ready", stages.model.describe()))
     while True:
         try:
             ticket, kind, args = tasks.recv()
         except EOFError:  # the pipeline closed the pool, or its process is gone
             break
         try:
-            reply = (ticket, "ok", getattr(worker, kind)(*args))
+            reply = (ticket, "ok", getattr(stages, kind)(*args))
         except Exception:  # noqa: BLE001 - the pipeline raises it with this traceback
             reply = (ticket, "error", traceback.format_exc())
         try:
