@@ -113,8 +113,10 @@ def run_setting(args):
     with open(args.paths_file, encoding="utf-8") as f:
         paths = f.read().split("\n")
     labels = [os.path.basename(os.path.dirname(p)) for p in paths]
-    pipe = create_pipeline(config={"SubModules.Recognition.model_dir": args.model_dir,
-                                   "Global.num_threads": args.setting_threads})
+    config = {"SubModules.Recognition.model_dir": args.model_dir, "Global.num_threads": args.setting_threads}
+    if args.batch_size:
+        config["SubModules.Recognition.batch_size"] = args.batch_size
+    pipe = create_pipeline(config=config)
     t0 = time.perf_counter()
     started = pipe.start_workers()
     start_seconds = time.perf_counter() - t0
@@ -144,6 +146,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=1, help="fresh processes per setting, the order rotated")
     ap.add_argument("--in-process", action="store_true", help="also time 2+ threads without worker processes")
     ap.add_argument("--model-dir", default=None, help="an exported face feature model (default: random MobileFaceNet)")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="SubModules.Recognition.batch_size (default: the pipeline config's)")
     ap.add_argument("--json", default=None, help="also write every figure here")
     # one setting in a fresh process (what the run above starts)
     ap.add_argument("--setting-threads", type=int, default=None, help=argparse.SUPPRESS)
@@ -166,12 +170,14 @@ def main(argv=None):
         if args.in_process:
             settings += [(t, True) for t in args.threads if t >= 2]
         print(cpu_line())
-        print(f"photos: {source}; model {'random-init MobileFaceNet' if not args.model_dir else model_dir}")
+        print(f"photos: {source}; model {'random-init MobileFaceNet' if not args.model_dir else model_dir}; "
+              f"batch {args.batch_size or 'of the pipeline config'}")
         runs = {s: [] for s in settings}
         for r in range(args.rounds):
             for threads, in_process in settings[r % len(settings):] + settings[:r % len(settings)]:
                 cmd = [sys.executable, os.path.abspath(__file__), "--setting-threads", str(threads),
-                       "--paths-file", paths_file, "--model-dir", model_dir] + (["--no-workers"] if in_process else [])
+                       "--paths-file", paths_file, "--model-dir", model_dir] + (["--no-workers"] if in_process else []) \
+                    + ([] if args.batch_size is None else ["--batch-size", str(args.batch_size)])
                 proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
                 line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
                 if proc.returncode or line is None:
