@@ -118,11 +118,12 @@ def run_setting(args):
         config["SubModules.Recognition.batch_size"] = args.batch_size
     pipe = create_pipeline(config=config)
     t0 = time.perf_counter()
-    started = pipe.start_workers()
+    if not args.no_workers:  # start_workers() would start them whatever the threshold
+        pipe.start_workers()
     start_seconds = time.perf_counter() - t0
     index = pipe.build_index(paths[:GALLERY_PHOTOS], labels[:GALLERY_PHOTOS])
     list(pipe.predict(paths[:32], index=index))  # warm-up: oneDNN primitives of every batch shape
-    out = {"threads": args.setting_threads, "workers": pipe.worker_processes if started else 0,
+    out = {"threads": args.setting_threads, "workers": pipe.worker_processes,
            "start_seconds": start_seconds, "load_before": load_average()}
     cpu0, t0 = tree_cpu_seconds(os.getpid()), time.perf_counter()
     results = list(pipe.predict(paths, index=index))
@@ -185,8 +186,8 @@ def main(argv=None):
                                      f"\n{proc.stderr[-2000:]}")
                 res = json.loads(line[len("RESULT "):])
                 runs[(threads, in_process)].append(res)
-                how = "in process" if in_process or not res["workers"] else \
-                    f"{res['workers']} worker processes (started in {res['start_seconds']:.1f} s)"
+                how = f"{res['workers']} worker processes (started in {res['start_seconds']:.1f} s)" \
+                    if res["workers"] else "in process"
                 print(f"  round {r + 1}, Global.num_threads={threads}, {how}: predict "
                       f"{res['predict_photos_per_s']:.1f} photos/s ({res['predict_cpu_ms_per_photo']:.2f} CPU ms a "
                       f"photo), build_index {res['enrol_photos_per_s']:.1f} photos/s "
