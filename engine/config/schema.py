@@ -259,7 +259,8 @@ class PipelineGlobal:
     mode: str = setting("recognize", "what to run", choices=PIPELINE_MODES)
     device: str = setting("cpu", "cpu or gpu:0")
     output: str = setting("output/recognition", "recognize writes <name>_res.json (+ the drawn image) here")
-    num_threads: int = setting(2, "CPU threads for Paddle, OpenCV and faiss; 0 = every core", min=0,
+    num_threads: int = setting(2, "CPU threads for Paddle, OpenCV and faiss; 0 = every core. 2 or more: runs of "
+                               "many images use that many worker processes of 1 thread each", min=0,
                                per_core=THREADS_PER_CORE)
     max_image_pixels: int = setting(50_000_000, "largest image decoded (width x height, read from its header first)",
                                     min=1)

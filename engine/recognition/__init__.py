@@ -1,3 +1,3 @@
 """The recognition wing: the face recognition pipeline (detect, align, embed, search a gallery;
-PaddleX's `create_pipeline`) and its result objects.
+PaddleX's `create_pipeline`), its result objects, and the worker processes that run it on every core.
 """

@@ -30,36 +30,39 @@ build_index returns a new index; append_index and remove_index return a changed 
 the index they were given as it was, so a copy being searched never sees half an update.
 Shared by the gallery modes, recognize, the HTTP service and the Python API.
 """
+import contextlib
 import os
+from collections import deque
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import yaml
 
-from datasets.transforms import DEFAULT_MAX_PIXELS, ImageReadError, read_image, to_bgr
+from datasets.transforms import DEFAULT_MAX_PIXELS
 from engine.config.loader import load_config, pipeline_config_path
-from engine.evaluation.metrics import l2_normalize
 from engine.gallery.backend import GallerySettings
 from engine.gallery.faiss_index import apply_threshold, list_gallery, set_search_threads
 from engine.inference.backends import hpi_settings, pp_option_settings, translate_hpi_config
 from engine.inference.folder import recorded_threshold
-from engine.inference.inputs import expand_inputs, is_expanded, load_item
+from engine.inference.inputs import expand_inputs, is_expanded
 from engine.inference.model import InferenceModel
 from engine.inference.official_models import feature_model_dir, official_model_dir
 from engine.recognition.results import FaceRecognitionResult
+from engine.recognition.stages import FaceStages, Refused, embed_crops, faces_in
+from engine.recognition.workers import TASKS_PER_WORKER, WorkerError, WorkerPool, WorkerRecipe, plan_workers
 from foundation.atomic_io import file_digest
 from foundation.errors import UserError
 from foundation.logger import get_logger
 from foundation.progress import Progress
-from foundation.runtime import num_threads_from, set_threads
-from models.alignment import face_chip, main_face
+from foundation.runtime import num_threads_from, parse_device, set_threads
 from models.face_detector import build_detector
 
 DEFAULT_REC_THRESHOLD = 0.4  # the reference's value, when the model folder records none
 # The detector runs at this score (or the pipeline's det_threshold when lower) and the faces are
 # then kept at the threshold of the call, so predict(det_threshold=...) may go below the config's.
 DETECTION_FLOOR = 0.3
+# Batches of faces at the workers at once, at most (then the oldest is waited for): bounds the images held.
+CHUNKS_AHEAD = 3
 
 
 def gallery_items(gallery_imgs, gallery_label=None):
@@ -108,10 +111,17 @@ class FaceRecognitionPipeline:
 
     The feature model is not thread-safe: call one pipeline from one thread at a time (the HTTP
     service runs every model call on one worker thread).
+
+    With num_threads >= 2 on the CPU, predict and enrol over many images run in worker processes
+    (engine.recognition.workers: each reads, detects, aligns and embeds with a detector and model
+    of its own on 1 thread) while this process batches, searches and keeps the input order; the
+    results are the ones this process gives alone. `detector_settings` (build_detector's
+    arguments, which from_config passes) is what lets the workers build the detector again.
     """
 
     def __init__(self, model, detector, gallery=None, *, det_threshold=0.6, margin=0.2, rec_threshold=None,
-                 rec_topk=5, batch_size=16, index=None, max_image_pixels=DEFAULT_MAX_PIXELS):
+                 rec_topk=5, batch_size=16, index=None, max_image_pixels=DEFAULT_MAX_PIXELS, num_threads=1,
+                 device_kind="cpu", detector_settings=None):
         self.model = model  # engine.inference.model.InferenceModel
         self.detector = detector  # models.face_detector: runs at min(det_threshold, DETECTION_FLOOR)
         self.gallery = gallery or GallerySettings()
@@ -125,6 +135,10 @@ class FaceRecognitionPipeline:
         self.index = None  # the default index of predict(): a GalleryIndex, or a folder loaded on first use
         self._index_source = index
         self.failures = []  # (input path, message) of the images the last predict() skipped
+        self.num_threads, self.device_kind = int(num_threads), device_kind
+        self._detector_settings = detector_settings
+        self._pool = None  # engine.recognition.workers.WorkerPool, started by the first long call
+        self._plans_logged = set()
 
     @property
     def index_name(self):
@@ -154,30 +168,78 @@ class FaceRecognitionPipeline:
         else:
             det = {"type": "paddle",
                    "model_dir": det_cfg.model_dir or (official_model_dir(det_cfg.model_name) if det_cfg.enable else None)}
-        detector = build_detector(enable=det_cfg.enable, min_size=det_cfg.min_size, num_threads=threads,
-                                  threshold=min(cfg.det_threshold, DETECTION_FLOOR), **det)
+        det.update(enable=det_cfg.enable, min_size=det_cfg.min_size, threshold=min(cfg.det_threshold, DETECTION_FLOOR))
+        detector = build_detector(num_threads=threads, **det)
         use_hpip, hpi_config = hpi_settings(rec)
         model = InferenceModel(feature_model_dir(rec.model_dir, rec.model_name, "SubModules.Recognition.model_dir"),
                                device=cfg.Global.device, num_threads=threads, run_mode=rec.run_mode,
                                use_hpip=use_hpip, hpi_config=hpi_config)
         return cls(model, detector, gallery, det_threshold=cfg.det_threshold, margin=det_cfg.margin,
                    rec_threshold=cfg.rec_threshold, rec_topk=cfg.rec_topk, batch_size=rec.batch_size,
-                   index=cfg.index, max_image_pixels=cfg.Global.max_image_pixels)
+                   index=cfg.index, max_image_pixels=cfg.Global.max_image_pixels, num_threads=threads,
+                   device_kind=parse_device(cfg.Global.device)[0], detector_settings=det)
 
     # ------------------------------------------------------------------ embedding
     def embed(self, crops):
         """L2-normalised features [N, D] of BGR face crops, in batches of batch_size."""
-        out = np.zeros((len(crops), self.model.embedding_size), dtype=np.float32)
-        for s in range(0, len(crops), self.batch_size):
-            batch = np.stack([self.model.preprocess(c) for c in crops[s:s + self.batch_size]])
-            out[s:s + len(batch)] = l2_normalize(self.model.predict(batch))
-        return out
+        return embed_crops(self.model, crops, self.batch_size)
 
     def faces_of(self, img_bgr, det_threshold=None):
         """[(Face, aligned 112x112 crop)] for every face scoring at least det_threshold, best first."""
         threshold = self.det_threshold if det_threshold is None else float(det_threshold)
-        return [(f, face_chip(img_bgr, f, self.margin)) for f in self.detector.detect(img_bgr)
-                if f.score >= threshold]
+        return faces_in(self.detector, img_bgr, threshold, self.margin)
+
+    # ------------------------------------------------------------------ worker processes
+    def start_workers(self):
+        """Start the worker processes now (normally the first call of MIN_IMAGES_TO_START images or
+        more starts them), so that later calls of any size use them; True when they run."""
+        return self._workers_for(None) is not None
+
+    @property
+    def worker_processes(self):
+        """How many worker processes run for this pipeline (0: none now)."""
+        return self._pool.workers if self._pool is not None and not self._pool.closed else 0
+
+    def close(self):
+        """Stop the worker processes, if any (a later long call starts them again)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+            set_search_threads(self.num_threads)
+
+    def _workers_for(self, images):
+        """The WorkerPool a call of `images` images (None: any number) uses, started if need be, or
+        None for this process; the choice (engine.recognition.workers.plan_workers) is logged once."""
+        if self._pool is not None and self._pool.closed:  # a worker stopped: the pool closed itself
+            self.close()
+        running = self._pool is not None
+        workers, why = plan_workers(self.num_threads, self.device_kind, float("inf") if images is None else images,
+                                    running, rebuildable=self._detector_settings is not None)
+        if not workers:
+            self._log_plan("in-process", f"pipeline: runs in this process ({why})")
+            return None
+        if not running:
+            recipe = WorkerRecipe.of(self.model, self._detector_settings, self.margin, self.max_image_pixels)
+            try:
+                self._pool = WorkerPool(recipe, workers)
+            except WorkerError as e:
+                self._log_plan("failed", f"pipeline: runs in this process: {e}", warning=True)
+                self._detector_settings = None  # do not try again at every call
+                return None
+            # the cores are the workers' now: a search on several threads would wait for a core
+            # at each of its OpenMP barriers (6 ms for 16 faces on a loaded 2-core machine)
+            set_search_threads(1)
+            self._log_plan("workers", f"pipeline: {workers} worker processes ({why}; started in "
+                                      f"{self._pool.start_seconds:.1f} s), each reading, detecting and aligning on 1 "
+                                      f"thread and embedding ({self._pool.description}); this process batches the "
+                                      "faces, searches on 1 thread and keeps the input order")
+        return self._pool
+
+    def _log_plan(self, kind, line, warning=False):
+        """Log `line` the first time a plan of this kind is taken (not at every call)."""
+        if kind not in self._plans_logged:
+            self._plans_logged.add(kind)
+            (get_logger().warning if warning else get_logger().info)(line)
 
     # ------------------------------------------------------------------ gallery
     def new_index(self, index_type=None, metric_type=None, name=None, in_memory=False):
@@ -190,52 +252,48 @@ class FaceRecognitionPipeline:
 
     def enroll(self, items, desc="enrol", progress=True):
         """Embed the main face of each (source, label): an Enrolment. A source is a path, a numpy image,
-        or a function returning one (decoded only when its turn comes, so one image is held at a time)."""
+        or a function returning one (decoded only when its turn comes, so one image is held at a time;
+        such a gallery is enrolled in this process)."""
         log = get_logger()
-        feats, labels, sources, pending = [], [], [], []
+        decoded_here = any(callable(source) for source, _ in items)
+        pool = None if decoded_here else self._workers_for(len(items))
+        stages = self._stages()
+        chunks, labels, sources, pending = [], [], [], []  # chunks: features, or a worker's ticket for them
         skipped, skipped_positions, whole = [], [], []
 
         def flush():
             if pending:
-                feats.append(self.embed([c for c, _, _ in pending]))
-                labels.extend(lbl for _, lbl, _ in pending)
-                sources.extend(p for _, _, p in pending)
+                chunks.append(pool.submit("embed", list(pending), self.batch_size, urgent=True) if pool
+                              else stages.embed(pending, self.batch_size))
                 pending.clear()
 
-        def skip(position, name, why):
-            skipped.append((name, why))
-            skipped_positions.append(position)
-            log.warning(f"skipped gallery image {name}: {why}")
-
-        with Progress(len(items), desc=desc, unit="img", enabled=progress) as bar:
-            for position, (source, label) in enumerate(items):
+        if pool:
+            outcomes = pool.ordered((("gallery_face", (source, self.det_threshold)) for source, _ in items),
+                                    self._images_ahead(pool))
+        else:
+            outcomes = (stages.gallery_face(source, self.det_threshold) for source, _ in items)
+        with Progress(len(items), desc=desc, unit="img", enabled=progress) as bar, \
+                self._dropped_when_stopped(pool, outcomes, lambda: chunks):
+            for position, ((source, label), outcome) in enumerate(zip(items, outcomes)):
                 name = _source_name(source, position)
-                try:
-                    if callable(source):
-                        img = source()
-                    elif isinstance(source, np.ndarray):
-                        img = to_bgr(source)
-                    else:
-                        img = read_image(source, self.max_image_pixels)
-                except (ImageReadError, ValueError) as e:
-                    skip(position, name, str(e))
-                    bar.update(1)
-                    continue
-                found = self.faces_of(img)
-                if found:
-                    face = main_face([f for f, _ in found], img.shape)
-                    crop = next(c for f, c in found if f is face)
-                else:  # a face crop already, most likely: the whole image is the face
-                    # at the model's input size now, as its pre-processing would resize it, so a
-                    # batch in waiting holds small crops, never whole photos
-                    crop = cv2.resize(to_bgr(img), self.model.preprocess.size, interpolation=cv2.INTER_LINEAR)
-                    whole.append(name)
-                    log.info(f"gallery image {name}: no face detected, embedded whole")
-                pending.append((crop, label, source if isinstance(source, str) else None))
-                if len(pending) >= self.batch_size:
-                    flush()
+                if isinstance(outcome, Refused):
+                    skipped.append((name, outcome.message))
+                    skipped_positions.append(position)
+                    log.warning(f"skipped gallery image {name}: {outcome.message}")
+                else:
+                    crop, is_whole = outcome
+                    if is_whole:  # a face crop already, most likely: the whole image is the face
+                        whole.append(name)
+                        log.info(f"gallery image {name}: no face detected, embedded whole")
+                    pending.append(crop)
+                    labels.append(label)
+                    sources.append(source if isinstance(source, str) else None)
+                    if len(pending) >= self.batch_size:
+                        flush()
                 bar.update(1)
-        flush()
+            flush()
+            feats = [pool.result(c) for c in chunks] if pool else list(chunks)
+            chunks.clear()  # every result taken: nothing to drop
         features = np.concatenate(feats) if feats else np.zeros((0, self.model.embedding_size), np.float32)
         return Enrolment(features, labels, sources, len(items), skipped, skipped_positions, whole)
 
@@ -305,42 +363,94 @@ class FaceRecognitionPipeline:
                 rec_topk=None, keep_images=True, topk=None):
         """Yield a FaceRecognitionResult per input image (path, folder, URL, numpy BGR image or a
         list), PaddleX's call: settings left None come from the config. Faces of consecutive images
-        are embedded together in batches of batch_size. hamming_radius is PaddleX's setting for
-        binary features, which face models do not make; `topk` is an older name of rec_topk."""
+        are embedded together in batches of batch_size; with worker processes (see the class) they
+        are read, detected and embedded there, and the results are the same, in the same order.
+        hamming_radius is PaddleX's setting for binary features, which face models do not make;
+        `topk` is an older name of rec_topk."""
         del hamming_radius
         topk = rec_topk if rec_topk is not None else topk
         index = self.resolve_index(index)
         items = input if is_expanded(input) else expand_inputs(input)
         self.failures = []
-        queue = []  # (item, img, found) not yet embedded
-        pending = 0
-        for item in items:
-            try:
-                img = load_item(item, self.max_image_pixels)
-            except UserError as e:
-                if item.explicit:
-                    raise
-                self.failures.append((item.input_path, str(e)))  # one bad file in a folder: skip it
-                get_logger().warning(f"skipped {item.input_path}: {e}")
-                continue
-            found = self.faces_of(img, det_threshold)
-            queue.append((item, img, found))
-            pending += len(found)
-            if pending >= self.batch_size or len(queue) >= self.batch_size:  # bounded memory
-                yield from self._search(queue, index, rec_threshold, topk, keep_images)
-                queue, pending = [], 0
-        yield from self._search(queue, index, rec_threshold, topk, keep_images)
+        threshold = self.det_threshold if det_threshold is None else float(det_threshold)
+        pool = self._workers_for(len(items))
+        stages = self._stages()
+        if pool:
+            outcomes = pool.ordered((("faces", (item.input_path, item.array, threshold, keep_images)) for item in items),
+                                    self._images_ahead(pool))
+        else:
+            outcomes = (stages.faces(item.input_path, item.array, threshold) for item in items)
+        # batches of faces, in input order: (queue of (item, img, found), features or a worker's ticket)
+        chunks = deque()
+        queue, faces = [], 0
+
+        def searched(chunk):
+            queue, feats = chunk
+            return self._search(queue, pool.result(feats) if pool else feats, index, rec_threshold, topk, keep_images)
+
+        with self._dropped_when_stopped(pool, outcomes, lambda: [ticket for _, ticket in chunks]):
+            for item, outcome in zip(items, outcomes):
+                if isinstance(outcome, Refused):
+                    if item.explicit:
+                        while chunks:  # what this process alone would have yielded before the error
+                            yield from searched(chunks.popleft())
+                        raise UserError(outcome.message)
+                    self.failures.append((item.input_path, outcome.message))  # one bad file in a folder: skip it
+                    get_logger().warning(f"skipped {item.input_path}: {outcome.message}")
+                    continue
+                img, found = outcome
+                queue.append((item, img, found))
+                faces += len(found)
+                if faces >= self.batch_size or len(queue) >= self.batch_size:  # bounded memory
+                    chunks.append((queue, self._embedding(pool, stages, queue)))
+                    queue, faces = [], 0
+                # in this process a chunk is embedded already; a worker's is taken when it is back,
+                # or waited for when too many are out (bounded memory)
+                while chunks and (not pool or len(chunks) >= CHUNKS_AHEAD or pool.ready(chunks[0][1])):
+                    yield from searched(chunks.popleft())
+            if queue:
+                chunks.append((queue, self._embedding(pool, stages, queue)))
+            while chunks:
+                yield from searched(chunks.popleft())
+
+    @contextlib.contextmanager
+    def _dropped_when_stopped(self, pool, outcomes, tickets):
+        """A call that stops early (an error, a caller that stops iterating) drops the work it left
+        at the workers: the images not yet read, and the embeddings `tickets()` names then."""
+        try:
+            yield
+        finally:
+            if pool and not pool.closed:
+                outcomes.close()
+                pool.forget(tickets())
+
+    def _embedding(self, pool, stages, queue):
+        """The features of a queue's faces, or with workers the ticket of the task computing them."""
+        crops = [c for _, _, found in queue for _, c in found]
+        if pool:
+            return pool.submit("embed", crops, self.batch_size, urgent=True)
+        return stages.embed(crops, self.batch_size)
+
+    def _stages(self):
+        """This process's FaceStages: the same work, with the same answers, as a worker's."""
+        return FaceStages(self.detector, self.model, self.margin, self.max_image_pixels)
+
+    def _images_ahead(self, pool):
+        """Images read ahead of the one the pipeline waits for: enough to keep every worker busy,
+        few enough to bound the memory (each is held decoded until its result is yielded)."""
+        return 2 * self.batch_size + TASKS_PER_WORKER * pool.workers
 
     def recognize_image(self, img_bgr, index=None, det_threshold=None, rec_threshold=None, rec_topk=None, name="image"):
         """One decoded image's FaceRecognitionResult (what the service calls per request)."""
         found = self.faces_of(img_bgr, det_threshold)
-        return next(self._search([(_Named(name), img_bgr, found)], self.resolve_index(index), rec_threshold, rec_topk))
+        feats = self.embed([c for _, c in found])
+        return next(self._search([(_Named(name), img_bgr, found)], feats, self.resolve_index(index), rec_threshold,
+                                 rec_topk))
 
-    def _search(self, queue, index, rec_threshold, topk, keep_images=True):
+    def _search(self, queue, feats, index, rec_threshold, topk, keep_images=True):
+        """The results of a queue of (item, img, [(Face, crop)]) whose faces' features are `feats`."""
         threshold = self.rec_threshold if rec_threshold is None else float(rec_threshold)
         k_max = self.rec_topk if topk is None else max(1, int(topk))
-        crops = [c for _, _, found in queue for _, c in found]
-        feats = self.embed(crops) if crops else np.zeros((0, self.model.embedding_size), np.float32)
         labels, scores, ids = index.search(feats, k_max) if len(feats) else ([], [], [])
         k = 0
         for item, img, found in queue:
