@@ -4,6 +4,7 @@ example, the pipeline example of docs/pipeline.md, the high-performance inferenc
 docs/inference.md and its example of a model exported elsewhere (the Paddle 2.x fixture). A page that gains a python block fails test_every_python_block_is_run_here until
 a test here runs it. The official model the predict example asks for by name is served on loopback
 in PaddleX's layout; faces are demo faces YuNet detects."""
+import json
 import os
 import re
 import shutil
@@ -29,7 +30,8 @@ def block_with(page, text):
 
 
 RUN_HERE = [("README.md", "model.predict("), ("docs/pipeline.md", "create_pipeline("),
-            ("docs/inference.md", '"backend": "onnxruntime"'), ("docs/inference.md", "a PaddleClas export")]
+            ("docs/inference.md", '"backend": "onnxruntime"'), ("docs/inference.md", "a PaddleClas export"),
+            ("docs/video.md", 'pipeline.predict("meeting.mp4"')]
 
 
 def test_every_python_block_is_run_here():
@@ -85,6 +87,28 @@ def test_pipeline_example(official_mirror, tmp_path, monkeypatch):
     assert len(scope["index"]) == 3 and scope["index"].labels == ["alice", "bob"]  # 3, carol (id 3) added, ids 3 and 7 removed
     assert sorted(os.listdir(work / "out")) == ["bob_again_res.jpg", "bob_again_res.json"]  # PaddleX's names
     assert scope["res"]["boxes"][0]["label"] == "bob"
+
+
+def test_video_example(official_mirror, tmp_path, monkeypatch):
+    """docs/video.md's example on a clip of demo faces (benchmarks/video_clips.py), the gallery being
+    those faces as the clip shows them."""
+    from benchmarks.video_clips import DEMO_SCRIPT, Appearance, background, demo_people, make_clip, render
+
+    work = tmp_path / "work"
+    shutil.copytree(os.path.join(REPO_ROOT, "configs"), work / "configs")
+    faces = demo_people(os.path.join(REPO_ROOT, "dataset", "face_demo"))
+    bg = background((640, 360))
+    for k, a in enumerate(DEMO_SCRIPT):
+        (work / "gallery" / a.person).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(work / "gallery" / a.person / f"{k}.png"),
+                    render([Appearance(a.person, 0, 1, a.first, a.first)], faces, 0.0, (640, 360), bg))
+    make_clip(work / "meeting.mp4", DEMO_SCRIPT, faces)
+    monkeypatch.chdir(work)
+    scope = {}
+    exec(block_with("docs/video.md", 'pipeline.predict("meeting.mp4"'), scope)
+    saved = json.loads((work / "output" / "meeting_res.json").read_text())
+    assert saved["frames"] == 225 and len(saved["tracks"]) >= 3 and saved["timeline"]  # thresholds: the defaults
+    assert scope["res"]["input_path"] == "meeting.mp4"
 
 
 def test_high_performance_inference_example(random_model, tmp_path, monkeypatch):

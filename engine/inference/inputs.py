@@ -130,6 +130,21 @@ def expand_inputs(inputs, videos=False):
     return unique_names(items)
 
 
+def segments(items):
+    """Consecutive image items as one list, each video item alone, in input order."""
+    run = []
+    for item in items:
+        if item.video:
+            if run:
+                yield run
+                run = []
+            yield item
+        else:
+            run.append(item)
+    if run:
+        yield run
+
+
 def configured_inputs(value, key="Predict.input", videos=False):
     """The InputItems of a config's input setting (a path, folder, URL or a list of them; with
     videos=True also video files, a camera index, stream URLs), for the predict and recognize

@@ -44,11 +44,12 @@ from engine.gallery.backend import GallerySettings
 from engine.gallery.faiss_index import apply_threshold, list_gallery, set_search_threads
 from engine.inference.backends import hpi_settings, pp_option_settings, translate_hpi_config
 from engine.inference.folder import recorded_threshold
-from engine.inference.inputs import expand_inputs, is_expanded
+from engine.inference.inputs import expand_inputs, is_expanded, segments
 from engine.inference.model import InferenceModel
 from engine.inference.official_models import feature_model_dir, official_model_dir
 from engine.recognition.results import FaceRecognitionResult
 from engine.recognition.stages import FaceStages, Refused, embed_crops, faces_in
+from engine.recognition.video import VideoSettings, recognize_video
 from engine.recognition.workers import TASKS_PER_WORKER, WorkerError, WorkerPool, WorkerRecipe, plan_workers
 from foundation.atomic_io import file_digest
 from foundation.errors import UserError
@@ -121,7 +122,7 @@ class FaceRecognitionPipeline:
 
     def __init__(self, model, detector, gallery=None, *, det_threshold=0.6, margin=0.2, rec_threshold=None,
                  rec_topk=5, batch_size=16, index=None, max_image_pixels=DEFAULT_MAX_PIXELS, num_threads=1,
-                 device_kind="cpu", detector_settings=None):
+                 device_kind="cpu", detector_settings=None, video=None):
         self.model = model  # engine.inference.model.InferenceModel
         self.detector = detector  # models.face_detector: runs at min(det_threshold, DETECTION_FLOOR)
         self.gallery = gallery or GallerySettings()
@@ -139,6 +140,7 @@ class FaceRecognitionPipeline:
         self._detector_settings = detector_settings
         self._pool = None  # engine.recognition.workers.WorkerPool, started by the first long call
         self._plans_logged = set()
+        self.video = video or VideoSettings()  # how predict() reads a video (the config's Video section)
 
     @property
     def index_name(self):
@@ -177,7 +179,8 @@ class FaceRecognitionPipeline:
         return cls(model, detector, gallery, det_threshold=cfg.det_threshold, margin=det_cfg.margin,
                    rec_threshold=cfg.rec_threshold, rec_topk=cfg.rec_topk, batch_size=rec.batch_size,
                    index=cfg.index, max_image_pixels=cfg.Global.max_image_pixels, num_threads=threads,
-                   device_kind=parse_device(cfg.Global.device)[0], detector_settings=det)
+                   device_kind=parse_device(cfg.Global.device)[0], detector_settings=det,
+                   video=VideoSettings.from_config(cfg.Video))
 
     # ------------------------------------------------------------------ embedding
     def embed(self, crops):
@@ -370,7 +373,10 @@ class FaceRecognitionPipeline:
         del hamming_radius
         topk = rec_topk if rec_topk is not None else topk
         index = self.resolve_index(index)
-        items = input if is_expanded(input) else expand_inputs(input)
+        items = input if is_expanded(input) else expand_inputs(input, videos=True)
+        if any(item.video for item in items):
+            yield from self._predict_with_videos(items, index, det_threshold, rec_threshold, topk, keep_images)
+            return
         self.failures = []
         threshold = self.det_threshold if det_threshold is None else float(det_threshold)
         pool = self._workers_for(len(items))
@@ -439,6 +445,26 @@ class FaceRecognitionPipeline:
         """Images read ahead of the one the pipeline waits for: enough to keep every worker busy,
         few enough to bound the memory (each is held decoded until its result is yielded)."""
         return 2 * self.batch_size + TASKS_PER_WORKER * pool.workers
+
+    def _predict_with_videos(self, items, index, det_threshold, rec_threshold, topk, keep_images):
+        """predict() over inputs with videos: images as predict() yields them, and per video one
+        engine.recognition.video.VideoRecognitionResult (tracks and timeline; self.video's settings)."""
+        failures = []
+        for segment in segments(items):
+            if isinstance(segment, list):
+                yield from self.predict(segment, index=index, det_threshold=det_threshold,
+                                        rec_threshold=rec_threshold, rec_topk=topk, keep_images=keep_images)
+                failures.extend(self.failures)
+                continue
+            try:
+                yield recognize_video(self, segment.input_path, index, self.video, name=segment.name, progress=False,
+                                      det_threshold=det_threshold, rec_threshold=rec_threshold)
+            except UserError as e:
+                if segment.explicit:
+                    raise
+                failures.append((segment.input_path, str(e)))  # one bad video in a folder: skip it
+                get_logger().warning(f"skipped {segment.input_path}: {e}")
+        self.failures = failures
 
     def recognize_image(self, img_bgr, index=None, det_threshold=None, rec_threshold=None, rec_topk=None, name="image"):
         """One decoded image's FaceRecognitionResult (what the service calls per request)."""

@@ -255,7 +255,7 @@ class VideoSession:
 
 
 def recognize_video(pipeline, source, index, settings=None, name=None, save_dir=None, save_video=False,
-                    progress=True, stop=None, max_pixels=None):
+                    progress=True, stop=None, max_pixels=None, det_threshold=None, rec_threshold=None):
     """Open `source` (a video file, a camera index, a stream URL), run the VideoRecognizer over it
     and return its VideoRecognitionResult; with save_dir and save_video, <name>_res.webm (the
     annotated video) is written there too, renamed into place only once it is complete (an error
@@ -273,7 +273,8 @@ def recognize_video(pipeline, source, index, settings=None, name=None, save_dir=
             writer = AnnotatedVideoWriter(os.path.join(save_dir, f"{name}_res.webm"), opened.fps,
                                           (opened.width, opened.height))
         with Progress(opened.frame_count or None, desc=f"video {name}", unit="frame", enabled=progress) as bar:
-            result = VideoRecognizer(pipeline, settings).run(opened, index, writer=writer, progress=bar, stop=stop)
+            recognizer = VideoRecognizer(pipeline, settings, det_threshold=det_threshold, rec_threshold=rec_threshold)
+            result = recognizer.run(opened, index, writer=writer, progress=bar, stop=stop)
     except BaseException:
         if writer is not None:
             writer.discard()

@@ -14,27 +14,12 @@ import signal
 
 from engine.gallery.backend import GallerySettings
 from engine.gallery.faiss_index import UNKNOWN_LABEL
-from engine.inference.inputs import configured_inputs
+from engine.inference.inputs import configured_inputs, segments
 from engine.recognition.pipeline import FaceRecognitionPipeline
 from engine.recognition.video import VideoSettings, recognize_video
 from foundation.errors import UserError
 from foundation.logger import log_to_file
 from foundation.progress import Progress
-
-
-def _segments(items):
-    """Consecutive image items as one list, each video item alone, in input order."""
-    run = []
-    for item in items:
-        if item.video:
-            if run:
-                yield run
-                run = []
-            yield item
-        else:
-            run.append(item)
-    if run:
-        yield run
 
 
 def _stop_on_sigterm(signum, frame):
@@ -60,7 +45,7 @@ def run(cfg):
     failures, interrupted, video_failed = [], False, False
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        for segment in _segments(items):
+        for segment in segments(items):
             if isinstance(segment, list):
                 with Progress(len(segment), desc="recognize", unit="img") as bar:
                     for res in pipe.predict(segment, index=index):
