@@ -33,7 +33,6 @@ from engine.evaluation.metrics import l2_normalize
 from engine.gallery.faiss_index import UNKNOWN_LABEL, apply_threshold
 from engine.inference.results import PaddleXResult
 from engine.recognition.tracking import FaceTracker
-from foundation.atomic_io import atomic_write_json
 from foundation.errors import UserError
 
 VOTE_RULES = ("mean", "majority")
@@ -101,12 +100,12 @@ class VideoRecognitionResult(PaddleXResult):
         return "\n".join(lines)
 
     def save_to_json(self, save_path, indent=4, ensure_ascii=False):
-        """A path ending in .json is written as is; any other is a folder that gets <name>_res.json."""
+        """As PaddleXResult's (<name>_res.json in a folder, or the .json path given), creating the
+        folder when it does not exist yet."""
         save_path = os.fspath(save_path)
-        path = save_path if save_path.lower().endswith(".json") else os.path.join(save_path, f"{self.name}_res.json")
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        atomic_write_json(path, dict(self), indent=indent, ensure_ascii=ensure_ascii)
-        return path
+        is_file = save_path.lower().endswith(".json") and not os.path.isdir(save_path)
+        os.makedirs(os.path.dirname(os.path.abspath(save_path)) if is_file else save_path, exist_ok=True)
+        return super().save_to_json(save_path, indent=indent, ensure_ascii=ensure_ascii)
 
 
 def timeline(tracks, merge_gap):
