@@ -31,6 +31,7 @@ the index they were given as it was, so a copy being searched never sees half an
 Shared by the gallery modes, recognize, the HTTP service and the Python API.
 """
 import contextlib
+import dataclasses
 import os
 from collections import deque
 from dataclasses import dataclass, field
@@ -39,7 +40,9 @@ import numpy as np
 import yaml
 
 from datasets.transforms import DEFAULT_MAX_PIXELS
+from engine.clustering.book import ClusterSettings
 from engine.config.loader import load_config, pipeline_config_path
+from engine.config.schema import ClusterSection
 from engine.gallery.backend import GallerySettings
 from engine.gallery.faiss_index import apply_threshold, list_gallery, set_search_threads
 from engine.inference.backends import hpi_settings, pp_option_settings, translate_hpi_config
@@ -47,6 +50,7 @@ from engine.inference.folder import recorded_threshold
 from engine.inference.inputs import expand_inputs, is_expanded, segments
 from engine.inference.model import InferenceModel
 from engine.inference.official_models import feature_model_dir, official_model_dir
+from engine.recognition.photo_clusters import cluster_photos, edit_book, save_book
 from engine.recognition.results import FaceRecognitionResult
 from engine.recognition.stages import FaceStages, Refused, embed_crops, faces_in
 from engine.recognition.video import VideoSettings, recognize_video
@@ -122,7 +126,7 @@ class FaceRecognitionPipeline:
 
     def __init__(self, model, detector, gallery=None, *, det_threshold=0.6, margin=0.2, rec_threshold=None,
                  rec_topk=5, batch_size=16, index=None, max_image_pixels=DEFAULT_MAX_PIXELS, num_threads=1,
-                 device_kind="cpu", detector_settings=None, video=None):
+                 device_kind="cpu", detector_settings=None, video=None, clustering=None):
         self.model = model  # engine.inference.model.InferenceModel
         self.detector = detector  # models.face_detector: runs at min(det_threshold, DETECTION_FLOOR)
         self.gallery = gallery or GallerySettings()
@@ -141,6 +145,7 @@ class FaceRecognitionPipeline:
         self._pool = None  # engine.recognition.workers.WorkerPool, started by the first long call
         self._plans_logged = set()
         self.video = video or VideoSettings()  # how predict() reads a video (the config's Video section)
+        self.clustering = clustering or ClusterSection()  # how cluster() groups faces (the Cluster section)
 
     @property
     def index_name(self):
@@ -180,7 +185,9 @@ class FaceRecognitionPipeline:
                    rec_threshold=cfg.rec_threshold, rec_topk=cfg.rec_topk, batch_size=rec.batch_size,
                    index=cfg.index, max_image_pixels=cfg.Global.max_image_pixels, num_threads=threads,
                    device_kind=parse_device(cfg.Global.device)[0], detector_settings=det,
-                   video=VideoSettings.from_config(cfg.Video))
+                   video=VideoSettings.from_config(cfg.Video),
+                   clustering=ClusterSection(**{f.name: getattr(cfg.Cluster, f.name)
+                                                for f in dataclasses.fields(ClusterSection)}))
 
     # ------------------------------------------------------------------ embedding
     def embed(self, crops):
@@ -377,6 +384,14 @@ class FaceRecognitionPipeline:
         if any(item.video for item in items):
             yield from self._predict_with_videos(items, index, det_threshold, rec_threshold, topk, keep_images)
             return
+        for queue, feats in self.embedded(items, det_threshold, keep_images):
+            yield from self._search(queue, feats, index, rec_threshold, topk, keep_images)
+
+    def embedded(self, items, det_threshold=None, keep_images=True):
+        """Yield (queue of (item, image, [(Face, crop)]), their faces' features [N, D]) for expanded
+        image inputs (engine.inference.inputs.expand_inputs), in input order, a few images at a
+        time: what predict searches and cluster groups. Unreadable images in a folder are skipped
+        and listed in self.failures; one named directly raises UserError."""
         self.failures = []
         threshold = self.det_threshold if det_threshold is None else float(det_threshold)
         pool = self._workers_for(len(items))
@@ -390,16 +405,16 @@ class FaceRecognitionPipeline:
         chunks = deque()
         queue, faces = [], 0
 
-        def searched(chunk):
+        def finished(chunk):
             queue, feats = chunk
-            return self._search(queue, pool.result(feats) if pool else feats, index, rec_threshold, topk, keep_images)
+            return queue, (pool.result(feats) if pool else feats)
 
         with self._dropped_when_stopped(pool, outcomes, lambda: [ticket for _, ticket in chunks]):
             for item, outcome in zip(items, outcomes):
                 if isinstance(outcome, Refused):
                     if item.explicit:
                         while chunks:  # what this process alone would have yielded before the error
-                            yield from searched(chunks.popleft())
+                            yield finished(chunks.popleft())
                         raise UserError(outcome.message)
                     self.failures.append((item.input_path, outcome.message))  # one bad file in a folder: skip it
                     get_logger().warning(f"skipped {item.input_path}: {outcome.message}")
@@ -413,11 +428,11 @@ class FaceRecognitionPipeline:
                 # in this process a chunk is embedded already; a worker's is taken when it is back,
                 # or waited for when too many are out (bounded memory)
                 while chunks and (not pool or len(chunks) >= CHUNKS_AHEAD or pool.ready(chunks[0][1])):
-                    yield from searched(chunks.popleft())
+                    yield finished(chunks.popleft())
             if queue:
                 chunks.append((queue, self._embedding(pool, stages, queue)))
             while chunks:
-                yield from searched(chunks.popleft())
+                yield finished(chunks.popleft())
 
     @contextlib.contextmanager
     def _dropped_when_stopped(self, pool, outcomes, tickets):
@@ -465,6 +480,32 @@ class FaceRecognitionPipeline:
                 failures.append((segment.input_path, str(e)))  # one bad video in a folder: skip it
                 get_logger().warning(f"skipped {segment.input_path}: {e}")
         self.failures = failures
+
+    # ------------------------------------------------------------------ clustering
+    def cluster_settings(self, **overrides):
+        """engine.clustering.book.ClusterSettings of the config's Cluster section with `overrides`
+        (those left None keep the config's); the threshold defaults to rec_threshold's."""
+        section = dataclasses.replace(self.clustering, **{k: v for k, v in overrides.items() if v is not None})
+        threshold = self.rec_threshold if section.threshold is None else section.threshold
+        return ClusterSettings.from_config(section, threshold)
+
+    def cluster(self, input=None, output=None, threshold=None, method=None, seed=None, names=None, merge=(),
+                split=(), move=None, det_threshold=None, progress=True):
+        """Group every face of `input` (image, folder read recursively, URL, numpy image or a list)
+        by person: an engine.clustering.book.ClusterBook (`faces`: source, box, det_score, cluster;
+        cluster ids per face, -1 unsorted). With `output` (a folder), the clusters are saved there
+        with crops, a folder and a contact sheet per cluster, an overview picture and a CSV; a later
+        call with the same folder adds new photos to those clusters, keeping their ids and names.
+        names / merge / split / move edit the clusters as the Cluster config keys of those names do."""
+        settings = self.cluster_settings(threshold=threshold, method=method, seed=seed)
+        folder = os.fspath(output) if output is not None else None
+        book = cluster_photos(self, input, folder=folder, settings=settings, det_threshold=det_threshold,
+                              progress=progress, save=False)
+        for line in edit_book(book, settings, names=names, merge=merge, split=split, move=move):
+            get_logger().info(f"cluster: {line}")
+        if folder:
+            save_book(book, folder)
+        return book
 
     def recognize_image(self, img_bgr, index=None, det_threshold=None, rec_threshold=None, rec_topk=None, name="image"):
         """One decoded image's FaceRecognitionResult (what the service calls per request)."""
