@@ -148,3 +148,13 @@ def test_pictures_csv_and_cluster_folders_follow_renames(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["cluster"] for r in rows] == ["1", "1", "1", "2", "2", "unsorted"]
     assert rows[0]["name"] == "Zoë Smith" and rows[0]["source"] == "photo_0.jpg"
+
+
+def test_a_new_face_groups_with_an_old_unsorted_one_and_strangers_stay_apart():
+    feats, truth, centres = people([1, 1, 1, 1], seed=5)  # four people seen once: all unsorted
+    book = ClusterBook.new(MODEL)
+    book.add(faces(4), feats, SETTINGS)
+    assert set(book.labels.tolist()) == {UNSORTED}
+    again, _, _ = people([0, 1, 0, 0], seed=6, centres=centres)  # person 1 seen a second time
+    book.add(faces(1, start=4), again, SETTINGS)
+    assert book.labels.tolist() == [UNSORTED, 1, UNSORTED, UNSORTED, 1]

@@ -186,7 +186,7 @@ class ClusterBook:
         self.features = np.concatenate([self.features, features]) if len(faces) else self.features
         new_ids = np.arange(first, len(self.faces))
         self._join_old(new_ids, settings)
-        self._group_leftovers(settings)
+        self._group_leftovers(new_ids, settings)
         self.settings = {"threshold": round(settings.threshold, 4), "method": settings.method,
                          "neighbours": settings.neighbours, "min_cluster_size": settings.min_cluster_size,
                          "min_face_size": settings.min_face_size, "min_det_score": settings.min_det_score,
@@ -215,15 +215,18 @@ class ClusterBook:
             if votes:
                 self.faces[face_id]["cluster"] = max(votes.items(), key=lambda kv: (kv[1], -kv[0]))[0]
 
-    def _group_leftovers(self, settings):
-        """Group the good faces in no cluster (new and old alike); groups large enough become new
-        clusters, numbered largest first."""
+    def _group_leftovers(self, new_ids, settings):
+        """Group the good faces in no cluster (new and old alike) around the new ones; groups large
+        enough become new clusters, numbered largest first."""
         pool = np.array([f["id"] for f in self.faces if f["cluster"] == UNSORTED and f["quality"] == "ok"],
                         dtype=np.int64)
         if len(pool) < settings.min_cluster_size:
             return
+        queries = np.flatnonzero(np.isin(pool, new_ids))  # old leftovers can only group through new faces
+        if not len(queries):
+            return
         grouped = group(self.features[pool], settings.threshold, settings.method, settings.neighbours,
-                        settings.seed, settings.min_cluster_size)
+                        settings.seed, settings.min_cluster_size, queries=None if len(queries) == len(pool) else queries)
         self._number_groups(pool, grouped)
 
     def _number_groups(self, face_ids, grouped, keep=None):

@@ -19,22 +19,25 @@ from engine.evaluation.clustering import UNSORTED
 METHODS = ("whispers", "components")
 
 
-def knn_edges(features, k=32, threshold=0.5, block=4096):
+def knn_edges(features, k=32, threshold=0.5, block=4096, queries=None):
     """(i, j, cosine) of every pair where j is among i's k nearest neighbours (i != j) with cosine
-    >= threshold, each pair once (i < j), as three arrays. `features` are L2-normalised rows."""
+    >= threshold, each pair once (i < j), as three arrays. `features` are L2-normalised rows; with
+    `queries` (row numbers), only those rows' neighbours are searched (a few new faces among many)."""
     import faiss
 
     feats = np.ascontiguousarray(features, dtype=np.float32)
     n = len(feats)
-    if n < 2:
+    queries = np.arange(n) if queries is None else np.asarray(queries, dtype=np.int64)
+    if n < 2 or not len(queries):
         return _no_edges()
     index = faiss.IndexFlatIP(feats.shape[1])
     index.add(feats)
     k = min(int(k) + 1, n)  # the face itself comes back too
     rows, cols, sims = [], [], []
-    for start in range(0, n, block):
-        scores, ids = index.search(feats[start:start + block], k)
-        src = np.repeat(np.arange(start, start + len(ids)), k).reshape(len(ids), k)
+    for start in range(0, len(queries), block):
+        asked = queries[start:start + block]
+        scores, ids = index.search(feats[asked], k)
+        src = np.repeat(asked, k).reshape(len(ids), k)
         keep = (ids >= 0) & (ids != src) & (scores >= threshold)
         rows.append(src[keep])
         cols.append(ids[keep])
@@ -124,12 +127,17 @@ def _whisper_step(nodes, starts, dst, weight, labels):
     return changed
 
 
-def group(features, threshold, method="whispers", k=32, seed=0, min_size=2):
+def group(features, threshold, method="whispers", k=32, seed=0, min_size=2, queries=None):
     """Labels of `features` (L2-normalised rows): 0.. per group of at least min_size faces, in
-    order of their first face, and UNSORTED for the rest."""
+    order of their first face, and UNSORTED for the rest. With `queries` (row numbers), only groups
+    those rows reach are formed: their neighbours are searched, then the neighbours' own, so many
+    old faces cost one search each of the new ones and of the faces they touch, not a new graph."""
     if method not in METHODS:
         raise ValueError(f"unknown clustering method '{method}' (choose from {', '.join(METHODS)})")
-    edges = knn_edges(features, k=k, threshold=threshold)
+    edges = knn_edges(features, k=k, threshold=threshold, queries=queries)
+    if queries is not None and len(edges[0]):
+        touched = np.union1d(np.union1d(edges[0], edges[1]), queries)
+        edges = knn_edges(features, k=k, threshold=threshold, queries=touched)
     n = len(features)
     labels = chinese_whispers(n, edges, seed=seed) if method == "whispers" else connected_components(n, edges)
     return drop_small(labels, min_size)
