@@ -160,3 +160,26 @@ def test_bad_input_is_one_line_each(model_dir, tmp_path, capsys):
     assert "no cluster is named" in capsys.readouterr().err
     assert _cli("Global.mode=cluster", *base, "Cluster.merge=[[Carol, 1]]") == 1
     assert "no cluster 'Carol'" in capsys.readouterr().err
+
+
+def test_a_video_adds_one_face_per_track(model_dir, tmp_path):
+    """benchmarks/video_clips.py's demo clip: Alice twice, Bob and Carol once each. Each track is one
+    face (its mean feature, its best view); Alice's two tracks are one cluster."""
+    from benchmarks.video_clips import DEMO_SCRIPT, demo_people, make_clip
+    from engine import create_pipeline
+
+    clip = tmp_path / "meeting.mp4"
+    make_clip(clip, DEMO_SCRIPT, demo_people(os.path.join(REPO_ROOT, "dataset", "face_demo")))
+    # rec_threshold also sets how alike a face must be to rejoin a track it lost: an untrained
+    # network finds every demo face alike at 0.5
+    pipe = create_pipeline(config={"SubModules.Recognition.model_dir": model_dir, "Global.num_threads": 1,
+                                   "rec_threshold": 0.9})
+    out = tmp_path / "clusters"
+    book = pipe.cluster(str(clip), output=str(out), threshold=0.9, progress=False)
+    starts = [round(f["time"][0]) for f in book.faces]
+    assert starts == [0, 1, 6, 6] and all(f["source"] == str(clip) and "track_id" in f for f in book.faces)
+    labels = book.labels.tolist()
+    assert labels[0] == labels[2] == 1 and labels[1] == labels[3] == -1  # Alice; Bob and Carol seen once
+    assert len(os.listdir(out / "faces")) == 4
+    again = pipe.cluster(str(clip), output=str(out), threshold=0.9, progress=False)
+    assert len(again.faces) == 4  # the same video is not read twice

@@ -331,7 +331,8 @@ class VideoSection:
 
 @dataclass
 class ClusterSection:
-    input: Optional[Any] = setting(None, "cluster: photos to group by person (image, folder read recursively, or a list); "
+    input: Optional[Any] = setting(None, "cluster: photos to group by person (image, folder read recursively, video file: a "
+                         "face per track, or a list); "
                          "photos already in Cluster.output are skipped and new faces join its clusters; null = no "
                          "new photos (to name, merge, split, move or enrol only)")
     output: str = setting("output/clusters", "cluster: the cluster folder (cluster_result.json, clusters.csv, "

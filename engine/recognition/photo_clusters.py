@@ -13,9 +13,12 @@ import time
 
 import numpy as np
 
+from datasets.video import open_video
 from engine.clustering.book import ClusterBook, read_names
 from engine.clustering.pictures import save_crop, write_views
-from engine.inference.inputs import expand_inputs, is_expanded
+from engine.evaluation.metrics import l2_normalize
+from engine.inference.inputs import expand_inputs, is_expanded, segments
+from engine.recognition.video import VideoRecognizer
 from foundation.errors import UserError
 from foundation.logger import get_logger
 from foundation.progress import Progress
@@ -42,26 +45,80 @@ def photo_key(item):
 
 
 def cluster_photos(pipe, input, folder=None, settings=None, book=None, det_threshold=None, progress=True, save=True):
-    """Add the faces of `input` (image, folder read recursively, URL, numpy image or a list) to the
-    cluster book of `folder` (or `book`, or a new one) and group them; with a folder, the face crops
-    go there as they come, and with `save` the book and its pictures at the end. Returns the book;
-    pipe.failures lists the photos that could not be read."""
+    """Add the faces of `input` (image, folder read recursively, URL, numpy image, video file or a
+    list) to the cluster book of `folder` (or `book`, or a new one) and group them; a video adds
+    one face per track (its mean feature, its best view). With a folder, the face crops go there as
+    they come, and with `save` the book and its pictures at the end. Returns the book;
+    pipe.failures lists the inputs that could not be read."""
     log = get_logger()
     book = book if book is not None else open_book(pipe, folder)
-    items = [] if input is None else (input if is_expanded(input) else expand_inputs(input))
-    videos = [item.input_path for item in items if item.video]
-    if videos:
-        raise UserError(f"{videos[0]} is a video: clustering reads photos (run Global.mode=recognize for videos)")
+    items = [] if input is None else (input if is_expanded(input) else expand_inputs(input, videos=True))
+    cameras = [item.input_path for item in items if item.video and not isinstance(item.input_path, str)
+               or item.video and "://" in str(item.input_path)]
+    if cameras:
+        raise UserError(f"{cameras[0]} is a camera or a stream: clustering reads photos and video files (recognize "
+                        "follows live sources)")
     todo = [item for item in items if photo_key(item) is None or photo_key(item) not in book.photos]
     if items and len(todo) < len(items):
-        log.info(f"cluster: {len(items) - len(todo)} of {len(items)} photo(s) are in the cluster folder already "
+        log.info(f"cluster: {len(items) - len(todo)} of {len(items)} input(s) are in the cluster folder already "
                  "and are skipped")
-    faces, rows, no_face = [], [], 0
-    first_id = len(book.faces)
-    pipe.failures = []
-    start = time.perf_counter()
-    with Progress(len(todo), desc="cluster: detect and embed", unit="photo", enabled=progress and bool(todo)) as bar:
-        for queue, feats in (pipe.embedded(todo, det_threshold, keep_images=False) if todo else ()):
+    collected = Collected(book, folder)
+    failures = []
+    for segment in segments(todo):
+        if isinstance(segment, list):
+            _photo_faces(pipe, segment, collected, det_threshold, progress)
+            failures.extend(pipe.failures)
+            continue
+        try:
+            _video_faces(pipe, segment, collected, det_threshold, progress)
+        except UserError as e:
+            if segment.explicit:
+                raise
+            failures.append((segment.input_path, str(e)))  # one bad video in a folder: skip it
+            log.warning(f"skipped {segment.input_path}: {e}")
+    if todo and not collected.faces and not book.faces:
+        read = len(todo) - len(failures)
+        raise UserError(f"no face found in any of the {read} photo(s) read"
+                        + (f" ({len(failures)} could not be read)" if failures else "")
+                        + f" at det_threshold {pipe.det_threshold if det_threshold is None else det_threshold}: "
+                          "nothing to cluster, no clusters written (a lower -o det_threshold finds fainter faces)")
+    if collected.empty_inputs:
+        log.info(f"cluster: {collected.empty_inputs} input(s) without a face found in them")
+    book.add(collected.faces, collected.features(), settings)
+    pipe.failures = failures
+    if folder and save:
+        save_book(book, folder)
+    return book
+
+
+class Collected:
+    """The faces a run gathers before they are grouped: their records and features, their crops
+    written to the folder as they come (face ids are known: they follow the book's)."""
+
+    def __init__(self, book, folder):
+        self.book, self.folder = book, folder
+        self.faces, self.rows, self.empty_inputs = [], [], 0
+
+    def add(self, record, feature, crop):
+        if self.folder:
+            save_crop(self.folder, len(self.book.faces) + len(self.faces), crop)
+        self.faces.append(record)
+        self.rows.append(np.asarray(feature, np.float32))
+
+    def input_done(self, item, faces):
+        key = photo_key(item)
+        if key is not None:
+            self.book.photos[key] = faces
+        self.empty_inputs += not faces
+
+    def features(self):
+        return np.stack(self.rows) if self.rows else np.zeros((0, self.book.features.shape[1]), np.float32)
+
+
+def _photo_faces(pipe, items, collected, det_threshold, progress):
+    start, before = time.perf_counter(), len(collected.faces)
+    with Progress(len(items), desc="cluster: detect and embed", unit="photo", enabled=progress) as bar:
+        for queue, feats in pipe.embedded(items, det_threshold, keep_images=False):
             k = 0
             for item, _, found in queue:
                 for face, crop in found:
@@ -69,32 +126,36 @@ def cluster_photos(pipe, input, folder=None, settings=None, book=None, det_thres
                               "box": [round(float(v), 1) for v in face.box], "det_score": round(float(face.score), 4)}
                     if face.landmarks is not None:
                         record["landmarks"] = face.to_dict()["landmarks"]
-                    if folder:
-                        save_crop(folder, first_id + len(faces), crop)
-                    faces.append(record)
-                    rows.append(feats[k])
+                    collected.add(record, feats[k], crop)
                     k += 1
-                key = photo_key(item)
-                if key is not None:
-                    book.photos[key] = len(found)
-                no_face += not found
-            elapsed = time.perf_counter() - start
-            bar.update(len(queue), postfix=f"{len(faces)} faces, {len(faces) / max(elapsed, 1e-9):.1f} faces/s")
-    failures = list(pipe.failures)
-    if todo and not faces and not book.faces:
-        read = len(todo) - len(failures)
-        raise UserError(f"no face found in any of the {read} photo(s) read"
-                        + (f" ({len(failures)} could not be read)" if failures else "")
-                        + f" at det_threshold {pipe.det_threshold if det_threshold is None else det_threshold}: "
-                          "nothing to cluster, no clusters written (a lower -o det_threshold finds fainter faces)")
-    if no_face:
-        log.info(f"cluster: {no_face} photo(s) without a face found in them")
-    features = np.stack(rows) if rows else np.zeros((0, book.features.shape[1]), np.float32)
-    book.add(faces, features, settings)
-    pipe.failures = failures
-    if folder and save:
-        save_book(book, folder)
-    return book
+                collected.input_done(item, len(found))
+            faces = len(collected.faces) - before
+            rate = faces / max(time.perf_counter() - start, 1e-9)
+            bar.update(len(queue), postfix=f"{faces} faces, {rate:.1f} faces/s")
+
+
+def _video_faces(pipe, item, collected, det_threshold, progress):
+    """One face per track of a video file: the mean of the track's features, its best view's crop and box."""
+    opened = open_video(item.input_path, pipe.max_image_pixels, pipe.video.reconnects)
+    try:
+        session = VideoRecognizer(pipe, pipe.video, det_threshold=det_threshold).session(None, opened.fps)
+        every = pipe.video.detect_every
+        with Progress(opened.frame_count or None, desc=f"cluster: video {item.name}", unit="frame",
+                      enabled=progress) as bar:
+            for frame_index, seconds, frame in opened.frames(None, lambda i: i % every == 0):
+                if frame_index % every == 0:
+                    session.see(frame_index, seconds, frame)
+                bar.update(1)
+    finally:
+        opened.close()
+    session.finish()
+    for track, evidence in session.reported:
+        crop, _, box, score = evidence.best_view
+        record = {"source": item.input_path, "box": [round(float(v), 1) for v in box],
+                  "det_score": round(float(score), 4), "track_id": track["track_id"],
+                  "time": [track["start_time"], track["end_time"]]}
+        collected.add(record, l2_normalize(np.mean(evidence.features, axis=0, keepdims=True))[0], crop)
+    collected.input_done(item, len(session.reported))
 
 
 def edit_book(book, settings, names=None, merge=(), split=(), move=None):
