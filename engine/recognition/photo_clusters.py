@@ -118,7 +118,7 @@ class Collected:
 def _photo_faces(pipe, items, collected, det_threshold, progress):
     start, before = time.perf_counter(), len(collected.faces)
     with Progress(len(items), desc="cluster: detect and embed", unit="photo", enabled=progress) as bar:
-        for queue, feats in pipe.embedded(items, det_threshold, keep_images=False):
+        for queue, feats in pipe.embedded(items, det_threshold, keep_images=False, keep_crops=True):
             k = 0
             for item, _, found in queue:
                 for face, crop in found:
