@@ -183,3 +183,8 @@ def test_a_video_adds_one_face_per_track(model_dir, tmp_path):
     assert len(os.listdir(out / "faces")) == 4
     again = pipe.cluster(str(clip), output=str(out), threshold=0.9, progress=False)
     assert len(again.faces) == 4  # the same video is not read twice
+    from foundation.errors import UserError
+
+    for live in (0, "rtsp://127.0.0.1:1/cam"):  # nothing is opened: refused before
+        with pytest.raises(UserError, match="is a camera or a stream"):
+            pipe.cluster(live, progress=False)

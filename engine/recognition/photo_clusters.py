@@ -53,8 +53,7 @@ def cluster_photos(pipe, input, folder=None, settings=None, book=None, det_thres
     log = get_logger()
     book = book if book is not None else open_book(pipe, folder)
     items = [] if input is None else (input if is_expanded(input) else expand_inputs(input, videos=True))
-    cameras = [item.input_path for item in items if item.video and not isinstance(item.input_path, str)
-               or item.video and "://" in str(item.input_path)]
+    cameras = [item.input_path for item in items if item.video and not os.path.isfile(str(item.input_path))]
     if cameras:
         raise UserError(f"{cameras[0]} is a camera or a stream: clustering reads photos and video files (recognize "
                         "follows live sources)")
