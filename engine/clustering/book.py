@@ -41,7 +41,7 @@ class ClusterSettings:
     """How faces are grouped (the pipeline config's Cluster section, engine.config.schema)."""
     threshold: float = 0.5
     method: str = "whispers"
-    neighbours: int = 32
+    neighbours: int = 64
     min_cluster_size: int = 2
     min_face_size: int = 32
     min_det_score: float = 0.7
@@ -57,7 +57,7 @@ class ClusterSettings:
     @classmethod
     def from_config(cls, section, threshold):
         names = {f.name for f in fields(cls)} & {f.name for f in fields(ClusterSection)}
-        values = {name: getattr(section, name) for name in names if name != "threshold"}
+        values = {name: getattr(section, name) for name in names if name not in ("threshold", "threshold_margin")}
         return cls(threshold=float(threshold), **values)
 
     def quality(self, face):

@@ -338,10 +338,15 @@ class ClusterSection:
     output: str = setting("output/clusters", "cluster: the cluster folder (cluster_result.json, clusters.csv, "
                           "features.npy, faces/, clusters/, sheets/, overview.jpg); a later run continues it")
     threshold: Optional[float] = setting(None, "cosine at which two faces join; null = rec_threshold (the model's "
-                                         "recorded threshold when that is null too)", min=-1.0, max=1.0)
+                                         "recorded threshold when that is null too) + threshold_margin", min=-1.0,
+                                         max=1.0)
+    threshold_margin: float = setting(0.2, "added to rec_threshold when Cluster.threshold is null: grouping "
+                                      "thousands of faces needs a stricter cosine than telling two apart "
+                                      "(docs/clustering.md#quality)", min=0.0, max=1.0)
     method: str = setting("whispers", "whispers (Chinese whispers: cuts weak bridges between people) or components "
                           "(every chain of joined faces is one person)", choices=("whispers", "components"))
-    neighbours: int = setting(32, "nearest faces each face may join in the graph", min=1)
+    neighbours: int = setting(64, "nearest faces each face may join in the graph (a person in hundreds of photos "
+                              "needs many to stay one cluster)", min=1)
     min_cluster_size: int = setting(2, "smaller groups go to 'unsorted'", min=1)
     min_face_size: int = setting(32, "faces with a shorter box side (pixels) go to 'unsorted' without joining "
                                  "anyone", min=0)

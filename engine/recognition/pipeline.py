@@ -465,10 +465,19 @@ class FaceRecognitionPipeline:
     # ------------------------------------------------------------------ clustering
     def cluster_settings(self, **overrides):
         """engine.clustering.book.ClusterSettings of the config's Cluster section with `overrides`
-        (those left None keep the config's); the threshold defaults to rec_threshold's."""
+        (those left None keep the config's); the threshold defaults to rec_threshold plus
+        Cluster.threshold_margin, at most 0.95."""
         section = dataclasses.replace(self.clustering, **{k: v for k, v in overrides.items() if v is not None})
-        threshold = self.rec_threshold if section.threshold is None else section.threshold
-        return ClusterSettings.from_config(section, threshold)
+        return ClusterSettings.from_config(section, self.cluster_threshold(section)[0])
+
+    def cluster_threshold(self, section=None):
+        """(the cosine at which faces join when clustering, where it came from)."""
+        section = section or self.clustering
+        if section.threshold is not None:
+            return float(section.threshold), "Cluster.threshold"
+        value = min(0.95, self.rec_threshold + section.threshold_margin)
+        return value, (f"rec_threshold {self.rec_threshold:.3f} ({self.rec_threshold_source}) + Cluster.threshold_margin "
+                       f"{section.threshold_margin:g}")
 
     def cluster(self, input=None, output=None, threshold=None, method=None, seed=None, names=None, merge=(),
                 split=(), move=None, det_threshold=None, progress=True):

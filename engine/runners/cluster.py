@@ -71,7 +71,7 @@ def run(cfg):
         pipe = FaceRecognitionPipeline.from_config(cfg)
         settings = pipe.cluster_settings()
         log.info(f"cluster: model {pipe.model.model_name}; threshold {settings.threshold:.3f} "
-                 f"({'set in the config' if section.threshold is not None else pipe.rec_threshold_source}); "
+                 f"({pipe.cluster_threshold()[1]}); "
                  f"{settings.method}, {settings.neighbours} neighbours, groups of {settings.min_cluster_size}+; faces "
                  f"under {settings.min_face_size} px or scored under {settings.min_det_score} go to unsorted")
         book = pipe.cluster(items, output=folder, names=section.names, merge=section.merge, split=section.split,
