@@ -12,6 +12,7 @@ import importlib.util
 import io
 import json
 import os
+import struct
 import tarfile
 
 import numpy as np
@@ -202,3 +203,126 @@ def test_unknown_op_is_refused_by_name(tmp_path):
         bring.convert(tgz, str(tmp_path / "brought"), source="human-models", member=MEMBER,
                       log=lambda *_: None)
     assert not os.path.exists(tmp_path / "brought")
+
+
+# --------------------------------------------------------------------------- TFLite
+
+
+class _Fb:
+    """A tiny FlatBuffers writer for the test (front to back: every reference points forward).
+    A table is {field number: value}; a value is ("i"|"I"|"b"|"B", number), ("str", text),
+    ("vec", numpy array of int32/float32/uint8), ("table", table) or ("tables", [tables])."""
+
+    def __init__(self):
+        self.buf = bytearray()
+
+    def _align(self):
+        self.buf += b"\0" * (-len(self.buf) % 4)
+
+    def _patch(self, at, target):
+        struct.pack_into("<I", self.buf, at, target - at)
+
+    def put(self, value):
+        kind, v = value
+        self._align()
+        pos = len(self.buf)
+        if kind == "str":
+            data = v.encode()
+            self.buf += struct.pack("<I", len(data)) + data + b"\0"
+        elif kind == "vec":
+            self.buf += struct.pack("<I", len(v)) + np.ascontiguousarray(v).tobytes()
+        elif kind == "tables":
+            self.buf += struct.pack("<I", len(v)) + b"\0" * (4 * len(v))
+            for i, t in enumerate(v):
+                self._patch(pos + 4 + 4 * i, self.put(("table", t)))
+        else:  # a table: its vtable, then the table, then what it refers to
+            fields = sorted(v.items())
+            slots = [(n, val) for n, val in fields]
+            vt_len = 4 + 2 * (max(v) + 1 if v else 0)
+            layout, size = {}, 4
+            for n, val in slots:
+                layout[n], size = size, size + 4
+            vt = struct.pack("<HH", vt_len, size) + b"".join(
+                struct.pack("<H", layout.get(n, 0)) for n in range(max(v) + 1 if v else 0))
+            self.buf += vt
+            self._align()
+            pos = len(self.buf)
+            self.buf += struct.pack("<i", pos - (pos - len(vt) - (-len(vt) % 4))) + b"\0" * (size - 4)
+            refs = []
+            for n, (k, val) in slots:
+                at = pos + layout[n]
+                if k in ("i", "I", "b", "B"):
+                    struct.pack_into("<" + k, self.buf, at, val)
+                else:
+                    refs.append((at, (k, val)))
+            for at, val in refs:
+                self._patch(at, self.put(val))
+        return pos
+
+    def finish(self, root):
+        self.buf += b"\0" * 4 + b"TFL3"
+        self._patch(0, self.put(("table", root)))
+        return bytes(self.buf)
+
+
+def _tiny_tflite():
+    """A float TFLite model: CONV_2D (OHWI, bias, SAME, stride 2, fused RELU6) -> DEPTHWISE_CONV_2D
+    (multiplier 2, VALID, bias) -> ADD of a constant with fused RELU -> RESHAPE [N,1,1,4] -> [N,4]."""
+    rng = np.random.default_rng(3)
+    w = {"f1": rng.normal(0, .5, (3, 3, 3, 3)).astype(np.float32), "b1": rng.normal(0, .1, 3).astype(np.float32),
+         "f2": rng.normal(0, .5, (1, 3, 3, 6)).astype(np.float32), "b2": rng.normal(0, .1, 6).astype(np.float32),
+         "k": rng.normal(0, .3, 6).astype(np.float32), "f3": rng.normal(0, .5, (4, 2, 2, 6)).astype(np.float32)}
+    # tensors: 0 x [2,7,7,3], 1 f1, 2 b1, 3 c1 [2,4,4,3], 4 f2, 5 b2, 6 d [2,2,2,6], 7 k, 8 a, 9 f3, 10 c3, 11 out
+    spec = [("x", [2, 7, 7, 3], None), ("f1", [3, 3, 3, 3], "f1"), ("b1", [3], "b1"), ("c1", [2, 4, 4, 3], None),
+            ("f2", [1, 3, 3, 6], "f2"), ("b2", [6], "b2"), ("d", [2, 2, 2, 6], None), ("k", [6], "k"),
+            ("a", [2, 2, 2, 6], None), ("f3", [4, 2, 2, 6], "f3"), ("c3", [2, 1, 1, 4], None), ("out", [2, 4], None)]
+    buffers = [{}] + [{0: ("vec", w[key].view(np.uint8).ravel())} for _, _, key in spec if key]
+    tensors, b = [], 1
+    for name, shape, key in spec:
+        tensors.append({0: ("vec", np.array(shape, np.int32)), 1: ("b", 0), 2: ("I", b if key else 0),
+                        3: ("str", name)})
+        b += bool(key)
+    ops = [
+        {0: ("I", 0), 1: ("vec", np.array([0, 1, 2], np.int32)), 2: ("vec", np.array([3], np.int32)),
+         3: ("B", 1), 4: ("table", {0: ("b", 0), 1: ("i", 2), 2: ("i", 2), 3: ("b", 3)})},  # SAME, RELU6
+        {0: ("I", 1), 1: ("vec", np.array([3, 4, 5], np.int32)), 2: ("vec", np.array([6], np.int32)),
+         3: ("B", 2), 4: ("table", {0: ("b", 1), 1: ("i", 1), 2: ("i", 1), 3: ("i", 2)})},  # VALID, x2
+        {0: ("I", 2), 1: ("vec", np.array([6, 7], np.int32)), 2: ("vec", np.array([8], np.int32)),
+         3: ("B", 11), 4: ("table", {0: ("b", 1)})},  # ADD, fused RELU
+        {0: ("I", 0), 1: ("vec", np.array([8, 9, -1], np.int32)), 2: ("vec", np.array([10], np.int32)),
+         3: ("B", 1), 4: ("table", {0: ("b", 1), 1: ("i", 1), 2: ("i", 1)})},  # VALID, no bias
+        {0: ("I", 3), 1: ("vec", np.array([10], np.int32)), 2: ("vec", np.array([11], np.int32))},  # RESHAPE
+    ]
+    graph = {0: ("tables", tensors), 1: ("vec", np.array([0], np.int32)), 2: ("vec", np.array([11], np.int32)),
+             3: ("tables", ops)}
+    model = {0: ("I", 3), 1: ("tables", [{3: ("i", c)} for c in (3, 4, 0, 22)]), 2: ("tables", [graph]),
+             4: ("tables", buffers)}
+    return _Fb().finish(model), w
+
+
+def test_tflite_reader_maps_layouts_and_fused_activations():
+    bring = _bring()
+    data, w = _tiny_tflite()
+    model, weights = bring.read_tflite(data)
+    graph = bring.Graph(model)
+    bring.check_supported(graph)
+    assert graph.input_shape == [-1, 7, 7, 3] and graph.output == "out"
+    x = np.random.default_rng(4).uniform(-1, 1, (3, 7, 7, 3))
+    got = bring.reference_forward(graph, weights, x)
+    # the same network written directly from the TFLite layouts (OHWI; [1, H, W, C * M], channel c * M + m)
+    c1 = np.clip(_loop_conv(x, w["f1"].transpose(1, 2, 3, 0), 2, ((1, 1), (1, 1))) + w["b1"], 0, 6)
+    d = _loop_conv(c1, w["f2"].reshape(3, 3, 3, 2), 1, ((0, 0), (0, 0)), depthwise=True) + w["b2"]
+    a = np.maximum(d + w["k"], 0)
+    expect = _loop_conv(a, w["f3"].transpose(1, 2, 3, 0), 1, ((0, 0), (0, 0))).reshape(3, 4)
+    np.testing.assert_allclose(got, expect, rtol=1e-6, atol=1e-6)
+
+
+def test_tflite_reader_refuses_unknown_ops_and_other_files():
+    bring = _bring()
+    data, _ = _tiny_tflite()
+    with pytest.raises(SystemExit, match="TFL3"):
+        bring.read_tflite(b"\0" * 16)
+    # the RESHAPE's opcode turned into SPLIT (49)
+    bad = data.replace(struct.pack("<i", 22), struct.pack("<i", 49))
+    with pytest.raises(SystemExit, match="builtin op 49"):
+        bring.read_tflite(bad)
