@@ -1,17 +1,10 @@
-"""engine/evaluation/clustering.py: the kNN graph, connected components, Chinese whispers, the
+"""engine/clustering/graph.py and engine/evaluation/clustering.py: the kNN graph, connected components, Chinese whispers, the
 unsorted group and the BCubed / pairwise scores (numpy and faiss, no Paddle)."""
 import numpy as np
 import pytest
 
-from engine.evaluation.clustering import (
-    UNSORTED,
-    bcubed,
-    chinese_whispers,
-    connected_components,
-    drop_small,
-    knn_edges,
-    pairwise_f,
-)
+from engine.clustering.graph import chinese_whispers, connected_components, drop_small, knn_edges
+from engine.evaluation.clustering import UNSORTED, bcubed, pairwise_f
 
 
 def people(n_people=20, per_person=10, dim=64, spread=0.25, seed=0):

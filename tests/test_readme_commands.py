@@ -1,6 +1,6 @@
 """The README's shell commands, run as written, in a fresh folder laid out like a clone (main.py and
 configs/ beside a ./dataset/face_demo): the main job (check_dataset, train, evaluate, predict) and the
-pipeline (build_index, recognize, serve).
+pipeline (build_index, recognize, cluster, serve).
 
 What is not the README's own: the demo dataset is a small one generated first (so no command spends
 minutes), training is stopped once its first steps are logged (the recipe takes 17 minutes or more),
@@ -84,7 +84,7 @@ def start_and_stop(line, cwd, ready, timeout=180):
 def test_the_readme_has_the_main_job_and_the_pipeline():
     commands = readme_commands()
     modes = [m for block in commands for line in block for m in re.findall(r"Global\.mode=(\w+)", line)]
-    assert modes == ["check_dataset", "train", "evaluate", "predict", "build_index", "recognize", "serve"]
+    assert modes == ["check_dataset", "train", "evaluate", "predict", "build_index", "recognize", "cluster", "serve"]
 
 
 def test_main_job_commands_run_as_written(clone):
@@ -109,11 +109,13 @@ def test_pipeline_commands_run_as_written(clone):
         export_random_model(clone / "output" / "best_model")
     (block,) = [b for b in readme_commands() if any("Global.mode=build_index" in ln for ln in b)]
     setup = [ln for ln in block if "Global.mode=" not in ln]
-    build, recognize, serve = [ln for ln in block if "Global.mode=" in ln]
+    build, recognize, cluster, serve = [ln for ln in block if "Global.mode=" in ln]
     prefix = "; ".join(setup) + "; "
     run(prefix + build, clone)
     run(prefix + recognize, clone)
     assert any(name.endswith("_res.json") for name in os.listdir(clone / "output" / "recognition"))
+    run(prefix + cluster, clone)
+    assert os.path.isfile(clone / "output" / "clusters" / "overview.jpg")
     with socket.socket() as s:
         if s.connect_ex(("127.0.0.1", 8080)) == 0:
             pytest.skip("port 8080 (the README's serve port) is taken on this machine")

@@ -31,7 +31,7 @@ def block_with(page, text):
 
 RUN_HERE = [("README.md", "model.predict("), ("docs/pipeline.md", "create_pipeline("),
             ("docs/inference.md", '"backend": "onnxruntime"'), ("docs/inference.md", "a PaddleClas export"),
-            ("docs/video.md", 'pipeline.predict("meeting.mp4"')]
+            ("docs/video.md", 'pipeline.predict("meeting.mp4"'), ("docs/clustering.md", "pipeline.cluster(")]
 
 
 def test_every_python_block_is_run_here():
@@ -136,3 +136,21 @@ def test_a_model_exported_elsewhere_example(tmp_path, monkeypatch):
     scope = {}
     exec(block_with("docs/inference.md", "a PaddleClas export"), scope)
     assert scope["model"].embedding_size == 256
+
+
+def test_clustering_example(random_model, tmp_path, monkeypatch):
+    """docs/clustering.md's example on photos of demo faces YuNet detects: two photos of one face
+    and one of another, then one more photo of the first."""
+    work = tmp_path / "work"
+    shutil.copytree(random_model, work / "output" / "best_model" / "inference")
+    for folder, photos in (("photos", ("p00000/00", "p00000/00", "p00001/00")), ("more_photos", ("p00000/00",))):
+        (work / folder).mkdir(parents=True)
+        for k, photo in enumerate(photos):
+            cv2.imwrite(str(work / folder / f"{k}.jpg"), demo_face_photo(photo))
+    monkeypatch.chdir(work)
+    scope = {}
+    exec(block_with("docs/clustering.md", "pipeline.cluster("), scope)
+    book = scope["book"]
+    assert len(book.faces) == 4 and book.labels.tolist()[:2] == [1, 1] and book.labels[3] == 1
+    assert book.names == {1: "Alice"}
+    assert os.path.isfile(work / "output" / "clusters" / "overview.jpg")

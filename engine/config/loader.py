@@ -149,6 +149,10 @@ def _coerce(value, tp):
         if isinstance(value, (list, tuple)):
             return [_coerce(v, str) for v in value]
         return _coerce(value, str)
+    if tp is dict:  # Cluster.names / Cluster.move: a mapping, or the path of a file holding one
+        if isinstance(value, dict):
+            return {str(k): _coerce(v, Any) for k, v in value.items()}
+        return _coerce(value, str)
     origin = get_origin(tp)
     if origin is list:
         (inner,) = get_args(tp)

@@ -14,7 +14,7 @@ from typing import Any, List, Optional, get_args, get_origin
 
 BACKBONES = ("MobileFaceNet", "ResNet50_face")
 MODEL_MODES = ("check_dataset", "train", "evaluate", "export", "predict")
-PIPELINE_MODES = ("build_index", "append_index", "remove_index", "recognize", "serve")
+PIPELINE_MODES = ("build_index", "append_index", "remove_index", "recognize", "cluster", "serve")
 RUN_MODES = ("paddle", "mkldnn", "mkldnn_bf16")
 HPI_BACKENDS = ("paddle", "openvino", "onnxruntime")  # high-performance inference (engine.inference.backends)
 HPI_PRECISIONS = ("fp32", "bf16", "int8")  # int8: only a folder whose export passed the gate
@@ -330,6 +330,35 @@ class VideoSection:
 
 
 @dataclass
+class ClusterSection:
+    input: Optional[Any] = setting(None, "cluster: photos to group by person (image, folder read recursively, video file: a "
+                         "face per track, or a list); "
+                         "photos already in Cluster.output are skipped and new faces join its clusters; null = no "
+                         "new photos (to name, merge, split, move or enrol only)")
+    output: str = setting("output/clusters", "cluster: the cluster folder (cluster_result.json, clusters.csv, "
+                          "features.npy, faces/, clusters/, sheets/, overview.jpg); a later run continues it")
+    threshold: Optional[float] = setting(None, "cosine at which two faces join; null = rec_threshold (the model's "
+                                         "recorded threshold when that is null too)", min=-1.0, max=1.0)
+    method: str = setting("whispers", "whispers (Chinese whispers: cuts weak bridges between people) or components "
+                          "(every chain of joined faces is one person)", choices=("whispers", "components"))
+    neighbours: int = setting(32, "nearest faces each face may join in the graph", min=1)
+    min_cluster_size: int = setting(2, "smaller groups go to 'unsorted'", min=1)
+    min_face_size: int = setting(32, "faces with a shorter box side (pixels) go to 'unsorted' without joining "
+                                 "anyone", min=0)
+    min_det_score: float = setting(0.7, "faces the detector scored lower go to 'unsorted' without joining anyone",
+                                   min=0.0, max=1.0)
+    seed: int = setting(0, "Chinese whispers' visiting order (the same input and seed give the same clusters)")
+    names: Optional[dict] = setting(None, "name clusters: a mapping {3: Alice, Bob: Robert} (cluster id or current name: new "
+                         "name) or a file of '<cluster id or name> <new name>' lines")
+    merge: List[Any] = setting([], "[[Alice, 7], [12, 15]]: each list becomes its first cluster (ids or names)")
+    split: List[Any] = setting([], "[Alice, 12]: regrouped at a stricter threshold; the largest part keeps the id "
+                               "and the name")
+    move: Optional[dict] = setting(None, "{Alice: [12, 40], unsorted: [7]}: faces (by face id) to a cluster or to unsorted")
+    enroll: bool = setting(False, "enrol the faces of every named cluster into the gallery index `index` (built "
+                           "when missing, else added to), labelled by the cluster's name")
+
+
+@dataclass
 class ServeSection:
     host: str = setting("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
     port: int = setting(8080, "TCP port", min=1, max=65535)
@@ -384,6 +413,7 @@ class PipelineConfig:
     Index: IndexSection = setting(IndexSection, "")
     Predict: PipelinePredict = setting(PipelinePredict, "")
     Video: VideoSection = setting(VideoSection, "")
+    Cluster: ClusterSection = setting(ClusterSection, "")
     Serve: ServeSection = setting(ServeSection, "")
     Serving: ServingSection = setting(ServingSection, "")
 
@@ -447,6 +477,8 @@ def type_name(tp):
     """'int', 'float', 'bool', 'str', 'int or null', 'list of str', 'str or list of str'."""
     if tp is Any:
         return "str or list of str"
+    if tp is dict:
+        return "mapping or file path"
     origin = get_origin(tp)
     if origin is list:
         return f"list of {type_name(get_args(tp)[0])}"

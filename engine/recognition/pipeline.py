@@ -31,15 +31,17 @@ the index they were given as it was, so a copy being searched never sees half an
 Shared by the gallery modes, recognize, the HTTP service and the Python API.
 """
 import contextlib
+import dataclasses
 import os
-from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 import yaml
 
 from datasets.transforms import DEFAULT_MAX_PIXELS
+from engine.clustering.book import ClusterSettings
 from engine.config.loader import load_config, pipeline_config_path
+from engine.config.schema import ClusterSection
 from engine.gallery.backend import GallerySettings
 from engine.gallery.faiss_index import apply_threshold, list_gallery, set_search_threads
 from engine.inference.backends import hpi_settings, pp_option_settings, translate_hpi_config
@@ -47,6 +49,7 @@ from engine.inference.folder import recorded_threshold
 from engine.inference.inputs import expand_inputs, is_expanded, segments
 from engine.inference.model import InferenceModel
 from engine.inference.official_models import feature_model_dir, official_model_dir
+from engine.recognition.photo_clusters import cluster_photos, edit_book, save_book
 from engine.recognition.results import FaceRecognitionResult
 from engine.recognition.stages import FaceStages, Refused, embed_crops, faces_in
 from engine.recognition.video import VideoSettings, recognize_video
@@ -62,8 +65,6 @@ DEFAULT_REC_THRESHOLD = 0.4  # the reference's value, when the model folder reco
 # The detector runs at this score (or the pipeline's det_threshold when lower) and the faces are
 # then kept at the threshold of the call, so predict(det_threshold=...) may go below the config's.
 DETECTION_FLOOR = 0.3
-# Batches of faces at the workers at once, at most (then the oldest is waited for): bounds the images held.
-CHUNKS_AHEAD = 3
 
 
 def gallery_items(gallery_imgs, gallery_label=None):
@@ -122,7 +123,7 @@ class FaceRecognitionPipeline:
 
     def __init__(self, model, detector, gallery=None, *, det_threshold=0.6, margin=0.2, rec_threshold=None,
                  rec_topk=5, batch_size=16, index=None, max_image_pixels=DEFAULT_MAX_PIXELS, num_threads=1,
-                 device_kind="cpu", detector_settings=None, video=None):
+                 device_kind="cpu", detector_settings=None, video=None, clustering=None):
         self.model = model  # engine.inference.model.InferenceModel
         self.detector = detector  # models.face_detector: runs at min(det_threshold, DETECTION_FLOOR)
         self.gallery = gallery or GallerySettings()
@@ -141,6 +142,7 @@ class FaceRecognitionPipeline:
         self._pool = None  # engine.recognition.workers.WorkerPool, started by the first long call
         self._plans_logged = set()
         self.video = video or VideoSettings()  # how predict() reads a video (the config's Video section)
+        self.clustering = clustering or ClusterSection()  # how cluster() groups faces (the Cluster section)
 
     @property
     def index_name(self):
@@ -180,7 +182,9 @@ class FaceRecognitionPipeline:
                    rec_threshold=cfg.rec_threshold, rec_topk=cfg.rec_topk, batch_size=rec.batch_size,
                    index=cfg.index, max_image_pixels=cfg.Global.max_image_pixels, num_threads=threads,
                    device_kind=parse_device(cfg.Global.device)[0], detector_settings=det,
-                   video=VideoSettings.from_config(cfg.Video))
+                   video=VideoSettings.from_config(cfg.Video),
+                   clustering=ClusterSection(**{f.name: getattr(cfg.Cluster, f.name)
+                                                for f in dataclasses.fields(ClusterSection)}))
 
     # ------------------------------------------------------------------ embedding
     def embed(self, crops):
@@ -261,42 +265,37 @@ class FaceRecognitionPipeline:
         decoded_here = any(callable(source) for source, _ in items)
         pool = None if decoded_here else self._workers_for(len(items))
         stages = self._stages()
-        chunks, labels, sources, pending = [], [], [], []  # chunks: features, or a worker's ticket for them
+        labels, sources, feats = [], [], []
         skipped, skipped_positions, whole = [], [], []
+        size = self._block_size()
+        starts = range(0, len(items), size)
 
-        def flush():
-            if pending:
-                chunks.append(pool.submit("embed", list(pending), self.batch_size, urgent=True) if pool
-                              else stages.embed(pending, self.batch_size))
-                pending.clear()
+        def task(start):
+            return [source for source, _ in items[start:start + size]], self.det_threshold, self.batch_size
 
         if pool:
-            outcomes = pool.ordered((("gallery_face", (source, self.det_threshold)) for source, _ in items),
-                                    self._images_ahead(pool))
+            answers = pool.ordered((("gallery_faces_embedded", task(start)) for start in starts),
+                                   self._blocks_ahead(pool))
         else:
-            outcomes = (stages.gallery_face(source, self.det_threshold) for source, _ in items)
+            answers = (stages.gallery_faces_embedded(*task(start)) for start in starts)
         with Progress(len(items), desc=desc, unit="img", enabled=progress) as bar, \
-                self._dropped_when_stopped(pool, outcomes, lambda: chunks):
-            for position, ((source, label), outcome) in enumerate(zip(items, outcomes)):
-                name = _source_name(source, position)
-                if isinstance(outcome, Refused):
-                    skipped.append((name, outcome.message))
-                    skipped_positions.append(position)
-                    log.warning(f"skipped gallery image {name}: {outcome.message}")
-                else:
-                    crop, is_whole = outcome
-                    if is_whole:  # a face crop already, most likely: the whole image is the face
+                self._dropped_when_stopped(pool, answers, list):
+            for start, (outcomes, block_feats) in zip(starts, answers):
+                for position, outcome in enumerate(outcomes, start):
+                    source, label = items[position]
+                    name = _source_name(source, position)
+                    if isinstance(outcome, Refused):
+                        skipped.append((name, outcome.message))
+                        skipped_positions.append(position)
+                        log.warning(f"skipped gallery image {name}: {outcome.message}")
+                        continue
+                    if outcome:  # a face crop already, most likely: the whole image is the face
                         whole.append(name)
                         log.info(f"gallery image {name}: no face detected, embedded whole")
-                    pending.append(crop)
                     labels.append(label)
                     sources.append(source if isinstance(source, str) else None)
-                    if len(pending) >= self.batch_size:
-                        flush()
-                bar.update(1)
-            flush()
-            feats = [pool.result(c) for c in chunks] if pool else list(chunks)
-            chunks.clear()  # every result taken: nothing to drop
+                feats.append(block_feats)
+                bar.update(len(outcomes))
         features = np.concatenate(feats) if feats else np.zeros((0, self.model.embedding_size), np.float32)
         return Enrolment(features, labels, sources, len(items), skipped, skipped_positions, whole)
 
@@ -377,47 +376,46 @@ class FaceRecognitionPipeline:
         if any(item.video for item in items):
             yield from self._predict_with_videos(items, index, det_threshold, rec_threshold, topk, keep_images)
             return
+        for queue, feats in self.embedded(items, det_threshold, keep_images):
+            yield from self._search(queue, feats, index, rec_threshold, topk, keep_images)
+
+    def embedded(self, items, det_threshold=None, keep_images=True, keep_crops=False):
+        """Yield (queue of (item, image, [(Face, crop)]), their faces' features [N, D]) for expanded
+        image inputs (engine.inference.inputs.expand_inputs), in input order, a block of images at
+        a time: what predict searches and cluster groups. Crops are None unless keep_crops. Unreadable
+        images in a folder are skipped and listed in self.failures; one named directly raises
+        UserError after the block's earlier images are yielded."""
         self.failures = []
         threshold = self.det_threshold if det_threshold is None else float(det_threshold)
         pool = self._workers_for(len(items))
         stages = self._stages()
+        size = self._block_size()
+        blocks = [items[s:s + size] for s in range(0, len(items), size)]
+
+        def task(block):
+            return ([(item.input_path, item.array) for item in block], threshold, self.batch_size, keep_images,
+                    keep_crops)
+
         if pool:
-            outcomes = pool.ordered((("faces", (item.input_path, item.array, threshold, keep_images)) for item in items),
-                                    self._images_ahead(pool))
+            answers = pool.ordered((("faces_embedded", task(block)) for block in blocks), self._blocks_ahead(pool))
         else:
-            outcomes = (stages.faces(item.input_path, item.array, threshold) for item in items)
-        # batches of faces, in input order: (queue of (item, img, found), features or a worker's ticket)
-        chunks = deque()
-        queue, faces = [], 0
-
-        def searched(chunk):
-            queue, feats = chunk
-            return self._search(queue, pool.result(feats) if pool else feats, index, rec_threshold, topk, keep_images)
-
-        with self._dropped_when_stopped(pool, outcomes, lambda: [ticket for _, ticket in chunks]):
-            for item, outcome in zip(items, outcomes):
-                if isinstance(outcome, Refused):
-                    if item.explicit:
-                        while chunks:  # what this process alone would have yielded before the error
-                            yield from searched(chunks.popleft())
-                        raise UserError(outcome.message)
-                    self.failures.append((item.input_path, outcome.message))  # one bad file in a folder: skip it
-                    get_logger().warning(f"skipped {item.input_path}: {outcome.message}")
-                    continue
-                img, found = outcome
-                queue.append((item, img, found))
-                faces += len(found)
-                if faces >= self.batch_size or len(queue) >= self.batch_size:  # bounded memory
-                    chunks.append((queue, self._embedding(pool, stages, queue)))
-                    queue, faces = [], 0
-                # in this process a chunk is embedded already; a worker's is taken when it is back,
-                # or waited for when too many are out (bounded memory)
-                while chunks and (not pool or len(chunks) >= CHUNKS_AHEAD or pool.ready(chunks[0][1])):
-                    yield from searched(chunks.popleft())
-            if queue:
-                chunks.append((queue, self._embedding(pool, stages, queue)))
-            while chunks:
-                yield from searched(chunks.popleft())
+            answers = (stages.faces_embedded(*task(block)) for block in blocks)
+        with self._dropped_when_stopped(pool, answers, list):
+            for block, (outcomes, feats) in zip(blocks, answers):
+                queue, faces = [], 0
+                for item, outcome in zip(block, outcomes):
+                    if isinstance(outcome, Refused):
+                        if item.explicit:
+                            if queue:  # what came before the error, as this process alone yields it
+                                yield queue, feats[:faces]
+                            raise UserError(outcome.message)
+                        self.failures.append((item.input_path, outcome.message))  # one bad file in a folder: skip it
+                        get_logger().warning(f"skipped {item.input_path}: {outcome.message}")
+                        continue
+                    queue.append((item, *outcome))
+                    faces += len(outcome[1])
+                if queue:
+                    yield queue, feats
 
     @contextlib.contextmanager
     def _dropped_when_stopped(self, pool, outcomes, tickets):
@@ -430,21 +428,19 @@ class FaceRecognitionPipeline:
                 outcomes.close()
                 pool.forget(tickets())
 
-    def _embedding(self, pool, stages, queue):
-        """The features of a queue's faces, or with workers the ticket of the task computing them."""
-        crops = [c for _, _, found in queue for _, c in found]
-        if pool:
-            return pool.submit("embed", crops, self.batch_size, urgent=True)
-        return stages.embed(crops, self.batch_size)
-
     def _stages(self):
         """This process's FaceStages: the same work, with the same answers, as a worker's."""
         return FaceStages(self.detector, self.model, self.margin, self.max_image_pixels)
 
-    def _images_ahead(self, pool):
-        """Images read ahead of the one the pipeline waits for: enough to keep every worker busy,
-        few enough to bound the memory (each is held decoded until its result is yielded)."""
-        return 2 * self.batch_size + TASKS_PER_WORKER * pool.workers
+    def _block_size(self):
+        """Images per block (a worker's task): half a batch, so blocks are many enough to share
+        out and each is embedded in about one forward pass (photos hold one or two faces)."""
+        return max(1, self.batch_size // 2)
+
+    def _blocks_ahead(self, pool):
+        """Blocks handed out ahead of the one the pipeline waits for: enough to keep every worker
+        busy, few enough to bound the memory (each image is held decoded until it is yielded)."""
+        return TASKS_PER_WORKER * pool.workers + 1
 
     def _predict_with_videos(self, items, index, det_threshold, rec_threshold, topk, keep_images):
         """predict() over inputs with videos: images as predict() yields them, and per video one
@@ -465,6 +461,32 @@ class FaceRecognitionPipeline:
                 failures.append((segment.input_path, str(e)))  # one bad video in a folder: skip it
                 get_logger().warning(f"skipped {segment.input_path}: {e}")
         self.failures = failures
+
+    # ------------------------------------------------------------------ clustering
+    def cluster_settings(self, **overrides):
+        """engine.clustering.book.ClusterSettings of the config's Cluster section with `overrides`
+        (those left None keep the config's); the threshold defaults to rec_threshold's."""
+        section = dataclasses.replace(self.clustering, **{k: v for k, v in overrides.items() if v is not None})
+        threshold = self.rec_threshold if section.threshold is None else section.threshold
+        return ClusterSettings.from_config(section, threshold)
+
+    def cluster(self, input=None, output=None, threshold=None, method=None, seed=None, names=None, merge=(),
+                split=(), move=None, det_threshold=None, progress=True):
+        """Group every face of `input` (image, folder read recursively, URL, numpy image or a list)
+        by person: an engine.clustering.book.ClusterBook (`faces`: source, box, det_score, cluster;
+        cluster ids per face, -1 unsorted). With `output` (a folder), the clusters are saved there
+        with crops, a folder and a contact sheet per cluster, an overview picture and a CSV; a later
+        call with the same folder adds new photos to those clusters, keeping their ids and names.
+        names / merge / split / move edit the clusters as the Cluster config keys of those names do."""
+        settings = self.cluster_settings(threshold=threshold, method=method, seed=seed)
+        folder = os.fspath(output) if output is not None else None
+        book = cluster_photos(self, input, folder=folder, settings=settings, det_threshold=det_threshold,
+                              progress=progress, save=False)
+        for line in edit_book(book, settings, names=names, merge=merge, split=split, move=move):
+            get_logger().info(f"cluster: {line}")
+        if folder:
+            save_book(book, folder)
+        return book
 
     def recognize_image(self, img_bgr, index=None, det_threshold=None, rec_threshold=None, rec_topk=None, name="image"):
         """One decoded image's FaceRecognitionResult (what the service calls per request)."""

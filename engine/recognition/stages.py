@@ -83,3 +83,20 @@ class FaceStages:
 
     def embed(self, crops, batch_size):
         return embed_crops(self.model, crops, batch_size)
+
+    def faces_embedded(self, inputs, threshold, batch_size, keep_images=True, keep_crops=True):
+        """A block of recognition inputs [(input_path, array)] read, detected, aligned and embedded
+        in one go: ([faces()'s answer per input], the features of all their faces in order). Without
+        keep_crops the crops are None: a worker then sends back boxes, not pictures."""
+        outcomes = [self.faces(path, array, threshold, keep_images) for path, array in inputs]
+        crops = [c for o in outcomes if not isinstance(o, Refused) for _, c in o[1]]
+        feats = self.embed(crops, batch_size)
+        if not keep_crops:
+            outcomes = [o if isinstance(o, Refused) else (o[0], [(f, None) for f, _ in o[1]]) for o in outcomes]
+        return outcomes, feats
+
+    def gallery_faces_embedded(self, sources, threshold, batch_size):
+        """A block of gallery sources: ([Refused, or whole (bool) per source], the features of those read)."""
+        outcomes = [self.gallery_face(source, threshold) for source in sources]
+        feats = self.embed([o[0] for o in outcomes if not isinstance(o, Refused)], batch_size)
+        return [o if isinstance(o, Refused) else o[1] for o in outcomes], feats

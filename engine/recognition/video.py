@@ -66,6 +66,7 @@ class TrackEvidence:
         self.samples = []  # [frame index, seconds, box, det_score]
         self.label, self.score = UNKNOWN_LABEL, None
         self.changes = []  # [{"time", "label", "score"}] every time the vote moved
+        self.best_view = None  # (crop, seconds, box, det_score) of the best view embedded
 
     def wants_view(self, frame_index, quality, settings):
         if self.last_embedded is None:
@@ -74,9 +75,11 @@ class TrackEvidence:
             return False
         return frame_index - self.last_embedded >= settings.embed_every or quality > 1.25 * self.best_quality
 
-    def add_view(self, frame_index, quality, feature):
+    def add_view(self, frame_index, quality, feature, view=None):
         self.features.append(np.asarray(feature, np.float32))
         self.last_embedded = frame_index
+        if view is not None and (self.best_view is None or quality > self.best_quality):
+            self.best_view = view
         self.best_quality = max(self.best_quality, quality)
 
 
@@ -204,6 +207,7 @@ class VideoSession:
         self.tracker = FaceTracker(max_missed=max(1, int(round(s.max_missed_seconds / self.pass_seconds))),
                                    feature_match=max(0.5, recognizer.rec_threshold) if similarity is None else similarity)
         self.evidence = {}
+        self.reported = []  # set by finish()
 
     def see(self, frame_index, seconds, frame):
         r, pipeline = self.recognizer, self.recognizer.pipeline
@@ -228,7 +232,9 @@ class VideoSession:
             feats = pipeline.embed([crops[i] for i in missing])
             embedded.update({i: feats[j] for j, i in enumerate(missing)})
         for i, ev, quality in wanted:
-            ev.add_view(frame_index, quality, embedded[i])
+            ev.add_view(frame_index, quality, embedded[i], (crops[i], seconds, boxes[i], scores[i]))
+            if self.index is None:  # tracks only (clustering): nobody to name them after
+                continue
             label, score = r._decide(ev, self.index)
             if label != ev.label or not ev.changes:
                 ev.changes.append({"time": round(seconds, 3), "label": label,
@@ -237,7 +243,8 @@ class VideoSession:
         return [(t, self.evidence[t.track_id]) for t in tracks]
 
     def finish(self):
-        """End every track; the reported ones (long enough, embedded at least once) as dicts, by start."""
+        """End every track; the reported ones (long enough, embedded at least once) as dicts, by
+        start. `self.reported` then holds [(that dict, its TrackEvidence)]."""
         tracks = []
         for t in self.tracker.finish():
             ev = self.evidence.get(t.track_id)
@@ -250,7 +257,9 @@ class VideoSession:
                            "embeddings": len(ev.features), "changes": ev.changes,
                            "boxes": [[round(sec, 3), *[round(float(v), 1) for v in box], round(score, 4)]
                                      for _, sec, box, score in ev.samples]})
-        return sorted(tracks, key=lambda t: (t["start_time"], t["track_id"]))  # ids as drawn on the video
+        tracks.sort(key=lambda t: (t["start_time"], t["track_id"]))  # ids as drawn on the video
+        self.reported = [(t, self.evidence[t["track_id"]]) for t in tracks]
+        return tracks
 
 
 def recognize_video(pipeline, source, index, settings=None, name=None, save_dir=None, save_video=False,

@@ -6,8 +6,10 @@ does not release it: a Python thread ran at a tenth of its speed while the predi
 thread that decodes or detects waits out every forward pass. Each worker is a fresh interpreter
 started with `python -c` (multiprocessing would run a user's script again in every worker when
 it lacks an `if __name__ == "__main__"` guard) that builds its own detector and model from a
-WorkerRecipe, each on 1 thread. The pipeline's process hands out tasks, batches the crops in input
-order exactly as it does alone (so the features are the same), searches and yields in order.
+WorkerRecipe, each on 1 thread. The pipeline's process hands out blocks of images; a worker reads,
+detects, aligns and embeds a whole block (its crops never cross a pipe), exactly as the pipeline's
+process does a block alone (so the features are the same), and the pipeline searches and yields in
+order.
 
 The choice between workers and the pipeline's own process is made in one place, `plan_workers`.
 A worker exits when its task pipe closes, so it never outlives the process that started it.
@@ -39,7 +41,7 @@ from models.face_detector import build_detector
 MIN_IMAGES_TO_START = 500
 # Tasks handed to a worker ahead of its results, so it never waits for the pipeline's process.
 TASKS_PER_WORKER = 2
-TASK_KINDS = ("faces", "gallery_face", "embed")  # the FaceStages methods a worker runs
+TASK_KINDS = ("faces_embedded", "gallery_faces_embedded", "embed")  # the FaceStages methods a worker runs
 
 
 def plan_workers(num_threads, device_kind, images, running, rebuildable=True):
