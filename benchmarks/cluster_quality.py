@@ -16,9 +16,10 @@ The systems:
     over the same photos);
   - ours: create_pipeline with SubModules.Recognition.model_dir = --model-dir (a face model a user
     brings: by default MobileFaceNet_TF converted by benchmarks/bring_mobilefacenet.py) and
-    Global.num_threads = --threads, clustered by pipeline.cluster() at --threshold (default: the
-    pipeline's rec_threshold, which the model folder's inference.yml records). --thresholds also
-    scores other thresholds (ours only).
+    Global.num_threads = --threads, clustered by pipeline.cluster() (the config's Cluster section
+    otherwise) at --threshold (default: the pipeline's rec_threshold, which the model folder's
+    inference.yml records). --thresholds also scores other thresholds (ours only), one whole
+    pipeline.cluster() call each, timed as such (detection and embedding included).
 
 PROTOCOL
   - Each photo's labelled face is the face the system detected whose box holds the photo's centre
@@ -198,10 +199,11 @@ def baseline_photos(result, paths):
 
 
 def ours(paths, model_dir=DEFAULT_MODEL, thresholds=(None,), threads=2, seed=0, log=print):
-    """Our pipeline's clusters of `paths` at each threshold (None: the pipeline's rec_threshold):
-    (rec_threshold, {threshold: {"photos": [faces of each photo], "seconds": {...}, "via": ...}}).
-    Each face is {"box", "det_score", "cluster"}. Through pipeline.cluster() when the pipeline has
-    it, else through the temporary fallback below."""
+    """Our pipeline's clusters of `paths` at each threshold (None: the pipeline's rec_threshold),
+    one pipeline.cluster() call each: (rec_threshold, {threshold: {"photos": [faces of each photo],
+    "seconds", "settings"}}), each face {"box", "det_score", "cluster", "quality"}."""
+    from dataclasses import asdict
+
     from engine.recognition.pipeline import create_pipeline
 
     pipe = create_pipeline(config={"SubModules.Recognition.model_dir": model_dir, "Global.num_threads": threads})
@@ -209,78 +211,23 @@ def ours(paths, model_dir=DEFAULT_MODEL, thresholds=(None,), threads=2, seed=0, 
         default = float(pipe.rec_threshold)
         log(f"ours: {pipe.model!r}; rec_threshold {default} ({pipe.rec_threshold_source})")
         runs = {}
-        if hasattr(pipe, "cluster"):
-            for t in thresholds:
-                t0 = time.perf_counter()
-                result = pipe.cluster(paths, output=None, threshold=t, seed=seed)
-                seconds = time.perf_counter() - t0
-                by_source = {p: [] for p in paths}
-                for f in result.faces:
-                    by_source[f["source"]].append({"box": [float(v) for v in f["box"]],
-                                                   "det_score": float(f.get("det_score", 0.0)),
-                                                   "cluster": int(f["cluster"])})
-                runs[default if t is None else float(t)] = {
-                    "photos": [by_source[p] for p in paths], "via": "pipeline.cluster",
-                    "seconds": {"cluster_call_total": round(seconds, 3)}}
-            return default, runs
-        # ---- TEMPORARY FALLBACK (delete once pipeline.cluster() is on main) -------------------
-        faces, feats, embed_s = _fallback_features(pipe, paths, log)
         for t in thresholds:
-            t = default if t is None else float(t)
             t0 = time.perf_counter()
-            labels = _fallback_labels(feats, t, seed)
-            cluster_s = time.perf_counter() - t0
-            it = iter(labels.tolist())
-            photos = [[dict(f, cluster=next(it)) for f in found] for found in faces]
-            runs[t] = {"photos": photos, "via": "fallback: faces_of + embed, knn_edges + chinese_whispers",
-                       "seconds": {"detect_embed": round(embed_s, 3), "cluster": round(cluster_s, 3)}}
+            book = pipe.cluster(paths, output=None, threshold=t, seed=seed, progress=False)
+            seconds = time.perf_counter() - t0
+            by_source = {os.path.abspath(p): [] for p in paths}
+            for f in book.faces:
+                by_source[os.path.abspath(f["source"])].append({
+                    "box": [float(v) for v in f["box"]], "det_score": float(f.get("det_score", 0.0)),
+                    "cluster": int(f["cluster"]), "quality": f.get("quality")})
+            settings = asdict(pipe.cluster_settings(threshold=t, seed=seed))
+            runs[float(settings["threshold"])] = {
+                "photos": [by_source[os.path.abspath(p)] for p in paths], "settings": settings,
+                "seconds": {"cluster_call": round(seconds, 3)}, "workers": pipe.worker_processes}
+            log(f"ours: threshold {settings['threshold']:.3f}: {len(book.faces)} faces in {seconds:.1f} s")
         return default, runs
     finally:
         pipe.close()
-
-
-# TEMPORARY FALLBACK, for as long as the pipeline has no cluster(): the faces and features the
-# pipeline's own stages give (pipe.faces_of: detect at det_threshold and align; pipe.embed), then
-# engine.evaluation.clustering's kNN graph and Chinese whispers, groups of one unsorted. Runs in
-# this process (detection on one thread, the model on --threads), so its seconds are not those of
-# pipeline.cluster(), which may use the pipeline's worker processes. Delete with the branch above.
-FALLBACK_K = 32
-FALLBACK_MIN_SIZE = 2
-
-
-def _fallback_features(pipe, paths, log, chunk=256):
-    from datasets.transforms import ImageReadError, read_image
-
-    faces, feats, crops = [], [], []
-    t0 = time.perf_counter()
-    for k, path in enumerate(paths, 1):
-        try:
-            img = read_image(path)
-        except ImageReadError as e:
-            log(f"ours: skipped {path}: {e}")
-            faces.append(None)
-            continue
-        found = pipe.faces_of(img)
-        faces.append([{"box": [float(v) for v in f.box], "det_score": float(f.score)} for f, _ in found])
-        crops.extend(c for _, c in found)
-        if len(crops) >= chunk:
-            feats.append(pipe.embed(crops))
-            crops = []
-        if k % 1000 == 0:
-            log(f"ours: {k}/{len(paths)} photos, {time.perf_counter() - t0:.0f} s")
-    if crops:
-        feats.append(pipe.embed(crops))
-    dim = pipe.model.embedding_size
-    feats = np.concatenate(feats) if feats else np.zeros((0, dim), np.float32)
-    return faces, feats, time.perf_counter() - t0
-
-
-def _fallback_labels(feats, threshold, seed):
-    from engine.evaluation.clustering import chinese_whispers, drop_small, knn_edges
-
-    edges = knn_edges(feats, k=FALLBACK_K, threshold=threshold)
-    return drop_small(chinese_whispers(len(feats), edges, seed=seed), min_size=FALLBACK_MIN_SIZE)
-# ---- end of the TEMPORARY FALLBACK ---------------------------------------------------------
 
 
 # --------------------------------------------------------------------------- report
@@ -310,7 +257,10 @@ def print_table(report, log=print):
         "misses: photos without a detected face holding the centre; * ours at --threshold, else at the pipeline's "
         "rec_threshold")
     if report.get("ours"):
-        log(f"ours via {report['ours'][0]['via']}")
+        st = report["ours"][0]["settings"]
+        log(f"ours: pipeline.cluster() ({st['method']}, {st['neighbours']} neighbours, groups under "
+            f"{st['min_cluster_size']} unsorted, faces under {st['min_face_size']} px or det score "
+            f"{st['min_det_score']} unsorted), {report['ours'][0]['workers']} worker processes at the end")
 
 
 def main(argv=None):
@@ -360,7 +310,8 @@ def main(argv=None):
         report["ours"] = []
         for t, run in sorted(runs.items()):
             report["ours"].append({"threshold": t, "default": t == chosen, "rec_threshold": default,
-                                   "via": run["via"], "seconds": run["seconds"], "load_average": [before, after],
+                                   "settings": run["settings"], "workers": run["workers"],
+                                   "seconds": run["seconds"], "load_average": [before, after],
                                    "model_dir": args.model_dir, "score": score(run["photos"], truth, sizes)})
     print_table(report)
     if args.json:
