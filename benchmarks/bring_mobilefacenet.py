@@ -1193,7 +1193,7 @@ def verify_lfw(model_dir, data=DEFAULT_LFW, threshold_folds=(1, 2, 3), threads=2
     out["official_folds"] = M.metrics_from_scores(cos, dist, labels, folds=5, flip=True)
     sel = np.isin(fold, threshold_folds)
     thr = M.metrics_from_scores(cos[sel], dist[sel], labels[sel], folds=len(threshold_folds), flip=True)
-    out["threshold_folds"] = {"folds": list(threshold_folds), **thr}
+    out["threshold_folds"] = {**thr, "lfw_folds": list(threshold_folds)}  # thr's "folds": how many
     rest = ~sel
     held = {"folds": sorted(set(fold[rest].tolist())), "pairs": int(rest.sum())}
     for key, t in (("best_threshold_cosine", thr["best_threshold_cosine"]),
@@ -1250,7 +1250,7 @@ def print_verification(v, log=print):
     line("evaluate protocol (10 contiguous folds of 300 pairs)", v["evaluate"])
     line("official folds 1-5 (5 x 600 pairs, threshold on the other 4)", v["official_folds"])
     t = v["threshold_folds"]
-    line(f"threshold folds {t['folds']} only", t)
+    line(f"LFW folds {t['lfw_folds']} only (threshold on the other {t['folds'] - 1})", t)
     for key, h in v["held_out"].items():
         if isinstance(h, dict):
             log(f"  held-out folds {v['held_out']['folds']} at the {key.replace('_', ' ')} of those folds "

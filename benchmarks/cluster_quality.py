@@ -250,6 +250,9 @@ def print_table(report, log=print):
     if "baseline" in report:
         b = report["baseline"]
         log(_row("dlib", f"{b['threshold']:.2f}", b["score"], b["seconds"]) + f"  (load {b['load_average']})")
+        for b in report.get("baseline_also", []):
+            log(_row("dlib", f"{b['threshold']:.2f}", b["score"], {"cluster": b["seconds"]["cluster"]})
+                + "  (same encodings, clustered again)")
     for run in report.get("ours", []):
         mark = " *" if run["default"] else ""
         log(_row("ours" + mark, f"{run['threshold']:.3f}", run["score"], run["seconds"]) + f"  (load {run['load_average']})")
@@ -261,6 +264,15 @@ def print_table(report, log=print):
         log(f"ours: pipeline.cluster() ({st['method']}, {st['neighbours']} neighbours, groups under "
             f"{st['min_cluster_size']} unsorted, faces under {st['min_face_size']} px or det score "
             f"{st['min_det_score']} unsorted), {report['ours'][0]['workers']} worker processes at the end")
+
+
+def _baseline_entry(result, paths, truth, sizes):
+    return {"threshold": result["settings"]["chinese_whispers_clustering"]["threshold"],
+            "versions": result["versions"], "settings": result["settings"],
+            "seconds": {"detect_encode": result["seconds"]["detect_encode"], "cluster": result["seconds"]["cluster"]},
+            "load_average": [result.get("load_average_before"), result.get("load_average_after")],
+            "reclustered_from": result.get("reclustered_from"), "cpu_seen_by_baseline": result.get("cpu"),
+            "score": score(baseline_photos(result, paths), truth, sizes)}
 
 
 def main(argv=None):
@@ -275,6 +287,9 @@ def main(argv=None):
     ap.add_argument("--baseline-python", default=DEFAULT_BASELINE_PYTHON)
     ap.add_argument("--baseline-json", default=None,
                     help="the baseline's JSON: read when it exists (same photos), else written there")
+    ap.add_argument("--baseline-also", nargs="*", default=[],
+                    help="more baseline JSONs of the same photos to score (e.g. face_recognition_baseline.py "
+                         "--recluster at other thresholds)")
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--skip-ours", action="store_true")
     ap.add_argument("--json", default=None, help="write the report here")
@@ -294,13 +309,11 @@ def main(argv=None):
         else:
             result = run_baseline(paths, args.baseline_python, args.baseline_json)
             result["load_average_before"] = result.get("load_average_before", before)
-        report["baseline"] = {
-            "threshold": result["settings"]["chinese_whispers_clustering"]["threshold"],
-            "versions": result["versions"], "settings": result["settings"],
-            "seconds": {"detect_encode": result["seconds"]["detect_encode"], "cluster": result["seconds"]["cluster"]},
-            "load_average": [result.get("load_average_before"), result.get("load_average_after")],
-            "cpu_seen_by_baseline": result.get("cpu"),
-            "score": score(baseline_photos(result, paths), truth, sizes)}
+        report["baseline"] = _baseline_entry(result, paths, truth, sizes)
+        report["baseline_also"] = []
+        for extra in args.baseline_also:
+            with open(extra, encoding="utf-8") as f:
+                report["baseline_also"].append(dict(_baseline_entry(json.load(f), paths, truth, sizes), file=extra))
     if not args.skip_ours:
         thresholds = [args.threshold] + [float(t) for t in args.thresholds.split(",") if t.strip()]
         before = load_average()

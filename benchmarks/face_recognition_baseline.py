@@ -2,6 +2,8 @@
 
     <dlib venv>/bin/python benchmarks/face_recognition_baseline.py --list photos.txt --out baseline.json
                                                                    [--threshold 0.6] [--save-encodings]
+    <dlib venv>/bin/python benchmarks/face_recognition_baseline.py --recluster baseline.json --out b_05.json
+                                                                   --threshold 0.5
 
 Runs in a virtualenv of its own, apart from the project's (it imports nothing of the project):
 
@@ -18,6 +20,9 @@ whose encodings are closer than it). Written as JSON: per photo its size and fac
 y2] boxes, the cluster of each, the encodings with --save-encodings), the wall-clock seconds of
 loading, of detection + encoding and of clustering, the versions, the CPU and the load average.
 benchmarks/cluster_quality.py runs this and scores it.
+
+--recluster takes such a JSON written with --save-encodings and clusters its encodings again at
+--threshold (nothing detected or encoded again; the detection + encoding seconds are copied).
 """
 import argparse
 import json
@@ -59,7 +64,8 @@ def versions():
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--list", required=True, help="a text file: one photo path a line")
+    ap.add_argument("--list", help="a text file: one photo path a line")
+    ap.add_argument("--recluster", help="a JSON of this script (with encodings): cluster it again at --threshold")
     ap.add_argument("--out", required=True, help="the JSON to write")
     ap.add_argument("--threshold", type=float, default=0.6, help="chinese_whispers_clustering's distance threshold")
     ap.add_argument("--save-encodings", action="store_true", help="also write each face's 128-d encoding")
@@ -74,6 +80,10 @@ def main(argv=None):
                          "(see this script's docstring)") from None
     if not hasattr(dlib, "chinese_whispers_clustering"):
         raise SystemExit(f"dlib {dlib.__version__} has no chinese_whispers_clustering")
+    if args.recluster:
+        return recluster(args, dlib)
+    if not args.list:
+        raise SystemExit("give --list (photos) or --recluster (a JSON with encodings)")
     with open(args.list, encoding="utf-8") as f:
         paths = [ln.rstrip("\n") for ln in f if ln.strip()]
     out = {"tool": "face_recognition", "versions": versions(), "cpu": cpu_name(), "cores": os.cpu_count(),
@@ -131,6 +141,32 @@ def main(argv=None):
     os.replace(tmp, args.out)
     print(f"{len(paths)} photos, {len(encodings)} faces, {out['clusters']} clusters; detect+encode "
           f"{detect_encode_s:.1f} s, cluster {cluster_s:.2f} s -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def recluster(args, dlib):
+    with open(args.recluster, encoding="utf-8") as f:
+        out = json.load(f)
+    faces = [face for photo in out["photos"] for face in photo.get("faces", [])]
+    if faces and "encoding" not in faces[0]:
+        raise SystemExit(f"{args.recluster} has no encodings: write it with --save-encodings")
+    out["load_average_before_recluster"] = [round(v, 2) for v in os.getloadavg()]
+    t0 = time.perf_counter()
+    labels = dlib.chinese_whispers_clustering([dlib.vector(f["encoding"]) for f in faces], args.threshold) \
+        if faces else []
+    out["seconds"]["cluster"] = round(time.perf_counter() - t0, 3)
+    for face, label in zip(faces, labels):
+        face["cluster"] = int(label)
+        face.pop("encoding")
+    out["settings"]["chinese_whispers_clustering"] = {"threshold": args.threshold}
+    out["reclustered_from"] = os.path.abspath(args.recluster)
+    out["clusters"] = len(set(labels))
+    tmp = args.out + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(out, f)
+    os.replace(tmp, args.out)
+    print(f"{len(faces)} faces reclustered at {args.threshold}: {out['clusters']} clusters in "
+          f"{out['seconds']['cluster']:.2f} s -> {args.out}", file=sys.stderr)
     return 0
 
 
