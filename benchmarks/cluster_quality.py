@@ -198,15 +198,17 @@ def baseline_photos(result, paths):
 # --------------------------------------------------------------------------- ours
 
 
-def ours(paths, model_dir=DEFAULT_MODEL, thresholds=(None,), threads=2, seed=0, log=print):
+def ours(paths, model_dir=DEFAULT_MODEL, thresholds=(None,), threads=2, seed=0, config=None, log=print):
     """Our pipeline's clusters of `paths` at each threshold (None: the pipeline's rec_threshold),
     one pipeline.cluster() call each: (rec_threshold, {threshold: {"photos": [faces of each photo],
-    "seconds", "settings"}}), each face {"box", "det_score", "cluster", "quality"}."""
+    "seconds", "settings"}}), each face {"box", "det_score", "cluster", "quality"}. `config`: more
+    pipeline config overrides ({"Cluster.neighbours": 64})."""
     from dataclasses import asdict
 
     from engine.recognition.pipeline import create_pipeline
 
-    pipe = create_pipeline(config={"SubModules.Recognition.model_dir": model_dir, "Global.num_threads": threads})
+    pipe = create_pipeline(config={"SubModules.Recognition.model_dir": model_dir, "Global.num_threads": threads,
+                                   **(config or {})})
     try:
         default = float(pipe.rec_threshold)
         log(f"ours: {pipe.model!r}; rec_threshold {default} ({pipe.rec_threshold_source})")
@@ -284,6 +286,8 @@ def main(argv=None):
     ap.add_argument("--thresholds", default="", help="ours: also these thresholds, comma-separated")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="ours: a pipeline config override, e.g. --set Cluster.neighbours=64 (repeatable)")
     ap.add_argument("--baseline-python", default=DEFAULT_BASELINE_PYTHON)
     ap.add_argument("--baseline-json", default=None,
                     help="the baseline's JSON: read when it exists (same photos), else written there")
@@ -317,7 +321,11 @@ def main(argv=None):
     if not args.skip_ours:
         thresholds = [args.threshold] + [float(t) for t in args.thresholds.split(",") if t.strip()]
         before = load_average()
-        default, runs = ours(paths, args.model_dir, thresholds, args.threads, args.seed)
+        import yaml
+
+        overrides = {k.strip(): yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.set)}
+        report["ours_config"] = overrides
+        default, runs = ours(paths, args.model_dir, thresholds, args.threads, args.seed, overrides)
         after = load_average()
         chosen = default if args.threshold is None else args.threshold
         report["ours"] = []
