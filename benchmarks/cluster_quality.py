@@ -2,8 +2,18 @@
 
     python benchmarks/cluster_quality.py [--data ../shared/data/lfw_dev] [--limit-people N]
         [--model-dir output/brought_models/mobilefacenet_tf] [--threshold T] [--thresholds 0.3,0.4,...]
-        [--threads 2] [--baseline-python /work/venv-dlib/bin/python] [--baseline-json FILE]
-        [--skip-baseline] [--skip-ours] [--json out.json]
+        [--threads 2] [--set Cluster.neighbours=64 ...] [--baseline-python /work/venv-dlib/bin/python]
+        [--baseline-json FILE] [--baseline-also FILE ...] [--skip-baseline] [--skip-ours] [--json out.json]
+
+The figures of docs/accuracy.md: the baseline once (about 7 minutes on 2 cores), its encodings
+clustered again at other thresholds, then ours at several thresholds:
+
+    python benchmarks/cluster_quality.py --skip-ours --baseline-json output/baseline.json
+    for t in 0.5 0.45; do /work/venv-dlib/bin/python benchmarks/face_recognition_baseline.py \
+        --recluster output/baseline.json --out output/baseline_t$t.json --threshold $t; done
+    python benchmarks/cluster_quality.py --baseline-json output/baseline.json \
+        --baseline-also output/baseline_t0.5.json output/baseline_t0.45.json --thresholds 0.55,0.6,0.65
+    python benchmarks/cluster_quality.py --skip-baseline --threshold 0.6 --set Cluster.neighbours=64
 
 The photos: every photo of lfw_dev (5,373 real LFW photos of 2,086 people, images/<Person>/*.jpg,
 250x250, one labelled face near the centre, often other faces around it), or with --limit-people N
