@@ -27,8 +27,8 @@ The systems:
   - ours: create_pipeline with SubModules.Recognition.model_dir = --model-dir (a face model a user
     brings: by default MobileFaceNet_TF converted by benchmarks/bring_mobilefacenet.py) and
     Global.num_threads = --threads, clustered by pipeline.cluster() (the config's Cluster section
-    otherwise) at --threshold (default: the pipeline's rec_threshold, which the model folder's
-    inference.yml records). --thresholds also scores other thresholds (ours only), one whole
+    otherwise) at --threshold (default: the pipeline's own, rec_threshold + Cluster.threshold_margin,
+    rec_threshold being what the model folder's inference.yml records). --thresholds also scores other thresholds (ours only), one whole
     pipeline.cluster() call each, timed as such (detection and embedding included).
 
 PROTOCOL
@@ -209,8 +209,8 @@ def baseline_photos(result, paths):
 
 
 def ours(paths, model_dir=DEFAULT_MODEL, thresholds=(None,), threads=2, seed=0, config=None, log=print):
-    """Our pipeline's clusters of `paths` at each threshold (None: the pipeline's rec_threshold),
-    one pipeline.cluster() call each: (rec_threshold, {threshold: {"photos": [faces of each photo],
+    """Our pipeline's clusters of `paths` at each threshold (None: the pipeline's default, rec_threshold +
+    Cluster.threshold_margin), one pipeline.cluster() call each: (that default, {threshold: {"photos": [faces of each photo],
     "seconds", "settings"}}), each face {"box", "det_score", "cluster", "quality"}. `config`: more
     pipeline config overrides ({"Cluster.neighbours": 64})."""
     from dataclasses import asdict
@@ -220,8 +220,8 @@ def ours(paths, model_dir=DEFAULT_MODEL, thresholds=(None,), threads=2, seed=0, 
     pipe = create_pipeline(config={"SubModules.Recognition.model_dir": model_dir, "Global.num_threads": threads,
                                    **(config or {})})
     try:
-        default = float(pipe.rec_threshold)
-        log(f"ours: {pipe.model!r}; rec_threshold {default} ({pipe.rec_threshold_source})")
+        default, source = pipe.cluster_threshold()
+        log(f"ours: {pipe.model!r}; default clustering threshold {default:.3f} ({source})")
         runs = {}
         for t in thresholds:
             t0 = time.perf_counter()
@@ -270,7 +270,7 @@ def print_table(report, log=print):
         log(_row("ours" + mark, f"{run['threshold']:.3f}", run["score"], run["seconds"]) + f"  (load {run['load_average']})")
     log("clust: clusters among the labelled faces (each miss and unsorted face one); >=2: those of two or more; "
         "misses: photos without a detected face holding the centre; * ours at --threshold, else at the pipeline's "
-        "rec_threshold")
+        "default (rec_threshold + Cluster.threshold_margin)")
     if report.get("ours"):
         st = report["ours"][0]["settings"]
         log(f"ours: pipeline.cluster() ({st['method']}, {st['neighbours']} neighbours, groups under "
@@ -292,7 +292,8 @@ def main(argv=None):
     ap.add_argument("--data", default=DEFAULT_DATA, help="the lfw_dev folder (images/<Person>/*.jpg)")
     ap.add_argument("--limit-people", type=int, default=0, help="only the first N people in name order (0: all)")
     ap.add_argument("--model-dir", default=DEFAULT_MODEL, help="our feature model (an inference folder)")
-    ap.add_argument("--threshold", type=float, default=None, help="ours: the cosine threshold (default: rec_threshold)")
+    ap.add_argument("--threshold", type=float, default=None, help="ours: the cosine threshold (default: the pipeline's, "
+                    "rec_threshold + Cluster.threshold_margin)")
     ap.add_argument("--thresholds", default="", help="ours: also these thresholds, comma-separated")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -340,7 +341,7 @@ def main(argv=None):
         chosen = default if args.threshold is None else args.threshold
         report["ours"] = []
         for t, run in sorted(runs.items()):
-            report["ours"].append({"threshold": t, "default": t == chosen, "rec_threshold": default,
+            report["ours"].append({"threshold": t, "default": t == chosen, "default_threshold": default,
                                    "settings": run["settings"], "workers": run["workers"],
                                    "seconds": run["seconds"], "load_average": [before, after],
                                    "model_dir": args.model_dir, "score": score(run["photos"], truth, sizes)})
