@@ -183,7 +183,7 @@ def run_baseline(paths, baseline_python=DEFAULT_BASELINE_PYTHON, out_json=None, 
         listing = os.path.join(tmp, "photos.txt")
         with open(listing, "w", encoding="utf-8") as f:
             f.writelines(p + "\n" for p in paths)
-        out = out_json or os.path.join(tmp, "baseline.json")
+        out = os.path.abspath(out_json) if out_json else os.path.join(tmp, "baseline.json")
         cmd = [baseline_python, BASELINE_SCRIPT, "--list", listing, "--out", out, "--threshold", str(threshold)]
         if save_encodings:
             cmd.append("--save-encodings")
