@@ -115,9 +115,9 @@ class FaceRecognitionPipeline:
     service runs every model call on one worker thread).
 
     With num_threads >= 2 on the CPU, predict and enrol over many images run in worker processes
-    (engine.recognition.workers: each reads, detects, aligns and embeds with a detector and model
-    of its own on 1 thread) while this process batches, searches and keeps the input order; the
-    results are the ones this process gives alone. `detector_settings` (build_detector's
+    (engine.recognition.workers: each reads, detects, aligns and embeds blocks of images with a
+    detector and model of its own on 1 thread) while this process searches and keeps the input
+    order; the results are the ones this process gives alone (it runs the same blocks). `detector_settings` (build_detector's
     arguments, which from_config passes) is what lets the workers build the detector again.
     """
 
@@ -237,9 +237,10 @@ class FaceRecognitionPipeline:
             # at each of its OpenMP barriers (6 ms for 16 faces on a loaded 2-core machine)
             set_search_threads(1)
             self._log_plan("workers", f"pipeline: {workers} worker processes ({why}; started in "
-                                      f"{self._pool.start_seconds:.1f} s), each reading, detecting and aligning on 1 "
-                                      f"thread and embedding ({self._pool.description}); this process batches the "
-                                      "faces, searches on 1 thread and keeps the input order")
+                                      f"{self._pool.start_seconds:.1f} s), each reading, detecting, aligning and "
+                                      f"embedding blocks of {self._block_size()} images on 1 thread "
+                                      f"({self._pool.description}); this process searches on 1 thread and keeps the "
+                                      "input order")
         return self._pool
 
     def _log_plan(self, kind, line, warning=False):
