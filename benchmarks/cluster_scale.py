@@ -85,7 +85,7 @@ def main():
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--noise", type=float, default=0.8)
     parser.add_argument("--threshold", type=float, default=0.45)
-    parser.add_argument("--neighbours", type=int, default=32)
+    parser.add_argument("--neighbours", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)  # a worker's size
