@@ -36,8 +36,8 @@ from foundation.runtime import PACKAGES_ROOT, set_threads
 from models.face_detector import build_detector
 
 # Two workers (fresh interpreters importing Paddle and building the model) start in 0.7-1.0 s and
-# then save about 2.6 ms a photo on predict, 1.3 ms on build_index (docs/speed.md, 2-core Zen 5):
-# they pay from about 330 and 650 photos. Shorter calls run in the pipeline's own process.
+# then save about 2.6 ms a photo on predict, 2.4 ms on build_index (docs/speed.md, 2-core Zen 5):
+# they pay from about 350 photos. Shorter calls run in the pipeline's own process.
 MIN_IMAGES_TO_START = 500
 # Tasks handed to a worker ahead of its results, so it never waits for the pipeline's process.
 TASKS_PER_WORKER = 2
