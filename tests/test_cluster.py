@@ -94,18 +94,25 @@ def test_cli_cluster_name_merge_enrol_then_recognize(model_dir, tmp_path):
     alice = next(cid for cid, people in first.items() if people == {0})
     bob = next(cid for cid, people in first.items() if people == {1})
     carol = next(cid for cid, people in first.items() if people == {2})
+    # a re-run with new photos of Alice and of a new person: the old ids stay, the new person gets the next
+    write_photos(photos, people=[0], per_person=2, start=10)
+    write_photos(photos, people=[5], per_person=2)
+    assert _cli("Global.mode=cluster", f"Cluster.input={photos}", *base) == 0
+    data = json.loads(open(os.path.join(out, "cluster_result.json"), encoding="utf-8").read())
+    now = {c["id"]: {_person_of(data["faces"][i]["source"]) for i in c["faces"]} for c in data["clusters"]}
+    assert now == {**first, 4: {5}} and data["summary"]["faces"] == 13
     # name two, merge the third into Bob (a user's decision: the tool follows it), enrol, recognise
     index = str(tmp_path / "gallery_index")
     assert _cli("Global.mode=cluster", *base, f"Cluster.names={{{alice}: Alice, {bob}: Bob}}",
                 f"Cluster.merge=[[Bob, {carol}]]", "Cluster.enroll=True", f"index={index}") == 0
     data = json.loads(open(os.path.join(out, "cluster_result.json"), encoding="utf-8").read())
-    assert {c["name"]: c["size"] for c in data["clusters"]} == {"Bob": 6, "Alice": 3}
-    assert len(data["enrolled"][os.path.abspath(index)]) == 9
+    assert {c["name"]: c["size"] for c in data["clusters"]} == {"Bob": 6, "Alice": 5, None: 2}
+    assert len(data["enrolled"][os.path.abspath(index)]) == 11
     # enrolling again adds nothing twice
     assert _cli("Global.mode=cluster", *base, "Cluster.enroll=True", f"index={index}") == 0
     from engine.gallery.faiss_index import GalleryIndex
 
-    assert len(GalleryIndex.load(index)) == 9
+    assert len(GalleryIndex.load(index)) == 11
     query = os.path.join(photos, "0_1.png")
     rec_out = str(tmp_path / "rec")
     assert _cli("Global.mode=recognize", f"SubModules.Recognition.model_dir={model_dir}",
