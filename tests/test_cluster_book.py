@@ -158,3 +158,20 @@ def test_a_new_face_groups_with_an_old_unsorted_one_and_strangers_stay_apart():
     again, _, _ = people([0, 1, 0, 0], seed=6, centres=centres)  # person 1 seen a second time
     book.add(faces(1, start=4), again, SETTINGS)
     assert book.labels.tolist() == [UNSORTED, 1, UNSORTED, UNSORTED, 1]
+
+
+def test_a_run_killed_between_its_writes_leaves_a_folder_the_next_run_reads(tmp_path):
+    feats, _, _ = people([3, 3])
+    book = ClusterBook.new(MODEL)
+    book.add(faces(6), feats, SETTINGS)
+    book.save(str(tmp_path))
+    write_views(str(tmp_path), book)
+    # the next run saved its grown features, then was killed before its cluster_result.json, and
+    # left a half-built clusters/ under its temporary name
+    more, _, _ = people([2], seed=9)
+    np.save(tmp_path / "features.npy", np.concatenate([feats, more]))
+    (tmp_path / ".clusters.abc123.tmp").mkdir()
+    again = ClusterBook.load(str(tmp_path), MODEL)
+    assert len(again.features) == 6 and again.labels.tolist() == book.labels.tolist()
+    write_views(str(tmp_path), again)
+    assert not (tmp_path / ".clusters.abc123.tmp").exists()

@@ -112,6 +112,8 @@ class ClusterBook:
             raise UserError(f"{os.path.join(folder, FEATURES_FILE)} cannot be read ({e}): the cluster folder is "
                             "damaged; choose a new -o Cluster.output") from None
         faces = data["faces"]
+        if len(features) > len(faces):  # a run killed between its two writes: faces only ever grow
+            features = features[:len(faces)]
         if len(features) != len(faces):
             raise UserError(f"{folder}: {len(faces)} faces in {RESULT_FILE} but {len(features)} rows in "
                             f"{FEATURES_FILE}: the folder is damaged; choose a new -o Cluster.output")

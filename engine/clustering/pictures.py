@@ -54,6 +54,9 @@ def cluster_folder_name(cluster_id, name):
 
 def write_views(folder, book):
     """clusters.csv, clusters/, sheets/ and overview.jpg of `book` (an engine.clustering.book.ClusterBook)."""
+    for name in os.listdir(folder):  # the half-built views of a run that was killed: ours to remove
+        if re.fullmatch(rf"\.({CLUSTERS_DIR}|{SHEETS_DIR})\..+\.tmp(\.old)?", name):
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
     _write_csv(folder, book)
     groups = [(cid, book.names.get(cid), _ordered(book, cid)) for cid in book.cluster_ids()]
     unsorted = [f["id"] for f in book.faces if f["cluster"] == UNSORTED]
