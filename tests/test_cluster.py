@@ -195,3 +195,42 @@ def test_a_video_adds_one_face_per_track(model_dir, tmp_path):
     for live in (0, "rtsp://127.0.0.1:1/cam"):  # nothing is opened: refused before
         with pytest.raises(UserError, match="is a camera or a stream"):
             pipe.cluster(live, progress=False)
+
+
+def test_a_stopped_run_is_resumed_from_its_checkpoint(model_dir, tmp_path, monkeypatch):
+    """Faces are checkpointed as they come (here every 2 photos): after Ctrl-C the next run reads
+    only the photos the checkpoint lacks and ends with the clusters of an uninterrupted run."""
+    from engine import create_pipeline
+    from engine.recognition import photo_clusters
+
+    pipe = create_pipeline(config={"SubModules.Recognition.model_dir": model_dir, "SubModules.Detection.enable": False,
+                                   "Global.num_threads": 1})
+    photos = write_photos(tmp_path / "photos", people=range(3), per_person=3)
+    whole = pipe.cluster(photos, output=str(tmp_path / "whole"), threshold=0.95, progress=False)
+
+    monkeypatch.setattr(photo_clusters, "CHECKPOINT_INPUTS", 2)
+    real_add, calls = photo_clusters.Collected.add, []
+
+    def add_then_stop(self, *args):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real_add(self, *args)
+
+    monkeypatch.setattr(photo_clusters.Collected, "add", add_then_stop)
+    out = tmp_path / "clusters"
+    with pytest.raises(KeyboardInterrupt):
+        pipe.cluster(photos, output=str(out), threshold=0.95, progress=False)
+    assert (out / "pending.json").is_file() and not (out / "cluster_result.json").exists()
+    assert len(json.loads((out / "pending.json").read_text())["faces"]) == 4  # the checkpoint after 4 photos
+
+    monkeypatch.setattr(photo_clusters.Collected, "add", real_add)
+    read = []
+    real_faces = photo_clusters._photo_faces
+    monkeypatch.setattr(photo_clusters, "_photo_faces", lambda pipe, items, *a: (read.extend(items),
+                                                                               real_faces(pipe, items, *a)))
+    book = pipe.cluster(photos, output=str(out), threshold=0.95, progress=False)
+    assert len(read) == 5  # the 4 checkpointed photos are not read again
+    assert [f["source"] for f in book.faces] == [f["source"] for f in whole.faces]
+    assert book.labels.tolist() == whole.labels.tolist()
+    assert not (out / "pending.json").exists() and len(os.listdir(out / "faces")) == 9

@@ -343,12 +343,13 @@ class ClusterBook:
         """Write cluster_result.json and features.npy into `folder` (each atomically; the features first,
         so a result file never names rows the features file lacks)."""
         os.makedirs(folder, exist_ok=True)
-        atomic_save(lambda tmp: _save_npy(tmp, self.features), os.path.join(folder, FEATURES_FILE))
+        atomic_save(lambda tmp: write_npy(tmp, self.features), os.path.join(folder, FEATURES_FILE))
         atomic_write_json(os.path.join(folder, RESULT_FILE), self.to_json(), indent=1)
         self.folder = folder
 
 
-def _save_npy(path, array):
+def write_npy(path, array):
+    """np.save of `array` into the file `path`, flushed to disk (for atomic_save)."""
     with open(path, "wb") as f:
         np.save(f, array, allow_pickle=False)
         f.flush()

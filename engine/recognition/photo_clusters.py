@@ -8,20 +8,26 @@ new faces join the old clusters, whose ids and names stay. enroll_named puts the
 clusters into a gallery index, labelled by name, from the stored features (nothing is embedded
 again).
 """
+import contextlib
+import json
 import os
 import time
 
 import numpy as np
 
 from datasets.video import open_video
-from engine.clustering.book import ClusterBook, read_names
+from engine.clustering.book import ClusterBook, read_names, write_npy
 from engine.clustering.pictures import save_crop, write_views
 from engine.evaluation.metrics import l2_normalize
 from engine.inference.inputs import expand_inputs, is_expanded, segments
 from engine.recognition.video import VideoRecognizer
+from foundation.atomic_io import atomic_save, atomic_write_json
 from foundation.errors import UserError
 from foundation.logger import get_logger
 from foundation.progress import Progress
+
+PENDING_FILE, PENDING_FEATURES = "pending.json", "pending.npy"  # a stopped run's faces, until the book holds them
+CHECKPOINT_INPUTS = 1000  # inputs read between two checkpoints (about 5 s of work on 2 cores)
 
 
 def model_record(pipe):
@@ -57,11 +63,11 @@ def cluster_photos(pipe, input, folder=None, settings=None, book=None, det_thres
     if cameras:
         raise UserError(f"{cameras[0]} is a camera or a stream: clustering reads photos and video files (recognize "
                         "follows live sources)")
-    todo = [item for item in items if photo_key(item) is None or photo_key(item) not in book.photos]
+    collected = Collected.resumed(book, folder, model_record(pipe))
+    todo = [item for item in items if photo_key(item) is None or not collected.seen(photo_key(item))]
     if items and len(todo) < len(items):
         log.info(f"cluster: {len(items) - len(todo)} of {len(items)} input(s) are in the cluster folder already "
                  "and are skipped")
-    collected = Collected(book, folder)
     failures = []
     for segment in segments(todo):
         if isinstance(segment, list):
@@ -83,7 +89,9 @@ def cluster_photos(pipe, input, folder=None, settings=None, book=None, det_thres
                           "nothing to cluster, no clusters written (a lower -o det_threshold finds fainter faces)")
     if collected.empty_inputs:
         log.info(f"cluster: {collected.empty_inputs} input(s) without a face found in them")
+    collected.checkpoint(force=True)  # a failure from here on (an edit, a full disk) embeds nothing again
     book.add(collected.faces, collected.features(), settings)
+    book.photos.update(collected.photos)
     pipe.failures = failures
     if folder and save:
         save_book(book, folder)
@@ -92,11 +100,44 @@ def cluster_photos(pipe, input, folder=None, settings=None, book=None, det_thres
 
 class Collected:
     """The faces a run gathers before they are grouped: their records and features, their crops
-    written to the folder as they come (face ids are known: they follow the book's)."""
+    written to the folder as they come (face ids are known: they follow the book's), and the inputs
+    read. With a folder, they are checkpointed every CHECKPOINT_INPUTS inputs (pending.json and
+    pending.npy), so a run that is stopped is resumed by the next one instead of started again;
+    save_book removes the checkpoint once the book holds the faces."""
 
     def __init__(self, book, folder):
         self.book, self.folder = book, folder
         self.faces, self.rows, self.empty_inputs = [], [], 0
+        self.photos = {}  # inputs read by this run (or the one it resumes): key -> faces found
+        self._unsaved = 0
+
+    @classmethod
+    def resumed(cls, book, folder, model):
+        """The faces a stopped run gathered into `folder` for this book and model, or none."""
+        collected = cls(book, folder)
+        path = os.path.join(folder, PENDING_FILE) if folder else None
+        if not path or not os.path.isfile(path):
+            return collected
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            feats = np.load(os.path.join(folder, PENDING_FEATURES), allow_pickle=False)
+            usable = (data["model"] == model["fingerprint"] and data["first_face_id"] == len(book.faces)
+                      and len(feats) >= len(data["faces"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            usable = False
+        if not usable:
+            get_logger().warning(f"cluster: {path} is not a checkpoint of this cluster folder as it is now; "
+                                 "its photos are read again")
+            return collected
+        collected.faces, collected.rows = data["faces"], list(feats[:len(data["faces"])])
+        collected.photos, collected.empty_inputs = data["photos"], data["empty_inputs"]
+        get_logger().info(f"cluster: resuming a stopped run: {len(collected.photos)} input(s) read, "
+                          f"{len(collected.faces)} face(s)")
+        return collected
+
+    def seen(self, key):
+        return key in self.book.photos or key in self.photos
 
     def add(self, record, feature, crop):
         if self.folder:
@@ -107,8 +148,20 @@ class Collected:
     def input_done(self, item, faces):
         key = photo_key(item)
         if key is not None:
-            self.book.photos[key] = faces
+            self.photos[key] = faces
         self.empty_inputs += not faces
+        self._unsaved += 1
+        self.checkpoint()
+
+    def checkpoint(self, force=False):
+        """Write the gathered faces when CHECKPOINT_INPUTS inputs came since the last time (or now)."""
+        if not self.folder or not self._unsaved or (not force and self._unsaved < CHECKPOINT_INPUTS):
+            return
+        atomic_save(lambda tmp: write_npy(tmp, self.features()), os.path.join(self.folder, PENDING_FEATURES))
+        atomic_write_json(os.path.join(self.folder, PENDING_FILE), {
+            "model": self.book.model["fingerprint"], "first_face_id": len(self.book.faces), "faces": self.faces,
+            "photos": self.photos, "empty_inputs": self.empty_inputs}, indent=None)
+        self._unsaved = 0
 
     def features(self):
         return np.stack(self.rows) if self.rows else np.zeros((0, self.book.features.shape[1]), np.float32)
@@ -178,8 +231,11 @@ def edit_book(book, settings, names=None, merge=(), split=(), move=None):
 
 
 def save_book(book, folder):
-    """The book and its pictures into `folder`."""
+    """The book and its pictures into `folder`; a stopped run's checkpoint is then done with."""
     book.save(folder)
+    for name in (PENDING_FILE, PENDING_FEATURES):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(folder, name))
     write_views(folder, book)
 
 

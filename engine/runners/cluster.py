@@ -21,14 +21,14 @@ from engine.gallery.backend import GallerySettings
 from engine.gallery.faiss_index import foreign_entries as foreign_index_entries
 from engine.gallery.faiss_index import holds_index, listed
 from engine.inference.inputs import configured_inputs
-from engine.recognition.photo_clusters import enroll_named
+from engine.recognition.photo_clusters import PENDING_FEATURES, PENDING_FILE, enroll_named
 from engine.recognition.pipeline import FaceRecognitionPipeline
 from foundation.errors import UserError
 from foundation.logger import log_to_file
 
 LOG_FILE = "cluster.log"
 OWN_NAMES = {"cluster_result.json", "features.npy", FACES_DIR, CLUSTERS_DIR, SHEETS_DIR, OVERVIEW_FILE, CSV_FILE,
-             LOG_FILE, LOCK}
+             LOG_FILE, LOCK, PENDING_FILE, PENDING_FEATURES}
 
 
 def _check_folder(folder):
@@ -53,7 +53,7 @@ def run(cfg):
     _check_folder(folder)
     existing = ClusterBook.exists(folder)
     items = configured_inputs(section.input, key="Cluster.input") if section.input is not None else None
-    if items is None and not existing:
+    if items is None and not existing and not os.path.isfile(os.path.join(folder, PENDING_FILE)):
         raise UserError(f"Cluster.input is empty and {folder} holds no clusters yet: pass -o Cluster.input=<folder of "
                         "photos>")
     if section.enroll and not cfg.index:
