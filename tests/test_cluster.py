@@ -234,3 +234,25 @@ def test_a_stopped_run_is_resumed_from_its_checkpoint(model_dir, tmp_path, monke
     assert [f["source"] for f in book.faces] == [f["source"] for f in whole.faces]
     assert book.labels.tolist() == whole.labels.tolist()
     assert not (out / "pending.json").exists() and len(os.listdir(out / "faces")) == 9
+
+
+def test_named_clusters_enrol_into_a_milvus_lite_collection(model_dir, tmp_path):
+    """Cluster.enroll with Index.backend=milvus: the collection is created, then added to."""
+    from _milvus import need_milvus
+
+    need_milvus()
+    photos = write_photos(tmp_path / "photos", people=range(2), per_person=2)
+    out = str(tmp_path / "clusters")
+    base = _base(model_dir, out)
+    milvus = ["Index.backend=milvus", f"Index.uri={tmp_path / 'gallery.db'}", "index=people"]
+    assert _cli("Global.mode=cluster", f"Cluster.input={photos}", *base, "Cluster.names={1: Alice}",
+                "Cluster.enroll=True", *milvus) == 0
+    write_photos(photos, people=[0, 1], per_person=1, start=5)
+    assert _cli("Global.mode=cluster", f"Cluster.input={photos}", *base, "Cluster.names={2: Bob}",
+                "Cluster.enroll=True", *milvus) == 0
+    data = json.loads(open(os.path.join(out, "cluster_result.json"), encoding="utf-8").read())
+    assert sorted(len(ids) for ids in data["enrolled"].values()) == [6]  # Alice's 2, then her new one and Bob's 3
+    from engine.gallery.backend import GallerySettings
+
+    index = GallerySettings(backend="milvus", uri=str(tmp_path / "gallery.db")).open("people")
+    assert len(index) == 6 and sorted(index.labels) == ["Alice", "Bob"]
