@@ -113,6 +113,14 @@ def test_cli_cluster_name_merge_enrol_then_recognize(model_dir, tmp_path):
     from engine.gallery.faiss_index import GalleryIndex
 
     assert len(GalleryIndex.load(index)) == 11
+    # the merge was wrong after all: split Bob by name (from 0.85 the first stricter step, 0.9, parts
+    # the two made-up people); the larger part keeps the id and the name
+    assert _cli("Global.mode=cluster", *base, "Cluster.threshold=0.85", "Cluster.split=[Bob]") == 0
+    data = json.loads(open(os.path.join(out, "cluster_result.json"), encoding="utf-8").read())
+    parts = {c["id"]: ({_person_of(data["faces"][i]["source"]) for i in c["faces"]}, c["name"])
+             for c in data["clusters"]}
+    assert parts[bob] == ({1}, "Bob") or parts[bob] == ({2}, "Bob")
+    assert sorted(people for people, _ in parts.values()) == [{0}, {1}, {2}, {5}]
     query = os.path.join(photos, "0_1.png")
     rec_out = str(tmp_path / "rec")
     assert _cli("Global.mode=recognize", f"SubModules.Recognition.model_dir={model_dir}",
