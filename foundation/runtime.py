@@ -64,6 +64,17 @@ def cpu_class(vendor=None, flags=None):
     return f"{family}-avx512" if "avx512f" in flags else f"{family}-avx2"
 
 
+def cpu_bf16_class(flags=None):
+    """'amx', 'avx512_bf16' or '' (no native bf16) for a set of CPU flags (this CPU's by default):
+    the inference precision's question, where cpu_class answers the training layout's."""
+    flags = cpu_flags() if flags is None else set(flags)
+    if "amx_bf16" in flags:
+        return "amx"
+    if "avx512_bf16" in flags:
+        return "avx512_bf16"
+    return ""
+
+
 def cpu_summary():
     """One line naming this CPU for a log or a benchmark: model, vendor, family/model, class, the
     flags that move speed, and the cores this process may use."""

@@ -23,7 +23,7 @@ from engine.config.schema import HPI_BACKENDS as BACKENDS
 from engine.config.schema import HPI_PRECISIONS as PRECISIONS
 from engine.config.schema import RUN_MODES
 from foundation.errors import ConfigError, UserError
-from foundation.runtime import cpu_flags
+from foundation.runtime import cpu_bf16_class
 
 HPI_CONFIG_KEYS = ("backend", "precision", "num_threads", "auto_paddle2onnx")
 # PaddleX's HPIConfig keys that say nothing a CPU build of ours can act on (its model_name and device
@@ -84,16 +84,6 @@ def require(package, what):
 def cpu_has_bf16():
     """True when this CPU has native bf16 dot products (AVX512-BF16 or AMX)."""
     return bool(cpu_bf16_class())
-
-
-def cpu_bf16_class(flags=None):
-    """'amx', 'avx512_bf16' or '' (no native bf16) for a set of CPU flags (this CPU's by default)."""
-    flags = cpu_flags() if flags is None else set(flags)
-    if "amx_bf16" in flags:
-        return "amx"
-    if "avx512_bf16" in flags:
-        return "avx512_bf16"
-    return ""
 
 
 def pp_option_settings(pp_option):
