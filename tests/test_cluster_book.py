@@ -90,6 +90,9 @@ def test_merge_split_move_and_names():
     other = parts[1]
     assert book.move({"unsorted": [0], str(other): ["1"]}) == 2
     assert book.labels[0] == UNSORTED and book.labels[1] == other
+    fresh = book.next_id
+    assert book.move({"new": [2, 3]}) == 2 and book.labels[2] == book.labels[3] == fresh
+    assert book.next_id == fresh + 1
     with pytest.raises(UserError, match="would name two clusters"):
         book.rename({other: "Alice"})
     with pytest.raises(UserError, match="no cluster 'Carol'"):

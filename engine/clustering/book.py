@@ -32,6 +32,7 @@ VERSION = 1
 RESULT_FILE = "cluster_result.json"
 FEATURES_FILE = "features.npy"
 UNSORTED_NAME = "unsorted"
+NEW_NAME = "new"  # Cluster.move's target for a cluster of its own
 MAX_NAME_LENGTH = 100
 STRICTEST_SPLIT = 0.99
 
@@ -306,10 +307,14 @@ class ClusterBook:
         return self._number_groups(members, grouped, keep=cid), threshold
 
     def move(self, moves):
-        """{cluster id, name or 'unsorted': [face ids]}: put those faces there. Returns how many moved."""
+        """{cluster id, name, 'unsorted' or 'new': [face ids]}: put those faces there ('new': into one
+        new cluster). Returns how many moved."""
         moved = 0
         for ref, face_ids in moves.items():
-            target = self.resolve(ref, allow_unsorted=True)
+            if str(ref).strip() == NEW_NAME:
+                target, self.next_id = self.next_id, self.next_id + 1
+            else:
+                target = self.resolve(ref, allow_unsorted=True)
             for face_id in _as_list(face_ids):
                 try:
                     face = self.faces[int(face_id)]
@@ -358,9 +363,9 @@ def write_npy(path, array):
 
 def _checked_name(name):
     text = "" if name is None else str(name).strip()
-    if len(text) > MAX_NAME_LENGTH or any(ch in text for ch in "\n\r\t/\\") or text == UNSORTED_NAME:
+    if len(text) > MAX_NAME_LENGTH or any(ch in text for ch in "\n\r\t/\\") or text in (UNSORTED_NAME, NEW_NAME):
         raise UserError(f"'{text[:40]}' cannot name a cluster: at most {MAX_NAME_LENGTH} characters, no slashes, "
-                        f"tabs or line breaks, and not '{UNSORTED_NAME}'")
+                        f"tabs or line breaks, and not '{UNSORTED_NAME}' or '{NEW_NAME}'")
     return text
 
 

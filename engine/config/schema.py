@@ -358,7 +358,8 @@ class ClusterSection:
     merge: List[Any] = setting([], "[[Alice, 7], [12, 15]]: each list becomes its first cluster (ids or names)")
     split: List[Any] = setting([], "[Alice, 12]: regrouped at a stricter threshold; the largest part keeps the id "
                                "and the name")
-    move: Optional[dict] = setting(None, "{Alice: [12, 40], unsorted: [7]}: faces (by face id) to a cluster or to unsorted")
+    move: Optional[dict] = setting(None, "{Alice: [12, 40], unsorted: [7], new: [3, 9]}: faces (by face id) to a "
+                                   "cluster, to unsorted, or into one new cluster")
     enroll: bool = setting(False, "enrol the faces of every named cluster into the gallery index `index` (built "
                            "when missing, else added to), labelled by the cluster's name")
 
