@@ -74,3 +74,15 @@ def test_bcubed_and_pairwise_by_hand():
     # every face unsorted: perfect precision, recall of singletons
     p, r, _ = bcubed(np.full(5, UNSORTED), truth)
     assert p == 1.0 and r == pytest.approx((1 / 3 * 3 + 1 / 2 * 2) / 5)
+
+
+def test_beyond_exact_up_to_an_ivf_index_finds_the_same_people():
+    feats, truth = people(n_people=100, per_person=30, dim=64, spread=0.5, seed=2)
+    exact = knn_edges(feats, k=16, threshold=0.5)
+    approx = knn_edges(feats, k=16, threshold=0.5, exact_up_to=0)
+    found = set(zip(approx[0].tolist(), approx[1].tolist()))
+    assert found <= set(zip(exact[0].tolist(), exact[1].tolist())) and len(found) >= 0.95 * len(exact[0])
+    labels = chinese_whispers(len(feats), approx, seed=0)
+    assert bcubed(labels, truth)[2] > 0.99
+    again = knn_edges(feats, k=16, threshold=0.5, exact_up_to=0)
+    assert all(np.array_equal(a, b) for a, b in zip(approx, again))  # deterministic

@@ -17,21 +17,24 @@ import numpy as np
 from engine.evaluation.clustering import UNSORTED
 
 METHODS = ("whispers", "components")
+# Exact neighbours cost N^2: 55 s for 200,000 faces on 2 cores (docs/clustering.md#scale). Beyond,
+# an IVF index searching NPROBE of its lists finds nearly all of them far sooner (1M faces: 4 min).
+EXACT_UP_TO = 200_000
+NPROBE = 48
 
 
-def knn_edges(features, k=32, threshold=0.5, block=4096, queries=None):
+def knn_edges(features, k=32, threshold=0.5, block=4096, queries=None, exact_up_to=EXACT_UP_TO):
     """(i, j, cosine) of every pair where j is among i's k nearest neighbours (i != j) with cosine
     >= threshold, each pair once (i < j), as three arrays. `features` are L2-normalised rows; with
-    `queries` (row numbers), only those rows' neighbours are searched (a few new faces among many)."""
-    import faiss
-
+    `queries` (row numbers), only those rows' neighbours are searched (a few new faces among many).
+    Up to `exact_up_to` faces the neighbours are exact; beyond, an inverted-file index finds them
+    (neighbour_index), whose time grows far slower than the square of the faces."""
     feats = np.ascontiguousarray(features, dtype=np.float32)
     n = len(feats)
     queries = np.arange(n) if queries is None else np.asarray(queries, dtype=np.int64)
     if n < 2 or not len(queries):
         return _no_edges()
-    index = faiss.IndexFlatIP(feats.shape[1])
-    index.add(feats)
+    index = neighbour_index(feats, exact=n <= exact_up_to)
     k = min(int(k) + 1, n)  # the face itself comes back too
     rows, cols, sims = [], [], []
     for start in range(0, len(queries), block):
@@ -47,6 +50,24 @@ def knn_edges(features, k=32, threshold=0.5, block=4096, queries=None):
     key = lo * n + hi
     _, first = np.unique(key, return_index=True)  # a pair found from both ends counts once
     return lo[first].astype(np.int64), hi[first].astype(np.int64), s[first].astype(np.float32)
+
+
+def neighbour_index(feats, exact=True):
+    """A faiss inner-product index over `feats`: exact (Flat), or IVF with 4 x sqrt(N) lists trained
+    on a sample (faiss's fixed k-means seed: the same input gives the same index), NPROBE searched."""
+    import faiss
+
+    dim = feats.shape[1]
+    if exact:
+        index = faiss.IndexFlatIP(dim)
+    else:
+        lists = max(1, min(int(4 * np.sqrt(len(feats))), len(feats) // 39))  # 39 points a list: faiss's minimum
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+        sample = feats[np.random.default_rng(0).choice(len(feats), min(len(feats), 64 * lists), replace=False)]
+        index.train(sample)
+        index.nprobe = NPROBE
+    index.add(feats)
+    return index
 
 
 def _no_edges():
