@@ -178,3 +178,15 @@ def test_a_run_killed_between_its_writes_leaves_a_folder_the_next_run_reads(tmp_
     assert len(again.features) == 6 and again.labels.tolist() == book.labels.tolist()
     write_views(str(tmp_path), again)
     assert not (tmp_path / ".clusters.abc123.tmp").exists()
+
+
+def test_a_collapsed_grouping_is_pointed_out():
+    one, _, _ = people([120], spread=0.2)  # as a too loose threshold makes of many people (or one person's album)
+    book = ClusterBook.new(MODEL)
+    book.add(faces(120), one, SETTINGS)
+    hint = book.collapse_hint()
+    assert "cluster 1 holds 120 of the 120 clustered faces" in hint and "Cluster.threshold" in hint
+    feats, _, _ = people([60, 60], spread=0.2)
+    fine = ClusterBook.new(MODEL)
+    fine.add(faces(120), feats, SETTINGS)
+    assert fine.collapse_hint() is None  # two clusters of 60

@@ -35,6 +35,7 @@ UNSORTED_NAME = "unsorted"
 NEW_NAME = "new"  # Cluster.move's target for a cluster of its own
 MAX_NAME_LENGTH = 100
 STRICTEST_SPLIT = 0.99
+COLLAPSE_MIN_FACES, COLLAPSE_SHARE = 100, 0.5  # when collapse_hint speaks up
 
 
 @dataclass
@@ -149,6 +150,23 @@ class ClusterBook:
     def label_of(self, cluster_id):
         """What people read for a cluster: its name, else 'cluster <id>'."""
         return self.names.get(cluster_id) or f"cluster {cluster_id}"
+
+    def collapse_hint(self, min_faces=COLLAPSE_MIN_FACES, share=COLLAPSE_SHARE):
+        """A line of advice when one cluster holds most of the clustered faces (at least min_faces
+        of them, and `share` of all): what a threshold too loose for the model does (different
+        people chained together). None otherwise. An album of one person looks the same, so it
+        says where to look, not that it is wrong."""
+        ids = self.cluster_ids()
+        if not ids:
+            return None
+        largest = len(self.members(ids[0]))
+        clustered = int(np.sum(self.labels != UNSORTED))
+        if largest < min_faces or largest < share * clustered:
+            return None
+        return (f"cluster {ids[0]} holds {largest} of the {clustered} clustered faces: if its sheet "
+                f"(sheets/{ids[0]:04d}*.jpg) shows different people, the threshold "
+                f"({self.settings.get('threshold')}) is too loose for this model; raise -o Cluster.threshold "
+                "(docs/clustering.md#quality)")
 
     def representative(self, cluster_id):
         """The face id nearest the cluster's mean feature (the face its pictures show first)."""

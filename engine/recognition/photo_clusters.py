@@ -92,6 +92,9 @@ def cluster_photos(pipe, input, folder=None, settings=None, book=None, det_thres
     collected.checkpoint(force=True)  # a failure from here on (an edit, a full disk) embeds nothing again
     book.add(collected.faces, collected.features(), settings)
     book.photos.update(collected.photos)
+    hint = book.collapse_hint()
+    if hint:
+        log.warning(f"cluster: {hint}")
     pipe.failures = failures
     if folder and save:
         save_book(book, folder)
