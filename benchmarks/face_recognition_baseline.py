@@ -135,13 +135,18 @@ def main(argv=None):
     out["clusters"] = len(set(labels))
     out["seconds"] = {"load": round(load_s, 3), "detect_encode": round(detect_encode_s, 3),
                       "cluster": round(cluster_s, 3), "total_wall": round(time.perf_counter() - t_start, 3)}
-    tmp = args.out + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(out, f)
-    os.replace(tmp, args.out)
+    write_json(args.out, out)
     print(f"{len(paths)} photos, {len(encodings)} faces, {out['clusters']} clusters; detect+encode "
           f"{detect_encode_s:.1f} s, cluster {cluster_s:.2f} s -> {args.out}", file=sys.stderr)
     return 0
+
+
+def write_json(path, obj):
+    """`obj` as JSON at `path`, renamed into place once whole (this script imports nothing of ours)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
 
 
 def recluster(args, dlib):
@@ -161,10 +166,7 @@ def recluster(args, dlib):
     out["settings"]["chinese_whispers_clustering"] = {"threshold": args.threshold}
     out["reclustered_from"] = os.path.abspath(args.recluster)
     out["clusters"] = len(set(labels))
-    tmp = args.out + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(out, f)
-    os.replace(tmp, args.out)
+    write_json(args.out, out)
     print(f"{len(faces)} faces reclustered at {args.threshold}: {out['clusters']} clusters in "
           f"{out['seconds']['cluster']:.2f} s -> {args.out}", file=sys.stderr)
     return 0
