@@ -280,7 +280,7 @@ class FaceRecognitionPipeline:
         else:
             answers = (stages.gallery_faces_embedded(*task(start)) for start in starts)
         with Progress(len(items), desc=desc, unit="img", enabled=progress) as bar, \
-                self._dropped_when_stopped(pool, answers, list):
+                contextlib.closing(answers):  # stopped early: the blocks left at the workers are dropped
             for start, (outcomes, block_feats) in zip(starts, answers):
                 for position, outcome in enumerate(outcomes, start):
                     source, label = items[position]
@@ -401,7 +401,7 @@ class FaceRecognitionPipeline:
             answers = pool.ordered((("faces_embedded", task(block)) for block in blocks), self._blocks_ahead(pool))
         else:
             answers = (stages.faces_embedded(*task(block)) for block in blocks)
-        with self._dropped_when_stopped(pool, answers, list):
+        with contextlib.closing(answers):  # stopped early: the blocks left at the workers are dropped
             for block, (outcomes, feats) in zip(blocks, answers):
                 queue, faces = [], 0
                 for item, outcome in zip(block, outcomes):
@@ -417,17 +417,6 @@ class FaceRecognitionPipeline:
                     faces += len(outcome[1])
                 if queue:
                     yield queue, feats
-
-    @contextlib.contextmanager
-    def _dropped_when_stopped(self, pool, outcomes, tickets):
-        """A call that stops early (an error, a caller that stops iterating) drops the work it left
-        at the workers: the images not yet read, and the embeddings `tickets()` names then."""
-        try:
-            yield
-        finally:
-            if pool and not pool.closed:
-                outcomes.close()
-                pool.forget(tickets())
 
     def _stages(self):
         """This process's FaceStages: the same work, with the same answers, as a worker's."""

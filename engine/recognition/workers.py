@@ -41,7 +41,7 @@ from models.face_detector import build_detector
 MIN_IMAGES_TO_START = 500
 # Tasks handed to a worker ahead of its results, so it never waits for the pipeline's process.
 TASKS_PER_WORKER = 2
-TASK_KINDS = ("faces_embedded", "gallery_faces_embedded", "embed")  # the FaceStages methods a worker runs
+TASK_KINDS = ("faces_embedded", "gallery_faces_embedded")  # the FaceStages methods a worker runs
 
 
 def plan_workers(num_threads, device_kind, images, running, rebuildable=True):
@@ -132,16 +132,14 @@ class WorkerPool:
     results are collected by ticket. Not thread-safe: one pipeline, one thread.
 
         pool = WorkerPool(recipe, 2)
-        ticket = pool.submit("embed", crops, 16)
-        features = pool.result(ticket)
-        for value in pool.ordered(("faces", args) for args in ...): ...   # in order, bounded ahead
+        for value in pool.ordered(("faces_embedded", args) for args in ...): ...   # in order, bounded ahead
     """
 
     def __init__(self, recipe, workers, start_timeout=300.0):
         self.workers = int(workers)
         self._procs, self._senders, self._send_queues, self._results = [], [], [], []
         self._in_flight = [0] * self.workers
-        self._queued, self._urgent = deque(), deque()
+        self._queued = deque()
         self._done = {}  # ticket -> (status, value), until taken
         self._sent, self._forgotten = set(), set()  # tickets at a worker; those whose result is dropped
         self._next_ticket = 0
@@ -223,8 +221,8 @@ class WorkerPool:
                               "the run stops (Global.num_threads=1 runs without workers)") from None
 
     # ------------------------------------------------------------------ tasks
-    def submit(self, kind, *args, urgent=False):
-        """Queue a task; returns its ticket. `urgent` tasks go out before the others queued."""
+    def submit(self, kind, *args):
+        """Queue a task; returns its ticket."""
         if self.closed:
             raise WorkerError("the pipeline's worker processes are closed")
         if kind not in TASK_KINDS:
@@ -232,20 +230,14 @@ class WorkerPool:
         ticket = self._next_ticket
         packed = _packed((ticket, kind, args))  # here, so that a value that cannot be sent fails the caller
         self._next_ticket += 1
-        (self._urgent if urgent else self._queued).append((ticket, packed))
+        self._queued.append((ticket, packed))
         self._dispatch()
         return ticket
-
-    def ready(self, ticket):
-        """Whether `ticket`'s result has arrived (without waiting)."""
-        if ticket not in self._done:
-            self._pump(0.0)
-        return ticket in self._done
 
     def result(self, ticket):
         """`ticket`'s value (waiting for it); WorkerError with the worker's traceback when the task raised."""
         while ticket not in self._done:
-            self._pump(None)
+            self._pump()
         status, value = self._done.pop(ticket)
         if status == "error":
             raise WorkerError(f"a pipeline worker process failed:\n{value}")
@@ -254,10 +246,9 @@ class WorkerPool:
     def forget(self, tickets):
         """Drop the results of `tickets` (a caller that stopped early): queued ones are not sent."""
         tickets = set(tickets)
-        for pending in (self._queued, self._urgent):
-            kept = [t for t in pending if t[0] not in tickets]
-            pending.clear()
-            pending.extend(kept)
+        kept = [t for t in self._queued if t[0] not in tickets]
+        self._queued.clear()
+        self._queued.extend(kept)
         for ticket in tickets:
             self._done.pop(ticket, None)
             if ticket in self._sent:
@@ -283,25 +274,23 @@ class WorkerPool:
                 self.forget(tickets)
 
     def _dispatch(self):
-        while self._urgent or self._queued:
+        while self._queued:
             i = min(range(self.workers), key=self._in_flight.__getitem__)
             if self._in_flight[i] >= TASKS_PER_WORKER:
                 return
-            ticket, packed = (self._urgent or self._queued).popleft()
+            ticket, packed = self._queued.popleft()
             self._in_flight[i] += 1
             self._sent.add(ticket)
             self._send_queues[i].put(packed)
 
-    def _pump(self, timeout):
-        """Take the results that have arrived (waiting up to `timeout` s for one; None: until one
-        does) and hand out queued tasks to the workers they freed."""
+    def _pump(self):
+        """Take the results that have arrived (waiting until one does) and hand out queued tasks to
+        the workers they freed."""
         self._dispatch()
         busy = [self._results[i] for i in range(self.workers) if self._in_flight[i]]
         if not busy:
-            if timeout is None:
-                raise WorkerError("waiting for a result no worker is computing (a bug in the pipeline)")
-            return
-        for conn in wait(busy, timeout):
+            raise WorkerError("waiting for a result no worker is computing (a bug in the pipeline)")
+        for conn in wait(busy):
             i = self._results.index(conn)
             ticket, status, value = self._receive(i)
             self._in_flight[i] -= 1
