@@ -17,11 +17,11 @@ cluster_result.json (every face and cluster) and features.npy (row = face id).
 """
 import json
 import os
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from engine.clustering.graph import METHODS, group
+from engine.clustering.graph import METHODS, group, neighbour_index
 from engine.config.schema import ClusterSection
 from engine.evaluation.clustering import UNSORTED
 from foundation.atomic_io import atomic_save, atomic_write_json
@@ -139,10 +139,18 @@ class ClusterBook:
         """Cluster id per face (UNSORTED for the unsorted ones), as an array."""
         return np.array([f["cluster"] for f in self.faces], dtype=np.int64)
 
+    def groups(self):
+        """{cluster id: [its face ids]} of every cluster that holds faces, largest first (then by
+        id), in one pass over the faces (what the writers use: never a pass per cluster)."""
+        out = {}
+        for face in self.faces:
+            if face["cluster"] != UNSORTED:
+                out.setdefault(face["cluster"], []).append(face["id"])
+        return dict(sorted(out.items(), key=lambda kv: (-len(kv[1]), kv[0])))
+
     def cluster_ids(self):
         """Ids of the clusters that hold faces, largest first (then by id)."""
-        ids, counts = np.unique(self.labels[self.labels != UNSORTED], return_counts=True)
-        return [int(i) for _, i in sorted(zip(-counts, ids))]
+        return list(self.groups())
 
     def members(self, cluster_id):
         return [f["id"] for f in self.faces if f["cluster"] == cluster_id]
@@ -156,21 +164,22 @@ class ClusterBook:
         of them, and `share` of all): what a threshold too loose for the model does (different
         people chained together). None otherwise. An album of one person looks the same, so it
         says where to look, not that it is wrong."""
-        ids = self.cluster_ids()
-        if not ids:
+        groups = self.groups()
+        if not groups:
             return None
-        largest = len(self.members(ids[0]))
-        clustered = int(np.sum(self.labels != UNSORTED))
+        first = next(iter(groups))
+        largest, clustered = len(groups[first]), sum(len(members) for members in groups.values())
         if largest < min_faces or largest < share * clustered:
             return None
-        return (f"cluster {ids[0]} holds {largest} of the {clustered} clustered faces: if its sheet "
-                f"(sheets/{ids[0]:04d}*.jpg) shows different people, the threshold "
+        return (f"cluster {first} holds {largest} of the {clustered} clustered faces: if its sheet "
+                f"(sheets/{first:04d}*.jpg) shows different people, the threshold "
                 f"({self.settings.get('threshold')}) is too loose for this model; raise -o Cluster.threshold "
                 "(docs/clustering.md#quality)")
 
-    def representative(self, cluster_id):
-        """The face id nearest the cluster's mean feature (the face its pictures show first)."""
-        ids = self.members(cluster_id)
+    def representative(self, cluster_id, members=None):
+        """The face id nearest the cluster's mean feature (the face its pictures show first);
+        `members` (its face ids) when the caller has them already."""
+        ids = self.members(cluster_id) if members is None else members
         feats = self.features[ids]
         mean = feats.mean(axis=0)
         return int(ids[int(np.argmax(feats @ mean))])
@@ -204,28 +213,23 @@ class ClusterBook:
         for offset, face in enumerate(faces):
             record = {"id": first + offset, **face, "quality": settings.quality(face), "cluster": UNSORTED}
             self.faces.append(record)
-        self.features = np.concatenate([self.features, features]) if len(faces) else self.features
+        self.features = np.concatenate([self.features, features])
         new_ids = np.arange(first, len(self.faces))
         self._join_old(new_ids, settings)
         self._group_leftovers(new_ids, settings)
-        self.settings = {"threshold": round(settings.threshold, 4), "method": settings.method,
-                         "neighbours": settings.neighbours, "min_cluster_size": settings.min_cluster_size,
-                         "min_face_size": settings.min_face_size, "min_det_score": settings.min_det_score,
-                         "seed": settings.seed}
+        self.settings = {k: v for k, v in asdict(settings).items() if k != "split_step"}
+        self.settings["threshold"] = round(settings.threshold, 4)
         return new_ids.tolist()
 
     def _join_old(self, new_ids, settings):
         """Each new good face joins the old cluster with the largest total similarity among its
         nearest clustered faces at or above the threshold, if any."""
-        import faiss
-
         labels = self.labels
-        old = np.flatnonzero(labels[:new_ids[0]] != UNSORTED) if len(new_ids) else np.zeros(0, np.int64)
+        old = np.flatnonzero(labels[:new_ids[0]] != UNSORTED)
         candidates = np.array([i for i in new_ids if self.faces[i]["quality"] == "ok"], dtype=np.int64)
         if not len(old) or not len(candidates):
             return
-        index = faiss.IndexFlatIP(self.features.shape[1])
-        index.add(np.ascontiguousarray(self.features[old]))
+        index = neighbour_index(np.ascontiguousarray(self.features[old]), exact=True)
         scores, found = index.search(np.ascontiguousarray(self.features[candidates]), min(settings.neighbours, len(old)))
         for face_id, row_scores, row_found in zip(candidates.tolist(), scores, found):
             votes = {}
@@ -345,11 +349,9 @@ class ClusterBook:
 
     # ------------------------------------------------------------------ writing
     def to_json(self):
-        clusters = []
-        for cid in self.cluster_ids():
-            members = self.members(cid)
-            clusters.append({"id": cid, "name": self.names.get(cid), "size": len(members),
-                             "representative": self.representative(cid), "faces": members})
+        clusters = [{"id": cid, "name": self.names.get(cid), "size": len(members),
+                     "representative": self.representative(cid, members), "faces": members}
+                    for cid, members in self.groups().items()]
         return {
             "format": FORMAT, "version": VERSION, "model": self.model, "settings": self.settings,
             "next_cluster_id": self.next_id,

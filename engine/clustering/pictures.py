@@ -58,7 +58,7 @@ def write_views(folder, book):
         if re.fullmatch(rf"\.({CLUSTERS_DIR}|{SHEETS_DIR})\..+\.tmp(\.old)?", name):
             shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
     _write_csv(folder, book)
-    groups = [(cid, book.names.get(cid), _ordered(book, cid)) for cid in book.cluster_ids()]
+    groups = [(cid, book.names.get(cid), _ordered(book, cid, members)) for cid, members in book.groups().items()]
     unsorted = [f["id"] for f in book.faces if f["cluster"] == UNSORTED]
     tmp = make_temp_dir(os.path.join(folder, CLUSTERS_DIR))
     try:
@@ -85,10 +85,9 @@ def write_views(folder, book):
         atomic_write_bytes(os.path.join(folder, OVERVIEW_FILE), data.tobytes())
 
 
-def _ordered(book, cluster_id):
-    """A cluster's face ids: the representative first, then by detection score."""
-    members = book.members(cluster_id)
-    first = book.representative(cluster_id)
+def _ordered(book, cluster_id, members):
+    """A cluster's face ids (`members`): the representative first, then by detection score."""
+    first = book.representative(cluster_id, members)
     rest = sorted((f for f in members if f != first), key=lambda f: -book.faces[f]["det_score"])
     return [first] + rest
 

@@ -63,7 +63,7 @@ def cluster_photos(pipe, input, folder=None, settings=None, book=None, det_thres
     if cameras:
         raise UserError(f"{cameras[0]} is a camera or a stream: clustering reads photos and video files (recognize "
                         "follows live sources)")
-    collected = Collected.resumed(book, folder, model_record(pipe))
+    collected = Collected.resumed(book, folder)
     todo = [item for item in items if photo_key(item) is None or not collected.seen(photo_key(item))]
     if items and len(todo) < len(items):
         log.info(f"cluster: {len(items) - len(todo)} of {len(items)} input(s) are in the cluster folder already "
@@ -115,8 +115,8 @@ class Collected:
         self._unsaved = 0
 
     @classmethod
-    def resumed(cls, book, folder, model):
-        """The faces a stopped run gathered into `folder` for this book and model, or none."""
+    def resumed(cls, book, folder):
+        """The faces a stopped run gathered into `folder` for this book (and its model), or none."""
         collected = cls(book, folder)
         path = os.path.join(folder, PENDING_FILE) if folder else None
         if not path or not os.path.isfile(path):
@@ -125,7 +125,7 @@ class Collected:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
             feats = np.load(os.path.join(folder, PENDING_FEATURES), allow_pickle=False)
-            usable = (data["model"] == model["fingerprint"] and data["first_face_id"] == len(book.faces)
+            usable = (data["model"] == book.model["fingerprint"] and data["first_face_id"] == len(book.faces)
                       and len(feats) >= len(data["faces"]))
         except (OSError, ValueError, KeyError, TypeError):
             usable = False
@@ -248,8 +248,9 @@ def enroll_named(pipe, book, index, index_name):
     enrolled there are not added twice (the book remembers them per index)."""
     done = book.enrolled.setdefault(index_name, set())
     ids, labels, sources = [], [], []
+    groups = book.groups()
     for cid, name in sorted(book.names.items()):
-        for face_id in book.members(cid):
+        for face_id in groups.get(cid, ()):
             if face_id not in done and book.faces[face_id]["quality"] == "ok":
                 ids.append(face_id)
                 labels.append(name)

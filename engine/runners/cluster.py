@@ -43,10 +43,6 @@ def _check_folder(folder):
                         "choose an empty or new folder with -o Cluster.output=DIR")
 
 
-def _edits(section):
-    return bool(section.names or section.merge or section.split or section.move)
-
-
 def run(cfg):
     section = cfg.Cluster
     folder = check_output_folder(section.output, "Cluster.output")
